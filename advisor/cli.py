@@ -1,0 +1,180 @@
+"""The ``advisor`` command line: a thin click layer over :mod:`advisor.engine`.
+
+Data goes to stdout (``--json`` for machines); progress, notes and warnings go to stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from profiles import SchemaError, UnknownProfileError
+
+EXIT_BAD_INPUT = 2
+EXIT_INFEASIBLE = 3
+
+
+def _err(msg: str, code: int = EXIT_BAD_INPUT):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def parse_fraction(text: str | None, name: str = "--max-ppl-delta") -> float | None:
+    """'2%' -> 0.02, '0.02' -> 0.02. A bare number >= 1 is refused as ambiguous."""
+    if text is None or str(text).strip().lower() in ("none", "off"):
+        return None
+    s = str(text).strip()
+    try:
+        if s.endswith("%"):
+            return float(s[:-1]) / 100
+        v = float(s)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a number: use e.g. 2% or 0.02", param_hint=name) from None
+    if v >= 1:
+        raise click.BadParameter(f"'{text}' is ambiguous: write {v:g}% or {v / 100:g}", param_hint=name)
+    return v
+
+
+def _emit_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llm-deploy-advisor")
+def main():
+    """How to run LLM X on GPU Y: precision, sparsity and KV policy, with predicted speed, memory,
+    energy, cost and quality, each with its interval and source."""
+
+
+@main.command()
+@click.option("--gpu", required=True, help="GPU id or alias (advisor profiles list gpus).")
+@click.option("--model", required=True, help="Model id, alias or Hugging Face id.")
+@click.option("--max-ppl-delta", "max_ppl_delta", default="2%", show_default=True,
+              help="Largest acceptable relative quality loss: 2% or 0.02 (perplexity increase; task-score drop "
+                   "where only task scores are published). 'none' ranks without a quality bound (candidates "
+                   "with unknown quality then compete too).")
+@click.option("--context", type=click.IntRange(2), default=4096, show_default=True,
+              help="Tokens per sequence, prompt and generated together.")
+@click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True, help="Generated tokens per sequence.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--objective", type=click.Choice(["throughput", "latency", "energy", "cost"]), default="throughput",
+              show_default=True)
+@click.option("--min-tokens-per-s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Minimum decode speed each sequence sees (tok/s).")
+@click.option("--num-gpus", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="How many ranked candidates to show.")
+@click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,
+              help="compiled: static cache + CUDA graphs (a tuned deployment); eager: plain transformers.")
+@click.option("--show-rejected", is_flag=True, help="List every rejected candidate with its reason (--json).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min_tokens_per_s, num_gpus, top,
+              backend, show_rejected, as_json):
+    """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
+    from .engine import Request, RequestError, recommend as run
+    from .service import deploy_commands, speed_model_or_none
+    from .serialize import recommendation_dict
+
+    req = Request(gpu=gpu, model=model, max_quality_loss=parse_fraction(max_ppl_delta), context=context,
+                  batch=batch, gen_len=gen_len, objective=objective, min_tok_s=min_tokens_per_s,
+                  num_gpus=num_gpus, top=top, backend=backend)
+    try:
+        sm, sm_note = speed_model_or_none()
+        rec = run(req, speed_model=sm)
+    except (UnknownProfileError, RequestError, SchemaError) as e:
+        _err(str(e))
+    for n in rec.notes + ([sm_note] if sm_note else []):
+        click.echo(f"note: {n}", err=True)
+    deploy = deploy_commands(rec)
+    if as_json:
+        _emit_json(recommendation_dict(rec, deploy, show_rejected))
+    else:
+        from rich.console import Console
+
+        from .render import render_recommendation
+        render_recommendation(rec, deploy, Console())
+    if rec.best is None:
+        sys.exit(EXIT_INFEASIBLE)
+
+
+@main.group()
+def profiles():
+    """Browse the GPU, model and method catalogs."""
+
+
+@profiles.command("list")
+@click.argument("kind", type=click.Choice(["gpus", "models", "methods"]), default="gpus")
+@click.option("--json", "as_json", is_flag=True)
+def profiles_list(kind, as_json):
+    """List GPUS, MODELS or METHODS."""
+    from profiles import load
+
+    cat = load()
+    if kind == "gpus":
+        rows = [{"id": g.id, "name": g.name, "memory_gb": g.memory_gb, "mem_bw_gbps": g.mem_bw_gbps,
+                 "bf16_tflops": g.peak_tflops("bf16"), "fp8_tflops": g.peak_tflops("fp8"), "tdp_w": g.tdp_w,
+                 "cc": g.compute_capability, "usd_per_hour": g.cloud_usd_per_hour} for g in cat.gpus.values()]
+    elif kind == "models":
+        rows = [{"id": m.id, "hf_id": m.hf_id, "family": m.family, "params_b": m.published_params_b,
+                 "layers": m.num_hidden_layers, "kv_heads": m.num_key_value_heads,
+                 "max_context": m.max_position_embeddings} for m in cat.llms.values()]
+    else:
+        rows = [{"id": m.id, "kind": m.kind, "name": m.name, "min_cc": m.min_cc,
+                 "bytes_per_weight": m.get("bytes_per_weight"), "bytes_per_kv_elem": m.get("bytes_per_kv_elem")}
+                for m in cat.methods.values()]
+    if as_json:
+        _emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_header=True, header_style="bold")
+    for k in rows[0]:
+        t.add_column(k)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r.values()))
+    Console().print(t)
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def profiles_show(name, as_json):
+    """Show one GPU, model or method with every field and its source."""
+    from profiles import load
+
+    cat = load()
+    for kind, table in (("gpu", cat.gpus), ("model", cat.llms), ("method", cat.methods)):
+        try:
+            r = cat.resolve(kind, name)
+        except UnknownProfileError:
+            continue
+        if r.note:
+            click.echo(f"note: {r.note}", err=True)
+        entry = table[r.id].raw
+        if as_json:
+            _emit_json({"kind": kind, **entry})
+        else:
+            import yaml
+            click.echo(f"# {kind}: {r.id}")
+            click.echo(yaml.safe_dump(entry, sort_keys=False, allow_unicode=True, width=110))
+        return
+    sugg = []
+    for kind in ("gpu", "model", "method"):
+        try:
+            cat.resolve(kind, name)
+        except UnknownProfileError as e:
+            sugg += e.suggestions
+    _err(f"no GPU, model or method named '{name}'." + (f" Did you mean: {', '.join(sugg[:5])}?" if sugg else ""))
+
+
+def _register_optional() -> None:
+    """Commands whose modules are heavy or optional are added lazily (torch never loads here)."""
+    from .commands import register
+    register(main)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,255 @@
+"""The decision engine behind ``advisor recommend``.
+
+Flow: (1) hardware support, (2) memory fit at the asked context and batch, (3) quality bound,
+(4) minimum speed, then rank the survivors by the objective and keep the Pareto front of
+(objective, quality loss). Every rejected candidate keeps the first constraint that blocked it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from profiles import Catalog, load
+
+from models.candidate import Candidate, Scenario
+from models.predict import Prediction, predict
+from models.quality import QualityModel
+
+from .candidates import enumerate_candidates, hardware_block
+
+OBJECTIVES = ("throughput", "latency", "energy", "cost")
+CONSTRAINTS = ("hardware", "memory", "quality", "speed")
+
+
+class RequestError(ValueError):
+    """The request itself is invalid (the CLI prints it and exits non-zero)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    gpu: str
+    model: str
+    max_quality_loss: float | None = None   # fraction: 0.02 = 2%
+    context: int = 4096                     # tokens per sequence: prompt + generated
+    batch: int = 1
+    gen_len: int = 256
+    objective: str = "throughput"
+    min_tok_s: float | None = None          # per sequence (what one user sees)
+    num_gpus: int = 1
+    top: int = 5
+    backend: str = "compiled"
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise RequestError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{self.objective}'")
+        for name, v, lo in (("--context", self.context, 2), ("--batch", self.batch, 1), ("--gen-len", self.gen_len, 1),
+                            ("--num-gpus", self.num_gpus, 1), ("--top", self.top, 1)):
+            if not isinstance(v, int) or v < lo:
+                raise RequestError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.gen_len >= self.context:
+            raise RequestError(f"--gen-len ({self.gen_len}) must be smaller than --context ({self.context}), "
+                               "which counts prompt and generated tokens together")
+        if self.max_quality_loss is not None and not (0 <= self.max_quality_loss < 10):
+            raise RequestError(f"--max-ppl-delta must be between 0% and 1000%, got {self.max_quality_loss:.4g}")
+        if self.min_tok_s is not None and self.min_tok_s <= 0:
+            raise RequestError(f"--min-tokens-per-s must be positive, got {self.min_tok_s}")
+        if self.backend not in ("compiled", "eager"):
+            raise RequestError(f"--backend must be compiled or eager, got '{self.backend}'")
+
+
+@dataclass
+class Evaluated:
+    prediction: Prediction
+    rejected_by: str | None = None      # one of CONSTRAINTS
+    reason: str | None = None
+    rank: int | None = None
+    pareto: bool = False
+    lost_because: str | None = None
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.prediction.candidate
+
+
+@dataclass
+class Recommendation:
+    request: Request
+    gpu_id: str
+    model_id: str
+    notes: list[str]
+    evaluated: list[Evaluated]
+    hardware_rejected: list[tuple[Candidate, str]]
+    best: Evaluated | None
+    ranked: list[Evaluated]
+    relaxations: list[str] = field(default_factory=list)
+
+    def rejected(self, constraint: str) -> list:
+        if constraint == "hardware":
+            return self.hardware_rejected
+        return [e for e in self.evaluated if e.rejected_by == constraint]
+
+
+def objective_value(p: Prediction, objective: str) -> float | None:
+    """Smaller is better for every objective (throughput is negated)."""
+    if objective == "throughput":
+        return -p.speed.decode_tok_s.value
+    if objective == "latency":
+        return p.request_latency_s.value
+    if objective == "energy":
+        return p.j_per_token.value
+    return p.usd_per_mtok.value if p.usd_per_mtok else None
+
+
+def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Recommendation:
+    req.validate()
+    cat = cat or load()
+    notes = []
+    rg = cat.resolve("gpu", req.gpu)
+    if rg.note:
+        notes.append(rg.note)
+    gpu, llm = cat.gpus[rg.id], cat.llm(req.model)
+    if req.context > llm.max_position_embeddings:
+        arch = lambda m: (m.hidden_size, m.intermediate_size, m.num_hidden_layers, m.num_key_value_heads)  # noqa: E731
+        longer = [m.id for m in cat.llms.values() if arch(m) == arch(llm) and m.max_position_embeddings >= req.context]
+        raise RequestError(f"--context {req.context} exceeds {llm.id}'s max_position_embeddings "
+                           f"({llm.max_position_embeddings}): no KV policy changes the positions the model was "
+                           f"trained for." + (f" Same architecture with a longer context: {', '.join(longer)}."
+                                              if longer else ""))
+    if req.objective == "cost" and not gpu.cloud_usd_per_hour:
+        raise RequestError(f"--objective cost needs a price: {gpu.id} has no cloud price in the catalog")
+    sc = Scenario(batch=req.batch, prompt_len=req.context - req.gen_len, gen_len=req.gen_len,
+                  backend=req.backend, num_gpus=req.num_gpus)
+    quality = QualityModel.from_catalog(cat)
+    evaluated, hw_rejected = [], []
+    for cand in enumerate_candidates(cat, llm, req.context):
+        block = hardware_block(cat, gpu, cand)
+        if block:
+            hw_rejected.append((cand, block))
+            continue
+        p = predict(cat, gpu, llm, cand, sc, quality, speed_model)
+        e = Evaluated(p)
+        _apply_constraints(e, req, gpu.memory_gb)
+        evaluated.append(e)
+    feasible = [e for e in evaluated if e.rejected_by is None]
+    feasible.sort(key=lambda e: (objective_value(e.prediction, req.objective),
+                                 e.prediction.quality_loss.value if e.prediction.quality_loss else 1e9))
+    _prefer_simple(feasible, req.objective)
+    for i, e in enumerate(feasible, 1):
+        e.rank = i
+    _mark_pareto(feasible, req.objective)
+    best = feasible[0] if feasible else None
+    if best:
+        for e in feasible[1:]:
+            e.lost_because = _why_lost(e, best, req.objective)
+    rec = Recommendation(req, gpu.id, llm.id, notes, evaluated, hw_rejected, best, feasible)
+    if not best:
+        rec.relaxations = relaxations(rec, cat)
+    return rec
+
+
+def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
+    p = e.prediction
+    need = p.memory.per_gpu_gb.value
+    if need > capacity_gb:
+        e.rejected_by, e.reason = "memory", (
+            f"needs {need:.1f} GB per GPU > {capacity_gb:g} GB (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
+            f"KV {p.memory.kv_gb / req.num_gpus:.1f}, workspace+overhead "
+            f"{p.memory.activations_gb / req.num_gpus + p.memory.overhead_gb:.1f})")
+        return
+    if req.max_quality_loss is not None:
+        if p.quality_loss is None:
+            missing = ", ".join(c[1] for c in p.quality_missing)
+            e.rejected_by, e.reason = "quality", f"no published or measured quality result for {missing}"
+            return
+        if p.quality_loss.value > req.max_quality_loss:
+            e.rejected_by, e.reason = "quality", (
+                f"predicted quality loss {p.quality_loss.value * 100:.2f}% > {req.max_quality_loss * 100:.2f}% "
+                f"({p.quality_loss.detail})")
+            return
+    if req.min_tok_s is not None and p.speed.per_seq_tok_s.value < req.min_tok_s:
+        e.rejected_by, e.reason = "speed", (
+            f"predicted {p.speed.per_seq_tok_s.value:.1f} tok/s per sequence < {req.min_tok_s:g}")
+
+
+TIE_TOLERANCE = 0.05  # objective values this close count as a tie (far inside any speed interval)
+
+
+def _complexity(c: Candidate) -> int:
+    return (c.precision not in ("fp16", "bf16")) + (c.sparsity != "dense") + (c.kv != "kv-fp16")
+
+
+def _prefer_simple(feasible: list[Evaluated], objective: str) -> None:
+    """Among candidates tied with the best (within TIE_TOLERANCE), put the simplest first:
+    an extra method that buys under 5% should not be recommended over one that does without."""
+    if not feasible:
+        return
+    top = objective_value(feasible[0].prediction, objective)
+    tied = [e for e in feasible if abs(objective_value(e.prediction, objective) - top) <= abs(top) * TIE_TOLERANCE]
+    tied.sort(key=lambda e: (_complexity(e.candidate),
+                             e.prediction.quality_loss.value if e.prediction.quality_loss else 1e9))
+    feasible[:len(tied)] = tied
+
+
+def _mark_pareto(feasible: list[Evaluated], objective: str) -> None:
+    best_loss = float("inf")
+    for e in feasible:  # sorted by objective
+        loss = e.prediction.quality_loss.value if e.prediction.quality_loss else float("inf")
+        if loss < best_loss:
+            e.pareto, best_loss = True, loss
+
+
+def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
+    p, b = e.prediction, best.prediction
+    if objective_value(p, objective) <= objective_value(b, objective):
+        return (f"within {TIE_TOLERANCE:.0%} of the recommendation, which uses fewer methods "
+                f"({_complexity(e.candidate)} vs {_complexity(best.candidate)})")
+    if objective == "throughput":
+        r = p.speed.decode_tok_s.value / b.speed.decode_tok_s.value
+        why = f"{r:.2f}x the recommendation's throughput"
+    elif objective == "latency":
+        why = f"request latency {p.request_latency_s.value:.2f} s vs {b.request_latency_s.value:.2f} s"
+    elif objective == "energy":
+        why = f"{p.j_per_token.value:.3g} J/token vs {b.j_per_token.value:.3g}"
+    else:
+        why = f"{p.usd_per_mtok.value:.3g} vs {b.usd_per_mtok.value:.3g} USD/Mtok"
+    extra = [n for n in p.speed.notes if "CUDA graphs" in n or "dequantize" in n or "padded" in n]
+    if e.pareto and not e is best:
+        why += "; on the Pareto front (less quality loss)"
+    return why + (f" ({extra[0]})" if extra else "")
+
+
+def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
+    """The nearest change of each constraint that would make some candidate feasible."""
+    req = rec.request
+    out = []
+    ev = rec.evaluated
+    if not ev:
+        return [f"no candidate runs on {rec.gpu_id} at all: see the hardware reasons"]
+    fits = [e for e in ev if e.rejected_by != "memory"]
+    if not fits:
+        smallest = min(ev, key=lambda e: e.prediction.memory.per_gpu_gb.value)
+        need = smallest.prediction.memory.per_gpu_gb.value * req.num_gpus
+        bigger = sorted((g for g in cat.gpus.values() if g.memory_gb * req.num_gpus >= need * 1.0),
+                        key=lambda g: g.memory_gb)[:3]
+        out.append(f"memory: the smallest candidate ({smallest.candidate.label}) needs "
+                   f"{smallest.prediction.memory.per_gpu_gb.value:.1f} GB per GPU; try --num-gpus "
+                   f"{req.num_gpus + 1}, a shorter --context, or a GPU with more memory"
+                   + (f" ({', '.join(g.id for g in bigger)})" if bigger else ""))
+    q_ok = [e for e in fits if e.rejected_by != "quality"]
+    if fits and not q_ok and req.max_quality_loss is not None:
+        known = [e for e in fits if e.prediction.quality_loss is not None]
+        if known:
+            e = min(known, key=lambda e: e.prediction.quality_loss.value)
+            out.append(f"quality: the least lossy candidate that fits ({e.candidate.label}) loses "
+                       f"{e.prediction.quality_loss.value * 100:.2f}%: --max-ppl-delta "
+                       f"{e.prediction.quality_loss.value * 100 + 0.01:.2f}% would admit it")
+    s_block = [e for e in ev if e.rejected_by == "speed"]
+    if s_block:
+        e = max(s_block, key=lambda e: e.prediction.speed.per_seq_tok_s.value)
+        ceiling = req.batch * 1e3 / e.prediction.speed.roofline_decode_ms / req.batch
+        out.append(f"speed: the fastest candidate meeting memory and quality ({e.candidate.label}) is predicted "
+                   f"at {e.prediction.speed.per_seq_tok_s.value:.1f} tok/s per sequence (interval "
+                   f"{e.prediction.speed.per_seq_tok_s.low:.1f}-{e.prediction.speed.per_seq_tok_s.high:.1f}; "
+                   f"the bandwidth roofline caps it at {ceiling:.1f}): "
+                   f"--min-tokens-per-s {e.prediction.speed.per_seq_tok_s.value:.1f} would admit it, or a GPU "
+                   f"with more memory bandwidth")
+    return out

@@ -1,0 +1,100 @@
+"""Rich rendering of engine results (human output; ``--json`` bypasses this)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from models.estimate import Estimate
+
+from .engine import Recommendation
+
+
+def _fmt(e: Estimate | None, scale: float = 1.0, digits: int = 3) -> tuple[str, str, str]:
+    if e is None:
+        return "unknown", "", ""
+    f = lambda x: f"{x * scale:.{digits}g}"  # noqa: E731
+    return f(e.value), f"{f(e.low)} - {f(e.high)}", e.source
+
+
+def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -> None:
+    req = rec.request
+    best = rec.best
+    console.print(f"[bold]{rec.model_id}[/] on [bold]{rec.gpu_id}[/] x{req.num_gpus} | context {req.context} "
+                  f"(gen {req.gen_len}) | batch {req.batch} | backend {req.backend} | objective {req.objective}"
+                  + (f" | max quality loss {req.max_quality_loss * 100:.2f}%" if req.max_quality_loss is not None else ""))
+    if best is None:
+        console.print("[bold red]No feasible candidate.[/]")
+    else:
+        p = best.prediction
+        console.print(f"\n[bold green]Recommended:[/] [bold]{p.candidate.label}[/]")
+        t = Table(show_header=True, header_style="bold")
+        for col in ("metric", "predicted", "~90% interval", "source"):
+            t.add_column(col)
+        rows = [
+            ("decode throughput (tok/s, batch)", _fmt(p.speed.decode_tok_s)),
+            ("per-sequence speed (tok/s)", _fmt(p.speed.per_seq_tok_s)),
+            ("prefill latency (ms)", _fmt(p.speed.prefill_ms)),
+            ("memory per GPU (GB)", _fmt(p.memory.per_gpu_gb)),
+            ("energy (J/token)", _fmt(p.j_per_token)),
+            ("cost (USD / M tokens)", _fmt(p.usd_per_mtok)),
+            ("quality loss (%)", _fmt(p.quality_loss, 100)),
+        ]
+        for name, (v, iv, src) in rows:
+            t.add_row(name, v, iv, src)
+        console.print(t)
+        console.print(f"[dim]speed: {p.speed_model} cost model; roofline floor {p.speed.roofline_decode_ms:.3g} ms/step "
+                      f"(predicted {p.speed.decode_step_ms.value:.3g}); quality: {p.quality_loss.detail if p.quality_loss else 'n/a'}[/]")
+        for c in p.quality_parts:
+            if c.rule != "reference":
+                console.print(f"[dim]  {c.component[1]}: {c.loss * 100:+.2f}% ({c.rule}, {c.metric}) from "
+                              f"{'; '.join(c.cites)[:300]}[/]")
+        for n in p.speed.notes:
+            console.print(f"[dim]  note: {n}[/]")
+    if rec.ranked[1:req.top]:
+        t = Table(title="Next best", show_header=True, header_style="bold")
+        for col in ("#", "candidate", "tok/s", "prefill ms", "GB", "J/tok", "loss %", "why it lost"):
+            t.add_column(col)
+        for e in rec.ranked[1:req.top]:
+            p = e.prediction
+            t.add_row(str(e.rank), p.candidate.label, f"{p.speed.decode_tok_s.value:.4g}",
+                      f"{p.speed.prefill_ms.value:.4g}", f"{p.memory.per_gpu_gb.value:.3g}",
+                      f"{p.j_per_token.value:.3g}",
+                      f"{p.quality_loss.value * 100:.2f}" if p.quality_loss else "?", e.lost_because or "")
+        console.print(t)
+    t = Table(title="Rejected candidates (first constraint that blocked each)", show_header=True, header_style="bold")
+    for col in ("constraint", "count", "example"):
+        t.add_column(col)
+    for c in ("hardware", "memory", "quality", "speed"):
+        rej = rec.rejected(c)
+        if rej:
+            first = rej[0]
+            ex = f"{first[0].label}: {first[1]}" if c == "hardware" else f"{first.candidate.label}: {first.reason}"
+            t.add_row(c, str(len(rej)), ex)
+    console.print(t)
+    _explain_named(rec, console)
+    if rec.relaxations:
+        console.print("[bold]What would make a candidate feasible:[/]")
+        for r in rec.relaxations:
+            console.print(f"  - {r}")
+    if deploy:
+        console.print("\n[bold]Deploy:[/]")
+        for k, v in deploy.items():
+            console.print(f"[bold]{k}:[/]\n{v}")
+
+
+def _explain_named(rec: Recommendation, console: Console) -> None:
+    """Say why the dense variant of each precision lost, so no method disappears silently."""
+    if rec.best is None:
+        return
+    seen = set()
+    for e in rec.evaluated:
+        c = e.candidate
+        if c.sparsity != "dense" or c.kv != "kv-fp16" or c.precision in seen or e is rec.best:
+            continue
+        seen.add(c.precision)
+        why = e.reason if e.rejected_by else e.lost_because
+        console.print(f"[dim]  {c.precision}: {'rejected (' + e.rejected_by + '): ' if e.rejected_by else ''}{why}[/]")
+    for c, r in rec.hardware_rejected:
+        if c.sparsity == "dense" and c.kv == "kv-fp16" and c.precision not in seen:
+            seen.add(c.precision)
+            console.print(f"[dim]  {c.precision}: rejected (hardware): {r}[/]")

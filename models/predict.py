@@ -1,0 +1,70 @@
+"""One call that predicts everything for a candidate: memory, speed, energy, cost and quality."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from profiles import GPU, LLM, Catalog
+
+from . import energy
+from .candidate import Candidate, Scenario
+from .estimate import Estimate
+from .memory import MemoryBreakdown, predict_memory
+from .quality import ComponentLoss, QualityModel
+from .speed import SpeedPrediction, predict_speed
+
+
+@dataclass
+class Prediction:
+    candidate: Candidate
+    memory: MemoryBreakdown
+    speed: SpeedPrediction
+    power_w: float
+    j_per_token: Estimate
+    usd_per_mtok: Estimate | None
+    quality_loss: Estimate | None
+    quality_parts: list[ComponentLoss]
+    quality_missing: list[tuple]
+    request_latency_s: Estimate
+    eor: float | None = None
+    tweor: float | None = None
+    speed_model: str = "analytical"
+    notes: list[str] = field(default_factory=list)
+
+
+def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
+            quality: QualityModel | None = None, speed_model=None) -> Prediction:
+    """Predict a candidate. ``speed_model`` (a fitted cost model) replaces the analytical speed
+    and memory figures where it can; otherwise the analytical ones stand."""
+    mem = predict_memory(cat, llm, cand, sc)
+    spd = predict_speed(cat, gpu, llm, cand, sc)
+    used = "analytical"
+    if speed_model is not None:
+        fitted = speed_model.predict_one(cat, gpu, llm, cand, sc, spd, mem)
+        if fitted is not None:
+            spd, mem, used = fitted[0], fitted[1], fitted[2]
+    step_s = spd.decode_step_ms.value / 1e3
+    power = energy.board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w) * sc.num_gpus
+    jpt = energy.joules_per_token(power, step_s, sc.batch)
+    rel = energy.REL_ERR + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
+    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
+    price = gpu.cloud_usd_per_hour
+    usd = None
+    if price:
+        per_tok_s = spd.decode_tok_s
+        k = price * sc.num_gpus / 3600 * 1e6
+        usd = Estimate(k / per_tok_s.value, k / per_tok_s.high, k / per_tok_s.low, "USD/Mtok", "analytical",
+                       f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date')}) "
+                       "/ predicted decode throughput")
+    q = quality or QualityModel.from_catalog(cat)
+    loss, parts, missing = q.predict(llm, cand)
+    lat = spd.prefill_ms.scale(1e-3, "s")
+    dec = spd.decode_step_ms.scale(sc.gen_len * 1e-3, "s")
+    req = Estimate(lat.value + dec.value, lat.low + dec.low, lat.high + dec.high, "s", spd.decode_step_ms.source,
+                   "prefill + gen_len x decode step")
+    p = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=used)
+    if loss is not None:
+        kept = max(0.0, 1.0 - loss.value)
+        wh = jpt * 1000 / 3600  # Wh per 1,000 generated tokens
+        p.eor = energy.eor(kept, wh)
+        p.tweor = energy.tweor(kept, wh, req.value)
+    return p

@@ -1,0 +1,275 @@
+"""Quality cost model: predicted quality loss (relative %) of a candidate, from published results.
+
+Each published row gives a baseline and a value from the same table; its *loss* is
+``(value - baseline) / baseline`` for perplexity and ``(baseline - value) / baseline`` for scores.
+A candidate is split into components (its precision, its sparsity, its KV policy); each component's
+loss comes from the first rule that has rows:
+
+1. ``exact``: the same model (instruct/chat variants count, with a wider interval);
+2. ``family``: the same family, nearest size on a log scale;
+3. ``transfer``: other families; Llama-3 is taken as 2x as sensitive as Llama-2 to 4-bit and
+   W8A8 quantization (Huang et al. 2024, "How Good Are Low-bit Quantized LLaMA3 Models?",
+   https://arxiv.org/abs/2404.14047) and the median over families is used otherwise;
+4. ``measured-small``: a real measurement on the small model trained by ``measurement.quality``,
+   only where no published row exists, with the widest interval.
+
+Perplexity metrics are preferred (WikiText-2, then C4, then others); task scores are used only
+where a component has no perplexity rows (the KV eviction policies report LongBench).
+Combination rule: component losses add (additive in relative perplexity, a first-order
+approximation); the interval adds the component intervals plus 25% of the sum for interactions.
+Eviction budgets: the published row with the nearest budget at or below the candidate's;
+a candidate budget below every published one widens the interval.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from profiles import Catalog, LLM
+
+from .candidate import Candidate
+from .estimate import Estimate
+
+BASE_PRECISIONS = {"fp16", "bf16"}
+BASE_KV = {"fp16", "bf16", "kv-fp16"}
+METRIC_RANK = {"wikitext2_ppl": 0, "c4_ppl": 1, "pg19_ppl": 2, "longbench_avg": 6, "mmlu": 7,
+               "openllm_v1_avg": 7, "zeroshot5_avg_acc": 8, "zeroshot4_avg_acc": 8, "gsm8k": 8, "needle_acc": 9}
+SCORE_METRICS = {"longbench_avg", "mmlu", "openllm_v1_avg", "zeroshot5_avg_acc", "zeroshot4_avg_acc",
+                 "gsm8k", "needle_acc"}
+LLAMA3_SENSITIVE = {"awq-int4", "gptq-int4", "rtn-int4", "bnb-nf4", "w8a8"}
+LLAMA3_FACTOR = 2.0
+SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"
+
+# Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
+REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "measured-small": 2.0}
+ABS_FLOOR = 0.002
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    family: str
+    size_b: float | None
+    component: tuple       # ("precision", id) | ("sparsity", id) | ("kv", id)
+    budget: int | None
+    metric: str
+    loss: float            # relative, 0.01 = 1%
+    cite: str
+    source: str            # published | measured
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class ComponentLoss:
+    component: tuple
+    loss: float
+    low: float
+    high: float
+    rule: str
+    metric: str
+    cites: tuple
+
+
+def _family_of(name: str) -> str:
+    n = name.lower()
+    for fam in ("llama3", "llama2", "qwen2.5", "qwen1.5", "mistral", "opt", "bloom"):
+        if n.startswith(fam.replace("-", "")) or n.startswith(fam):
+            return fam
+    if n.startswith("deepseek-r1-distill-llama"):
+        return "llama3"
+    if n.startswith("llama-"):
+        return "llama1"
+    return n.split("-")[0]
+
+
+def _size_of(name: str) -> float | None:
+    m = re.search(r"(\d+(?:\.\d+)?)([bm])(?![a-z])", name.lower())
+    if not m:
+        return None
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == "m" else v
+
+
+def _base_model(name: str) -> str:
+    return re.sub(r"-(instruct|chat|it)$", "", name.lower())
+
+
+def _component(r: dict) -> tuple | None:
+    """The one component a row varies from the 16-bit dense baseline, or None for combinations."""
+    prec = r["precision"]
+    sp = r["sparsity"]
+    kv = r["kv"]
+    varied = []
+    if prec not in BASE_PRECISIONS:
+        varied.append(("precision", prec))
+    if sp != "dense":
+        varied.append(("sparsity", "drop-layers" if sp.startswith("drop-") else sp))
+    if kv not in BASE_KV:
+        varied.append(("kv", kv))
+    return varied[0] if len(varied) == 1 else None
+
+
+def _loss(baseline: float, value: float, higher_is_better: bool) -> float:
+    return (baseline - value) / baseline if higher_is_better else (value - baseline) / baseline
+
+
+def _drop_fraction(r: dict) -> float | None:
+    m = re.search(r"(\d+)\s*(?:of|/)\s*(\d+)", str(r.get("notes", "")))
+    n = int(r["sparsity"].split("-")[1])
+    return n / int(m.group(2)) if m else None
+
+
+def rows_from_published(raw: list[dict]) -> list[Row]:
+    out = []
+    for r in raw:
+        if r.get("kind") == "claim" or r.get("baseline") in (None, 0):
+            continue
+        metric = r["metric"]
+        if metric not in METRIC_RANK and metric not in SCORE_METRICS and not metric.endswith("_ppl"):
+            continue
+        comp = _component(r)
+        if comp is None or "naive" in str(r.get("notes", "")).lower()[:40]:
+            continue  # combinations, and naive baselines that a paper contrasts with its method
+        budget = r.get("kv_budget")
+        if comp[0] == "sparsity" and comp[1] == "drop-layers":
+            frac = _drop_fraction(r)
+            if frac is None:
+                continue
+            budget = round(frac * 1000)  # per-mille of layers dropped, compared like a budget
+        cite = f"{r['paper']}, {r.get('table') or ''} ({r['url']})"
+        out.append(Row(_base_model(r["model"]), _family_of(r["model"]), _size_of(r["model"]), comp, budget,
+                       metric, _loss(float(r["baseline"]), float(r["value"]), bool(r["higher_is_better"])),
+                       cite, "published", f"{r['paper']} {r.get('notes', '')}"))
+    return out
+
+
+def rows_from_small_model(path: Path = SMALL_MODEL_CSV) -> list[Row]:
+    if not path.exists():
+        return []
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r.get("status", "ok") != "ok" or not r.get("delta_rel"):
+                continue
+            comp = _component({"precision": r["precision"], "sparsity": r["sparsity"], "kv": r["kv"]})
+            if comp is None:
+                continue
+            budget = int(float(r["kv_budget"])) if r.get("kv_budget") else None
+            out.append(Row(r["model"], "small", None, comp, budget, r["metric"], float(r["delta_rel"]),
+                           f"measured on {r['model']} trained here ({r.get('gpu', '')}, {r.get('date_utc', '')})",
+                           "measured"))
+    return out
+
+
+def _metric_key(row: Row) -> int:
+    return METRIC_RANK.get(row.metric, 5 if row.metric.endswith("_ppl") else 9)
+
+
+def _preferred(rows: list[Row], prefers: str | None) -> list[Row]:
+    """Rows of the variant the method catalog names (``quality_prefers``), when there are any."""
+    if not prefers:
+        return rows
+    hit = [r for r in rows if prefers.lower() in r.notes.lower()]
+    return hit or rows
+
+
+def _pick_metric(rows: list[Row]) -> list[Row]:
+    best = min(_metric_key(r) for r in rows)
+    return [r for r in rows if _metric_key(r) == best]
+
+
+def _pick_budget(rows: list[Row], budget: int | None, ref_len: int | None = None) -> tuple[list[Row], bool]:
+    """Rows at the nearest published budget at or below ``budget`` (or the smallest above it)."""
+    budgets = sorted({r.budget for r in rows if r.budget is not None})
+    if budget is None or not budgets:
+        return rows, False
+    below = [b for b in budgets if b <= budget]
+    chosen = below[-1] if below else budgets[0]
+    return [r for r in rows if r.budget == chosen], not below
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+class QualityModel:
+    """Looks up and combines component losses; see the module docstring for the rules."""
+
+    def __init__(self, published: list[Row], measured: list[Row] | None = None, prefers: dict | None = None):
+        self.published = published
+        self.measured = measured or []
+        self.prefers = prefers or {}
+
+    @classmethod
+    def from_catalog(cls, cat: Catalog) -> "QualityModel":
+        return _cached(cat)
+
+    def component(self, llm: LLM, comp: tuple, budget: int | None = None) -> ComponentLoss | None:
+        if comp[0] == "precision" and comp[1] in BASE_PRECISIONS or comp[0] == "kv" and comp[1] in BASE_KV \
+                or comp == ("sparsity", "dense"):
+            return ComponentLoss(comp, 0.0, 0.0, 0.0, "reference", "-", ("16-bit dense reference",))
+        rows = _preferred([r for r in self.published if r.component == comp], self.prefers.get(comp[1]))
+        size = llm.published_params_b
+        exact = [r for r in rows if r.model == llm.id or r.model == _base_model(llm.id)]
+        variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
+                   and r not in exact]
+        family = [r for r in rows if r.family == llm.family]
+        for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
+                           ("measured-small", [r for r in self.measured if r.component == comp])):
+            if not pool:
+                continue
+            pool = _pick_metric(pool)
+            pool, below_all = _pick_budget(pool, budget)
+            if rule == "family":
+                near = min(abs(math.log((r.size_b or size) / size)) for r in pool)
+                pool = [r for r in pool if abs(math.log((r.size_b or size) / size)) == near]
+            losses = []
+            for r in pool:
+                x = r.loss
+                if rule == "transfer" and comp[1] in LLAMA3_SENSITIVE:
+                    if llm.family == "llama3" and r.family == "llama2":
+                        x *= LLAMA3_FACTOR
+                    elif llm.family == "llama2" and r.family == "llama3":
+                        x /= LLAMA3_FACTOR
+                losses.append(x)
+            loss = _median(losses)
+            width = REL_WIDTH[rule] * (2.0 if below_all else 1.0)
+            half = max(abs(loss) * width, ABS_FLOOR, (max(losses) - min(losses)) / 2)
+            return ComponentLoss(comp, loss, loss - half, loss + half, rule, pool[0].metric,
+                                 tuple(sorted({r.cite for r in pool})))
+        return None
+
+    def predict(self, llm: LLM, cand: Candidate) -> tuple[Estimate | None, list[ComponentLoss], list[tuple]]:
+        """Loss estimate (fraction) for the candidate, its parts, and components with no data."""
+        parts, missing = [], []
+        budget_drop = round(cand.dropped_layers / llm.num_hidden_layers * 1000) if cand.dropped_layers else None
+        for comp, budget in ((("precision", cand.precision), None),
+                             (("sparsity", cand.sparsity_method), budget_drop),
+                             (("kv", cand.kv), cand.kv_budget)):
+            c = self.component(llm, comp, budget)
+            (parts if c else missing).append(c if c else comp)
+        if missing:
+            return None, parts, missing
+        loss = sum(p.loss for p in parts)
+        low = sum(p.low for p in parts)
+        high = sum(p.high for p in parts)
+        nonzero = [p for p in parts if p.rule != "reference"]
+        if len(nonzero) > 1:
+            slack = 0.25 * sum(abs(p.loss) for p in nonzero)
+            low, high = low - slack, high + slack
+        rules = sorted({p.rule for p in nonzero}) or ["reference"]
+        source = "measured" if rules == ["measured-small"] else "published"
+        detail = "; ".join(f"{p.component[1]}: {p.rule} ({p.metric})" for p in nonzero) or "16-bit dense reference"
+        return Estimate(loss, min(low, loss), max(high, loss), "fraction", source, detail), parts, []
+
+
+@lru_cache(maxsize=2)
+def _cached(cat: Catalog) -> QualityModel:
+    prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
+    return QualityModel(rows_from_published(cat.quality_rows), rows_from_small_model(), prefers)

@@ -1,0 +1,129 @@
+"""Speed cost model: decode tokens/s and prefill latency from the roofline and efficiency factors.
+
+time = max(bytes / (copy bandwidth x kernel fraction), FLOPs / (peak x matmul fraction))
+       + per-step small-kernel overhead + tensor-parallel all-reduces.
+Every factor is in :mod:`models.efficiency` with its source. A prediction never beats
+:func:`models.roofline.roofline_s` (tested on every GPU profile).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from profiles import GPU, LLM, Catalog
+
+from . import efficiency as eff
+from .candidate import Candidate, Scenario
+from .estimate import Estimate
+from .memory import kv_bytes_per_token, kv_tokens, param_counts
+from .roofline import StepCost, compute_dtype, decode_step, peak_flops, prefill_step, roofline_s
+
+# Tensor-parallel all-reduce latency per call (assumption, order of NCCL small-message latency).
+ALLREDUCE_LATENCY_S = 10e-6
+DEFAULT_LINK_GBPS = 25.0  # PCIe 4.0 x16 practical, when a profile lacks interconnect figures
+
+
+@dataclass
+class SpeedPrediction:
+    decode_step_ms: Estimate
+    decode_tok_s: Estimate        # all sequences of the batch together
+    per_seq_tok_s: Estimate       # what one user sees
+    prefill_ms: Estimate
+    roofline_decode_ms: float
+    roofline_prefill_ms: float
+    utilisation: float            # decode roofline time / predicted time
+    notes: list[str] = field(default_factory=list)
+
+
+def _link_bytes_per_s(gpu: GPU) -> float:
+    """Per-direction link bandwidth: the profiles quote bidirectional totals (PCIe x16, NVLink)."""
+    g = gpu.interconnect.get("gpu_to_gpu_gbps")
+    return float(g) / 2 * 1e9 if g else DEFAULT_LINK_GBPS * 1e9
+
+
+def _allreduce_s(gpu: GPU, llm: LLM, layers: int, tokens: int, n: int) -> float:
+    if n <= 1:
+        return 0.0
+    msg = tokens * llm.hidden_size * 2
+    return 2 * layers * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / _link_bytes_per_s(gpu))
+
+
+def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost,
+                   notes: list[str]) -> float:
+    n = sc.num_gpus
+    prec = cat.methods[cand.precision]
+    copy_bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * n
+    kern = prec.get("kernels") or {}
+    backend = sc.backend
+    if not eff.uses_graphs(cand.precision, backend) and backend == "compiled":
+        notes.append(f"{cand.precision} kernels cannot be captured in CUDA graphs: eager per-step overhead applies")
+        backend_overhead = "eager"
+    else:
+        backend_overhead = backend
+    lin_bytes, frac = step.linear_bytes, eff.bw_fraction(cand.precision, backend)
+    rows = sc.batch
+    if cand.sparsity.startswith("2:4"):
+        frac = eff.SPARSE_24["bw"][backend]
+        if rows < 16:
+            notes.append(f"2:4 kernels need >= 16 rows: batch {rows} is padded to 16")
+    gemv_rows = kern.get("gemv_max_rows")
+    if gemv_rows is not None and rows > gemv_rows:
+        pc = param_counts(llm, cand.dropped_layers)
+        lin_bytes += pc.linear * float(kern.get("dequant_bytes_per_weight", 4.0))
+        frac = eff.bw_fraction("bf16", backend)
+        notes.append(f"{cand.precision}: batch > {gemv_rows} row(s) takes the dequantize + 16-bit GEMM path")
+    dtype = compute_dtype(cand.precision, gpu)
+    peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * n
+    rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
+    t_lin = max(lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak)
+    kv_extra = 0.0
+    if cand.kv in ("kv-int8", "kv-int4", "kv-int2"):
+        # The quantized cache is dequantized to 16 bit for attention each step (write + read).
+        l_kv = kv_tokens(cand, sc.prompt_len + sc.gen_len // 2)
+        per_tok16 = 2 * (llm.num_hidden_layers - cand.dropped_layers) * llm.num_key_value_heads * llm.head_dim * 2.0
+        kv_extra = 2 * sc.batch * l_kv * per_tok16
+    t_other = max((step.other_bytes + kv_extra) / (copy_bw * eff.bw_fraction("bf16", backend)),
+                  step.other_flops / (peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n))
+    layers = llm.num_hidden_layers - cand.dropped_layers
+    overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
+    return t_lin + t_other + overhead + _allreduce_s(gpu, llm, layers, sc.batch, n)
+
+
+def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost) -> float:
+    n = sc.num_gpus
+    dtype = compute_dtype(cand.precision, gpu)
+    k = eff.kernel(cand.precision)
+    peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * k["compute"] / 0.80 * n
+    peak16 = peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n
+    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * 0.84 * n
+    t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
+    layers = llm.num_hidden_layers - cand.dropped_layers
+    backend = sc.backend if eff.uses_graphs(cand.precision, sc.backend) else "eager"
+    return t + eff.STEP_OVERHEAD_MS_PER_LAYER[backend] * 1e-3 * layers + _allreduce_s(
+        gpu, llm, layers, sc.batch * sc.prompt_len, n)
+
+
+def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> SpeedPrediction:
+    notes: list[str] = []
+    dstep = decode_step(cat, llm, cand, sc)
+    pstep = prefill_step(cat, llm, cand, sc)
+    dtype = compute_dtype(cand.precision, gpu)
+    t_dec = _decode_time_s(cat, gpu, llm, cand, sc, dstep, notes)
+    t_pre = _prefill_time_s(cat, gpu, llm, cand, sc, pstep)
+    roof_dec = roofline_s(dstep, gpu, dtype, sc.num_gpus)
+    roof_pre = roofline_s(pstep, gpu, dtype, sc.num_gpus)
+    # Never beat the roofline (guards the efficiency table against a bad entry).
+    t_dec, t_pre = max(t_dec, roof_dec), max(t_pre, roof_pre)
+    rel = eff.REL_ERR_SAME_ARCH if gpu.cc == (9, 0) else eff.REL_ERR_OTHER_ARCH
+    if sc.backend == "eager":
+        rel = max(rel, 0.5)
+        notes.append("eager decode is host-bound: the per-step overhead depends on the CPU")
+    detail = "roofline x efficiency table (models/efficiency.py)"
+    step_ms = Estimate.rel(t_dec * 1e3, rel, "ms", "analytical", detail)
+    # The interval never crosses the roofline floor.
+    step_ms = Estimate(step_ms.value, max(step_ms.low, roof_dec * 1e3), step_ms.high, "ms", "analytical", detail)
+    tok_s = Estimate(sc.batch / (step_ms.value / 1e3), sc.batch / (step_ms.high / 1e3),
+                     sc.batch / (step_ms.low / 1e3), "tok/s", "analytical", detail)
+    per_seq = tok_s.scale(1 / sc.batch)
+    pre = Estimate.rel(t_pre * 1e3, rel, "ms", "analytical", detail)
+    pre = Estimate(pre.value, max(pre.low, roof_pre * 1e3), pre.high, "ms", "analytical", detail)
+    return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes)

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main, parse_fraction
+
+
+@pytest.fixture()
+def run():
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, list(args))
+
+
+def test_recommend_json_carries_intervals_and_sources(run):
+    r = run("recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--max-ppl-delta", "2%", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    rec = d["recommended"]
+    for key in ("decode_tok_s", "prefill_ms", "j_per_token", "usd_per_mtok", "quality_loss"):
+        e = rec[key]
+        assert e["low"] <= e["value"] <= e["high"] and e["source"] in ("analytical", "published", "measured", "fitted")
+    assert rec["memory"]["per_gpu_gb"]["value"] <= 24
+    assert d["deploy"]["transformers"]
+
+
+def test_unknown_gpu_is_a_clear_error(run):
+    r = run("recommend", "--gpu", "rtx4009", "--model", "llama3.1-8b")
+    assert r.exit_code == 2
+    assert "unknown gpu 'rtx4009'" in r.stderr and "rtx4090" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_unknown_model_offers_matches(run):
+    r = run("recommend", "--gpu", "l4", "--model", "llama-3.1-8")
+    assert r.exit_code == 2 and "llama3.1-8b" in r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--max-ppl-delta", "two"), "not a number"),
+    (("--max-ppl-delta", "2"), "ambiguous"),
+    (("--context", "-5"), "context"),
+    (("--batch", "x"), "batch"),
+    (("--objective", "speed"), "objective"),
+    (("--context", "100", "--gen-len", "200"), "smaller than --context"),
+])
+def test_malformed_numbers(run, args, needle):
+    r = run("recommend", "--gpu", "l4", "--model", "llama3.1-8b", *args)
+    assert r.exit_code == 2, r.output
+    assert needle in r.output.lower() or needle in (r.stderr or "").lower()
+    assert "Traceback" not in r.output
+
+
+def test_impossible_constraints_explain_each_block(run):
+    r = run("recommend", "--gpu", "t4", "--model", "llama3.1-70b", "--max-ppl-delta", "0.5%",
+            "--min-tokens-per-s", "500", "--json")
+    assert r.exit_code == 3
+    d = json.loads(r.stdout)
+    assert d["recommended"] is None and d["relaxations"]
+    assert d["rejected_counts"]["memory"] > 0
+    assert any("memory" in x for x in d["relaxations"])
+
+
+def test_parse_fraction():
+    assert parse_fraction("2%") == pytest.approx(0.02)
+    assert parse_fraction("0.02") == pytest.approx(0.02)
+    assert parse_fraction("none") is None
+
+
+def test_profiles_list_and_show(run):
+    r = run("profiles", "list", "gpus", "--json")
+    assert r.exit_code == 0 and any(g["id"] == "h200" for g in json.loads(r.stdout))
+    r = run("profiles", "show", "a100")
+    assert r.exit_code == 0 and "ambiguous" in r.stderr
+    r = run("profiles", "show", "h2000")
+    assert r.exit_code == 2 and "h200" in r.stderr
+
+
+def test_core_commands_do_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, advisor.cli; from click.testing import CliRunner; "
+            "CliRunner().invoke(advisor.cli.main, ['recommend','--gpu','l4','--model','llama3.1-8b','--json']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

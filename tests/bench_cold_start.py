@@ -1,0 +1,37 @@
+"""Benchmark (not a test): cold-start wall time of `advisor recommend`, as a new process each run.
+
+    python tests/bench_cold_start.py [--runs 10]
+
+Prints median and spread; issue 2's bar is under 1 s on a 2-core machine. Nothing is asserted:
+speed claims live in benchmarks, not in timed tests.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+CMD = [sys.executable, "-m", "advisor.cli", "recommend", "--gpu", "l4", "--model", "llama3.1-8b",
+       "--max-ppl-delta", "2%"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--json", action="store_true", help="time the --json output path instead of the table")
+    args = ap.parse_args()
+    cmd = CMD + (["--json"] if args.json else [])
+    times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"advisor recommend cold start: median {med:.3f} s, min {min(times):.3f}, max {max(times):.3f} "
+          f"over {args.runs} runs ({'json' if args.json else 'table'} output)")
+
+
+if __name__ == "__main__":
+    main()

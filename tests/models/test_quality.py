@@ -1,0 +1,79 @@
+import pytest
+
+from models.candidate import Candidate
+from models.quality import QualityModel, Row
+from profiles import load
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load()
+
+
+def _row(model, fam, size, comp, loss, metric="wikitext2_ppl", budget=None):
+    return Row(model, fam, size, comp, budget, metric, loss, f"paper for {model}", "published")
+
+
+class FakeLLM:
+    def __init__(self, id, family, size, layers=32):
+        self.id, self.family, self.published_params_b, self.num_hidden_layers = id, family, size, layers
+
+
+def test_exact_row_is_reproduced_from_the_published_table(cat):
+    # AWQ paper, Table 4: Llama-2-7B WikiText-2 5.47 (fp16) -> 5.60 (AWQ INT4 g128).
+    rows = [r for r in cat.quality_rows if r["model"] == "llama2-7b" and r["precision"] == "awq-int4"
+            and r["metric"] == "wikitext2_ppl" and r["kv"] == "fp16" and r["sparsity"] == "dense"]
+    assert rows, "AWQ Llama-2-7B row missing from quality_published.yaml"
+    r = rows[0]
+    q = QualityModel.from_catalog(cat)
+    est, parts, _ = q.predict(cat.llm("llama2-7b"), Candidate("awq-int4"))
+    assert parts[0].rule == "exact"
+    expected = (r["value"] - r["baseline"]) / r["baseline"]
+    assert est.value == pytest.approx(expected, rel=0.5)
+    assert est.low <= expected <= est.high
+
+
+def test_rules_widen_as_they_extrapolate():
+    comp = ("precision", "awq-int4")
+    q = QualityModel([_row("llama2-7b", "llama2", 7, comp, 0.02)])
+    exact = q.component(FakeLLM("llama2-7b", "llama2", 7), comp)
+    family = q.component(FakeLLM("llama2-70b", "llama2", 70), comp)
+    transfer = q.component(FakeLLM("mistral-7b", "mistral", 7), comp)
+    widths = [c.high - c.low for c in (exact, family, transfer)]
+    assert [c.rule for c in (exact, family, transfer)] == ["exact", "family", "transfer"]
+    assert widths[0] < widths[1] < widths[2]
+
+
+def test_llama3_is_twice_as_sensitive_to_4bit_as_llama2():
+    comp = ("precision", "awq-int4")
+    q = QualityModel([_row("llama2-7b", "llama2", 7, comp, 0.02)])
+    c = q.component(FakeLLM("llama3-8b", "llama3", 8), comp)
+    assert c.rule == "transfer" and c.loss == pytest.approx(0.04)
+
+
+def test_unknown_component_gives_no_figure():
+    q = QualityModel([])
+    est, _, missing = q.predict(FakeLLM("x-7b", "x", 7), Candidate("awq-int4"))
+    assert est is None and missing == [("precision", "awq-int4")]
+
+
+def test_combination_adds_losses_and_widens():
+    rows = [_row("m-7b", "m", 7, ("precision", "awq-int4"), 0.02),
+            _row("m-7b", "m", 7, ("kv", "kv-int4"), 0.01)]
+    q = QualityModel(rows)
+    llm = FakeLLM("m-7b", "m", 7)
+    single, _, _ = q.predict(llm, Candidate("awq-int4"))
+    both, _, _ = q.predict(llm, Candidate("awq-int4", kv="kv-int4"))
+    assert both.value == pytest.approx(0.03)
+    assert (both.high - both.low) > (single.high - single.low) + 0.01
+
+
+def test_eviction_budget_uses_nearest_published_at_or_below():
+    comp = ("kv", "snapkv")
+    rows = [_row("m-7b", "m", 7, comp, 0.10, "longbench_avg", 128), _row("m-7b", "m", 7, comp, 0.01, "longbench_avg", 2048)]
+    q = QualityModel(rows)
+    llm = FakeLLM("m-7b", "m", 7)
+    assert q.component(llm, comp, 4096).loss == pytest.approx(0.01)
+    assert q.component(llm, comp, 1024).loss == pytest.approx(0.10)
+    below = q.component(llm, comp, 64)
+    assert below.high - below.low > q.component(llm, comp, 128).high - q.component(llm, comp, 128).low
