@@ -118,9 +118,10 @@ def _loss(baseline: float, value: float, higher_is_better: bool) -> float:
 
 
 def _drop_fraction(r: dict) -> float | None:
-    m = re.search(r"(\d+)\s*(?:of|/)\s*(\d+)", str(r.get("notes", "")))
+    notes = str(r.get("notes", ""))
+    m = re.search(r"(\d+)\s+layers total", notes) or re.search(r"\d+\s*(?:of|/)\s*(\d+)\s+(?:layers|blocks)", notes)
     n = int(r["sparsity"].split("-")[1])
-    return n / int(m.group(2)) if m else None
+    return n / int(m.group(1)) if m else None
 
 
 def rows_from_published(raw: list[dict]) -> list[Row]:
