@@ -12,7 +12,7 @@ def speed_model_or_none():
 
     Returns (model_or_None, note for stderr)."""
     try:
-        from models.fitted import load_default
+        from models.correction import load_default
     except ImportError:
         return None, "speed and memory: analytical cost model (no fitted model available)"
     return load_default()

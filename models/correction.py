@@ -1,0 +1,147 @@
+"""Runtime side of the fitted cost model: features, a JSON-stored linear correction, intervals.
+
+The fitted model predicts ``log(measured / analytical)`` for each target (decode step time, prefill
+time, peak memory, J/token) from physically grounded features (roofline terms from the profiles, the
+method, batch, context, backend), so that it carries to GPUs never measured: the analytical roofline
+does the extrapolation and the correction only learns efficiency. Evaluating it needs numpy only (no
+scikit-learn import on the ``recommend`` path); fitting lives in :mod:`models.fitted`.
+
+Intervals: split-conformal quantiles of cross-validated log residuals (90%), widened when the query
+is far from the data (another GPU, another GPU generation, a method never measured on that
+architecture, a model much larger than any measured); the widening reasons are reported.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from profiles import GPU, LLM, Catalog
+
+from .candidate import Candidate, Scenario
+from .estimate import Estimate
+from .memory import MemoryBreakdown
+
+TARGETS = ("decode_ms", "prefill_ms", "peak_mem_gb", "j_per_token")
+PRECISIONS = ("fp16", "bf16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "gptq-int4")
+FEATURES = ("log_batch", "log_prompt", "eager", "eager_log_batch", "eager_layers", "sparse24", "drop_frac",
+            "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw") + tuple(
+    f"p_{p}" for p in PRECISIONS)
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "fitted.json"
+WIDEN = {"gpu": 1.5, "generation": 2.0, "method_arch": 1.5, "size": 1.5}
+
+
+def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: float) -> np.ndarray:
+    eager = 1.0 if sc.backend == "eager" else 0.0
+    layers = llm.num_hidden_layers - cand.dropped_layers
+    row = {
+        "log_batch": math.log(sc.batch), "log_prompt": math.log(max(sc.prompt_len, 1)), "eager": eager,
+        "eager_log_batch": eager * math.log(sc.batch), "eager_layers": eager * layers / 32,
+        "sparse24": 1.0 if cand.sparsity.startswith("2:4") else 0.0,
+        "drop_frac": cand.dropped_layers / llm.num_hidden_layers,
+        "kv_int": 1.0 if cand.kv in ("kv-int8", "kv-int4", "kv-int2") else 0.0,
+        "kv_fp8": 1.0 if cand.kv == "kv-fp8" else 0.0, "evict": 1.0 if cand.kv_budget else 0.0,
+        "log_params": math.log(llm.published_params_b), "log_util": math.log(max(utilisation, 1e-4)),
+        "hopper": 1.0 if gpu.cc[0] == 9 else 0.0, "log_bw": math.log(gpu.mem_bw_gbps / 1000),
+    }
+    for p in PRECISIONS:
+        row[f"p_{p}"] = 1.0 if cand.precision == p else 0.0
+    return np.array([row[f] for f in FEATURES])
+
+
+class LinearCorrection:
+    """``y = intercept + (x - mean) / scale . coef``, loaded from plain JSON."""
+
+    def __init__(self, d: dict):
+        self.coef = np.asarray(d["coef"], dtype=float)
+        self.intercept = float(d["intercept"])
+        self.mean = np.asarray(d["mean"], dtype=float)
+        self.scale = np.asarray(d["scale"], dtype=float)
+        self.q90 = float(d["q90"])
+
+    def predict(self, x: np.ndarray) -> float:
+        return float(self.intercept + ((x - self.mean) / self.scale) @ self.coef)
+
+
+class FittedCostModel:
+    """All targets' corrections plus the training domain, from ``fitted.json``."""
+
+    def __init__(self, doc: dict, path: Path | None = None):
+        if doc.get("features") != list(FEATURES):
+            raise ValueError("fitted model was built with other features; refit with `advisor fit`")
+        self.doc, self.path = doc, path
+        self.targets = {t: LinearCorrection(doc["targets"][t]) for t in doc["targets"]}
+        dom = doc["domain"]
+        self.gpus = set(dom["gpus"])
+        self.cc_majors = set(dom["cc_majors"])
+        self.method_arch = {tuple(x) for x in dom["method_arch"]}
+        self.max_params_b = float(dom["max_params_b"])
+        self.snapshot = doc.get("snapshot", "")
+
+    @classmethod
+    def load(cls, path: Path) -> "FittedCostModel":
+        with open(path, encoding="utf-8") as fh:
+            return cls(json.load(fh), Path(path))
+
+    def far_reasons(self, gpu: GPU, llm: LLM, cand: Candidate) -> list[tuple[str, str]]:
+        out = []
+        if gpu.cc[0] not in self.cc_majors:
+            out.append(("generation", f"{gpu.id} is another GPU generation (sm{gpu.cc[0]}x) than any measured"))
+        elif gpu.id not in self.gpus:
+            out.append(("gpu", f"{gpu.id} was never measured"))
+        if (cand.precision, gpu.cc[0]) not in self.method_arch:
+            out.append(("method_arch", f"{cand.precision} never measured on sm{gpu.cc[0]}x"))
+        if llm.published_params_b > 1.5 * self.max_params_b:
+            out.append(("size", f"{llm.id} is much larger than any measured model ({self.max_params_b:g}B)"))
+        return out
+
+    def estimate(self, target: str, analytical: float, x: np.ndarray, far: list, unit: str,
+                 floor: float = 0.0) -> Estimate | None:
+        t = self.targets.get(target)
+        if t is None:
+            return None
+        value = max(analytical * math.exp(t.predict(x)), floor)
+        half = t.q90
+        for kind, _ in far:
+            half *= WIDEN[kind]
+        lo, hi = max(value * math.exp(-half), floor), value * math.exp(half)
+        why = "; ".join(r for _, r in far)
+        detail = f"fitted correction on {self.snapshot}" + (f"; interval widened: {why}" if why else "")
+        return Estimate(value, min(lo, value), hi, unit, "fitted", detail)
+
+    def predict_one(self, cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, spd, mem: MemoryBreakdown):
+        """Fitted (speed, memory, label) replacing the analytical ones, or None if not applicable."""
+        if sc.num_gpus > 1 or gpu.vendor != "nvidia":
+            return None
+        x = features(gpu, llm, cand, sc, spd.utilisation)
+        far = self.far_reasons(gpu, llm, cand)
+        dec = self.estimate("decode_ms", spd.decode_step_ms.value, x, far, "ms", spd.roofline_decode_ms)
+        pre = self.estimate("prefill_ms", spd.prefill_ms.value, x, far, "ms", spd.roofline_prefill_ms)
+        if dec is None:
+            return None
+        tok = Estimate(sc.batch * 1e3 / dec.value, sc.batch * 1e3 / dec.high, sc.batch * 1e3 / dec.low, "tok/s",
+                       "fitted", dec.detail)
+        new_spd = replace(spd, decode_step_ms=dec, decode_tok_s=tok, per_seq_tok_s=tok.scale(1 / sc.batch),
+                          prefill_ms=pre or spd.prefill_ms,
+                          utilisation=min(1.0, spd.roofline_decode_ms / dec.value),
+                          notes=spd.notes + [f"fitted: {r}" for _, r in far])
+        m = self.estimate("peak_mem_gb", mem.per_gpu_gb.value, x, far, "GB")
+        new_mem = replace(mem, per_gpu_gb=m) if m else mem
+        return new_spd, new_mem, "fitted"
+
+
+def load_default(path: Path | None = None):
+    """(model, note) for the CLI: the user's refit if present, else the shipped one, else None."""
+    from .fit_store import user_model_path
+
+    for p in (path, user_model_path(), DEFAULT_PATH):
+        if p and Path(p).exists():
+            try:
+                m = FittedCostModel.load(Path(p))
+            except (ValueError, KeyError, json.JSONDecodeError) as e:
+                return None, f"fitted model at {p} unusable ({e}); using the analytical cost model"
+            return m, f"speed and memory: fitted cost model ({p.name if hasattr(p, 'name') else p}, {m.snapshot})"
+    return None, "speed and memory: analytical cost model (no fitted model found: `advisor fit` makes one)"

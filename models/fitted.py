@@ -1,0 +1,179 @@
+"""Fitting the cost model on the measured dataset (scikit-learn), validation, and persistence.
+
+``CorrectionRegressor`` is a scikit-learn estimator (``fit`` returns self, learned state in ``*_``):
+ridge regression on standardized features, target ``log(measured / analytical)``. It is saved as
+JSON (coefficients, scaler, conformal quantile) with a sidecar of data snapshot id, versions and CV
+scores; :mod:`models.correction` evaluates it without scikit-learn.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.linear_model import Ridge
+
+from profiles import Catalog, load
+
+from .candidate import Candidate, Scenario
+from .correction import FEATURES, TARGETS, FittedCostModel, features
+from .memory import predict_memory
+from .speed import predict_speed
+from .energy import board_power_w, joules_per_token
+
+COVERAGE = 0.90
+
+
+class CorrectionRegressor(BaseEstimator, RegressorMixin):
+    """Ridge on standardized features; predicts log(measured / analytical)."""
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def fit(self, X, y):
+        X, y = np.asarray(X, float), np.asarray(y, float)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        r = Ridge(alpha=self.alpha).fit((X - self.mean_) / self.scale_, y)
+        self.coef_, self.intercept_ = r.coef_, float(r.intercept_)
+        return self
+
+    def predict(self, X):
+        return self.intercept_ + ((np.asarray(X, float) - self.mean_) / self.scale_) @ self.coef_
+
+    def to_dict(self, q90: float) -> dict:
+        return {"coef": self.coef_.tolist(), "intercept": self.intercept_, "mean": self.mean_.tolist(),
+                "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
+
+
+def _cand(r) -> Candidate:
+    budget = r.get("kv_budget")
+    budget = int(budget) if budget is not None and not (isinstance(budget, float) and math.isnan(budget)) else None
+    return Candidate(str(r["precision"]), str(r.get("sparsity") or "dense"), str(r.get("kv") or "kv-fp16"), budget)
+
+
+def design(df, cat: Catalog | None = None):
+    """Feature matrix, analytical predictions and measured targets for the usable rows."""
+    cat = cat or load()
+    X, A, Y, keep = [], [], [], []
+    for i, r in df.iterrows():
+        try:
+            gpu, llm = cat.gpu(str(r["gpu"])), cat.llm(str(r["model"]))
+            cand = _cand(r)
+            sc = Scenario(int(r["batch"]), int(r["prompt_len"]), int(r["gen_len"]), str(r["backend"]), 1)
+            spd = predict_speed(cat, gpu, llm, cand, sc)
+            mem = predict_memory(cat, llm, cand, sc)
+        except (LookupError, KeyError, ValueError, TypeError):
+            continue
+        power = board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w)
+        jpt = joules_per_token(power, spd.decode_step_ms.value / 1e3, sc.batch)
+        X.append(features(gpu, llm, cand, sc, spd.utilisation))
+        A.append([spd.decode_step_ms.value, spd.prefill_ms.value, mem.per_gpu_gb.value, jpt])
+        Y.append([r.get("decode_ms_per_token"), r.get("prefill_ms"), r.get("peak_mem_gb"), r.get("j_per_token")])
+        keep.append(i)
+    return np.array(X), np.array(A, float), np.array(Y, float), keep
+
+
+def _groups_cv(groups: np.ndarray, k: int = 5):
+    uniq = sorted(set(groups))
+    if len(uniq) >= 3:
+        for g in uniq:
+            yield groups != g, groups == g
+    else:
+        idx = np.arange(len(groups))
+        for f in range(k):
+            test = idx % k == f
+            yield ~test, test
+
+
+def cross_val(X, A, Y, groups, alpha: float = 1.0) -> dict:
+    """Out-of-group predictions for every target: (pred, measured, q90 from training residuals)."""
+    out = {}
+    for j, t in enumerate(TARGETS):
+        ok = np.isfinite(Y[:, j]) & (Y[:, j] > 0) & np.isfinite(A[:, j]) & (A[:, j] > 0)
+        pred = np.full(len(Y), np.nan)
+        lo = np.full(len(Y), np.nan)
+        hi = np.full(len(Y), np.nan)
+        for tr, te in _groups_cv(groups):
+            tr, te = tr & ok, te & ok
+            if tr.sum() < 5 or te.sum() == 0:
+                continue
+            y = np.log(Y[tr, j] / A[tr, j])
+            m = CorrectionRegressor(alpha).fit(X[tr], y)
+            q = float(np.quantile(np.abs(y - m.predict(X[tr])), COVERAGE)) * 1.1
+            p = A[te, j] * np.exp(m.predict(X[te]))
+            pred[te], lo[te], hi[te] = p, p * math.exp(-q), p * math.exp(q)
+        out[t] = {"pred": pred, "true": Y[:, j], "lo": lo, "hi": hi}
+    return out
+
+
+def scores(cv: dict) -> dict:
+    res = {}
+    for t, d in cv.items():
+        ok = np.isfinite(d["pred"]) & np.isfinite(d["true"]) & (d["true"] > 0)
+        if not ok.any():
+            continue
+        err = np.abs(d["pred"][ok] - d["true"][ok]) / d["true"][ok]
+        cover = (d["lo"][ok] <= d["true"][ok]) & (d["true"][ok] <= d["hi"][ok])
+        res[t] = {"mape": float(err.mean()), "median_ape": float(np.median(err)), "coverage90": float(cover.mean()),
+                  "n": int(ok.sum())}
+    return res
+
+
+def fit_model(df, alpha: float = 1.0, cat: Catalog | None = None) -> dict:
+    """Fit every target on all rows; conformal quantiles from leave-one-model-out residuals."""
+    cat = cat or load()
+    df = df[df["status"] == "ok"] if "status" in df else df
+    X, A, Y, keep = design(df, cat)
+    if len(X) < 10:
+        raise ValueError(f"only {len(X)} usable measured rows: at least 10 are needed to fit")
+    sub = df.loc[keep]
+    groups = sub["model"].astype(str).to_numpy()
+    cv = cross_val(X, A, Y, groups, alpha)
+    targets = {}
+    for j, t in enumerate(TARGETS):
+        ok = np.isfinite(Y[:, j]) & (Y[:, j] > 0) & (A[:, j] > 0)
+        if ok.sum() < 10:
+            continue
+        y = np.log(Y[ok, j] / A[ok, j])
+        m = CorrectionRegressor(alpha).fit(X[ok], y)
+        d = cv[t]
+        okc = np.isfinite(d["pred"]) & np.isfinite(d["true"]) & (d["true"] > 0)
+        q = float(np.quantile(np.abs(np.log(d["pred"][okc] / d["true"][okc])), COVERAGE)) if okc.any() else 0.3
+        targets[t] = m.to_dict(q)
+    snap = hashlib.sha256(sub.to_csv(index=False).encode()).hexdigest()[:12]
+    doc = {
+        "schema_version": 1,
+        "features": list(FEATURES),
+        "targets": targets,
+        "domain": {
+            "gpus": sorted(set(sub["gpu"].astype(str))),
+            "cc_majors": sorted({cat.gpu(g).cc[0] for g in set(sub["gpu"].astype(str))}),
+            "method_arch": sorted({(p, cat.gpu(g).cc[0]) for p, g in zip(sub["precision"], sub["gpu"])}),
+            "max_params_b": max(cat.llm(m).published_params_b for m in set(sub["model"].astype(str))),
+        },
+        "snapshot": f"dataset {snap} ({len(sub)} rows)",
+    }
+    sidecar = {
+        "snapshot_id": snap, "rows": len(sub), "fitted_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(), "numpy": np.__version__,
+        "sklearn": __import__("sklearn").__version__, "alpha": alpha,
+        "cv_leave_one_model_out": scores(cv),
+    }
+    return {"model": doc, "sidecar": sidecar}
+
+
+def save(fitted: dict, path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fitted["model"], indent=1))
+    side = path.with_suffix(".meta.json")
+    side.write_text(json.dumps(fitted["sidecar"], indent=1))
+    FittedCostModel.load(path)  # round-trip check
+    return path, side

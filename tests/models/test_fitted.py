@@ -1,0 +1,92 @@
+"""The fitted cost model on synthetic 'measurements': the analytical model times a known,
+feature-dependent efficiency plus noise. The estimator must recover it, persist as JSON, and
+give intervals that cover about 90% of held-out rows."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.candidate import Candidate, Scenario
+from models.correction import FittedCostModel
+from models.fitted import CorrectionRegressor, fit_model, save
+from models.memory import predict_memory
+from models.speed import predict_speed
+from profiles import load
+
+
+def _synthetic(n_models=("llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "qwen2.5-7b"), seed=0):
+    cat = load()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for gpu in ("h100-sxm", "h200"):
+        for m in n_models:
+            for prec in ("bf16", "fp8", "awq-int4", "bnb-nf4"):
+                for batch in (1, 8, 32):
+                    for prompt in (512, 2048):
+                        for backend in ("compiled", "eager"):
+                            c, sc = Candidate(prec), Scenario(batch, prompt, 64, backend)
+                            g, llm = cat.gpu(gpu), cat.llm(m)
+                            s = predict_speed(cat, g, llm, c, sc)
+                            mem = predict_memory(cat, llm, c, sc).per_gpu_gb.value
+                            k = 1.3 if prec == "awq-int4" else 0.9  # the "truth" the model must learn
+                            noise = rng.normal(0, 0.03)
+                            rows.append(dict(gpu=gpu, model=m, precision=prec, sparsity="dense", kv="kv-fp16",
+                                             kv_budget=None, backend=backend, batch=batch, prompt_len=prompt,
+                                             gen_len=64, status="ok",
+                                             decode_ms_per_token=s.decode_step_ms.value * k * np.exp(noise),
+                                             prefill_ms=s.prefill_ms.value * np.exp(noise),
+                                             peak_mem_gb=mem * 0.97, j_per_token=None))
+    return pd.DataFrame(rows)
+
+
+def test_estimator_follows_sklearn_conventions():
+    X = np.random.default_rng(1).normal(size=(50, 3))
+    y = X @ [1.0, -2.0, 0.5] + 0.3
+    est = CorrectionRegressor(alpha=1e-6)
+    assert est.fit(X, y) is est
+    assert est.get_params() == {"alpha": 1e-6}
+    assert np.allclose(est.predict(X), y, atol=1e-3)
+    assert hasattr(est, "coef_") and hasattr(est, "intercept_")
+
+
+def test_fit_recovers_correction_and_roundtrips_json(tmp_path):
+    df = _synthetic()
+    fitted = fit_model(df)
+    cv = fitted["sidecar"]["cv_leave_one_model_out"]["decode_ms"]
+    assert cv["mape"] < 0.10
+    assert 0.75 <= cv["coverage90"] <= 1.0
+    path, side = save(fitted, tmp_path / "fitted.json")
+    assert json.loads(side.read_text())["rows"] == len(df)
+    m = FittedCostModel.load(path)
+    cat = load()
+    g, llm = cat.gpu("h200"), cat.llm("llama3.1-8b")
+    c, sc = Candidate("awq-int4"), Scenario(1, 512, 64)
+    s = predict_speed(cat, g, llm, c, sc)
+    out = m.predict_one(cat, g, llm, c, sc, s, predict_memory(cat, llm, c, sc))
+    assert out is not None and out[2] == "fitted"
+    assert out[0].decode_step_ms.value == pytest.approx(s.decode_step_ms.value * 1.3, rel=0.1)
+
+
+def test_far_queries_get_wider_intervals_and_say_why(tmp_path):
+    path, _ = save(fit_model(_synthetic()), tmp_path / "f.json")
+    m = FittedCostModel.load(path)
+    cat = load()
+    near = _interval(m, cat, "h200", "llama3.1-8b", "bf16")
+    other_gen = _interval(m, cat, "a100-80g-sxm", "llama3.1-8b", "bf16")
+    bigger = _interval(m, cat, "h200", "llama3.1-70b", "bf16")
+    assert other_gen[0] > near[0] and "generation" in other_gen[1]
+    assert bigger[0] > near[0] and "larger" in bigger[1]
+
+
+def _interval(m, cat, gpu, model, prec):
+    g, llm = cat.gpu(gpu), cat.llm(model)
+    c, sc = Candidate(prec), Scenario(1, 512, 64)
+    s = predict_speed(cat, g, llm, c, sc)
+    dec = m.predict_one(cat, g, llm, c, sc, s, predict_memory(cat, llm, c, sc))[0].decode_step_ms
+    return dec.high / dec.low, dec.detail
+
+
+def test_fit_refuses_too_little_data():
+    with pytest.raises(ValueError, match="usable"):
+        fit_model(_synthetic().head(3))
