@@ -89,10 +89,10 @@ def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min
     if as_json:
         _emit_json(recommendation_dict(rec, deploy, show_rejected))
     else:
-        from rich.console import Console
+        from .render import console
 
         from .render import render_recommendation
-        render_recommendation(rec, deploy, Console())
+        render_recommendation(rec, deploy, console())
     if rec.best is None:
         sys.exit(EXIT_INFEASIBLE)
 
@@ -125,7 +125,7 @@ def profiles_list(kind, as_json):
     if as_json:
         _emit_json(rows)
         return
-    from rich.console import Console
+    from .render import console
     from rich.table import Table
 
     t = Table(show_header=True, header_style="bold")
@@ -133,7 +133,7 @@ def profiles_list(kind, as_json):
         t.add_column(k)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r.values()))
-    Console().print(t)
+    console().print(t)
 
 
 @profiles.command("show")
@@ -170,8 +170,9 @@ def profiles_show(name, as_json):
 
 def _register_optional() -> None:
     """Commands whose modules are heavy or optional are added lazily (torch never loads here)."""
-    from .commands import register
+    from .commands import register, register_planning
     register(main)
+    register_planning(main)
 
 
 _register_optional()

@@ -1,6 +1,8 @@
 """Registration of the commands that live outside the core module (measure, fit, plan, ...)."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 
@@ -100,3 +102,124 @@ def _dataset(extra):
     frames += [pd.read_csv(p) for p in extra]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def parse_duration(text: str, name: str) -> float:
+    """'1s', '50ms', '0.5' (seconds) -> seconds."""
+    s = str(text).strip().lower()
+    try:
+        if s.endswith("ms"):
+            return float(s[:-2]) / 1000
+        if s.endswith("s"):
+            return float(s[:-1])
+        return float(s)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a duration: use e.g. 1s, 50ms or 0.5", param_hint=name) from None
+
+
+def _gpu_list(text: str | None) -> tuple:
+    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+
+
+def register_planning(main: click.Group) -> None:
+    from .cli import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
+
+    @main.command()
+    @click.option("--model", required=True)
+    @click.option("--qps", type=float, required=True, help="Requests per second to serve.")
+    @click.option("--prompt-len", type=click.IntRange(1), default=1024, show_default=True)
+    @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
+    @click.option("--ttft-p95", default="1s", show_default=True, help="95th-percentile time to first token.")
+    @click.option("--tpot-p95", default="50ms", show_default=True, help="95th-percentile time per output token.")
+    @click.option("--gpus", default=None, help="Comma-separated GPU ids (default: all in the catalog).")
+    @click.option("--max-ppl-delta", default="2%", show_default=True)
+    @click.option("--grid-gco2-per-kwh", type=float, default=None,
+                  help="Grid carbon intensity (g CO2 / kWh) for the CO2 column; none shown without it.")
+    @click.option("--json", "as_json", is_flag=True)
+    def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, as_json):
+        """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
+        from profiles import UnknownProfileError
+
+        from .engine import RequestError
+        from .plan import PlanRequest, plan as run, plan_dict
+        req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
+                          parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
+                          grid_gco2_per_kwh)
+        try:
+            plans = run(req)
+        except (UnknownProfileError, RequestError) as e:
+            _err(str(e))
+        if as_json:
+            _emit_json({"request": req.__dict__, "plans": plan_dict(plans)})
+        else:
+            from rich.table import Table
+
+            from .render import console
+            t = Table(title=f"{model}: {qps:g} req/s, {prompt_len}+{gen_len} tokens, TTFT p95 <= {req.ttft_p95_s:g} s, "
+                            f"TPOT p95 <= {req.tpot_p95_s * 1e3:g} ms", header_style="bold")
+            for col in ("gpu", "method", "conc.", "TP", "replicas", "GPUs", "$/month", "kWh/month", "CO2 kg/mo",
+                        "TTFT p95 s", "TPOT ms", "link"):
+                t.add_column(col)
+            for p in plans:
+                o = p.best
+                if o is None:
+                    why = "; ".join(f"{k}: {v}" for k, v in p.blocked.items())
+                    t.add_row(p.gpu, f"[red]infeasible[/] {why[:120]}", *[""] * 10)
+                    continue
+                t.add_row(o.gpu, o.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(o.concurrency), str(o.tp), str(o.replicas), str(o.gpus),
+                          f"{o.usd_per_month:,.0f}" if o.usd_per_month is not None else "no price",
+                          f"{o.kwh_per_month:,.0f}", f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
+                          f"{o.ttft_p95_s:.3g}", f"{o.tpot_s * 1e3:.3g}", o.interconnect)
+            console().print(t)
+            click.echo("latency model: continuous batching, decode step at full concurrency (analytical), whole-prompt "
+                       "prefill between steps, M/M/c wait for a slot (conservative vs a discrete-event simulation); "
+                       "$ from each profile's dated cloud price", err=True)
+        if not any(p.best for p in plans):
+            sys.exit(EXIT_INFEASIBLE)
+
+    @main.command()
+    @click.option("--model", required=True)
+    @click.option("--gpus", default="all", show_default=True, help="Comma-separated GPU ids, or all.")
+    @click.option("--max-ppl-delta", default="2%", show_default=True)
+    @click.option("--context", type=click.IntRange(2), default=4096, show_default=True)
+    @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
+    @click.option("--batch", type=click.IntRange(1), default=32, show_default=True,
+                  help="Serving concurrency (halved per GPU until something fits).")
+    @click.option("--usd-per-kwh", type=click.FloatRange(min=0), default=None,
+                  help="Your electricity price, subtracted from rent savings in the payback.")
+    @click.option("--json", "as_json", is_flag=True)
+    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, as_json):
+        """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""
+        from dataclasses import asdict
+
+        from profiles import UnknownProfileError
+
+        from .engine import RequestError
+        from .plan import compare as run
+        from .service import speed_model_or_none
+        sm, note = speed_model_or_none()
+        try:
+            rows = run(model, _gpu_list(gpus) or ("all",), parse_fraction(max_ppl_delta), context, gen_len, batch,
+                       usd_per_kwh, sm)
+        except (UnknownProfileError, RequestError) as e:
+            _err(str(e))
+        click.echo(f"note: {note}", err=True)
+        if as_json:
+            _emit_json([asdict(r) for r in rows])
+            return
+        from .render import console
+        from rich.table import Table
+        t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
+                  header_style="bold")
+        for col in ("gpu", "method", "batch", "tok/s", "$/Mtok", "tok/J", "loss %", "list $", "payback mo"):
+            t.add_column(col)
+        for r in rows:
+            if r.candidate is None:
+                t.add_row(r.gpu, f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 7)
+                continue
+            t.add_row(r.gpu, r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
+                      f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price", f"{r.tokens_per_joule:.3g}",
+                      f"{r.quality_loss * 100:.2f}" if r.quality_loss is not None else "?",
+                      f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",
+                      f"{r.payback_months:.1f}" if r.payback_months is not None else "-")
+        console().print(t)

@@ -1,12 +1,19 @@
 """Rich rendering of engine results (human output; ``--json`` bypasses this)."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from models.estimate import Estimate
 
 from .engine import Recommendation
+
+
+def console() -> Console:
+    """A console wide enough for the tables when output is piped or captured."""
+    return Console() if sys.stdout.isatty() else Console(width=150)
 
 
 def _fmt(e: Estimate | None, scale: float = 1.0, digits: int = 3) -> tuple[str, str, str]:
@@ -56,7 +63,7 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
             t.add_column(col)
         for e in rec.ranked[1:req.top]:
             p = e.prediction
-            t.add_row(str(e.rank), p.candidate.label, f"{p.speed.decode_tok_s.value:.4g}",
+            t.add_row(str(e.rank), p.candidate.short, f"{p.speed.decode_tok_s.value:.4g}",
                       f"{p.speed.prefill_ms.value:.4g}", f"{p.memory.per_gpu_gb.value:.3g}",
                       f"{p.j_per_token.value:.3g}",
                       f"{p.quality_loss.value * 100:.2f}" if p.quality_loss else "?", e.lost_because or "")

@@ -20,6 +20,14 @@ class Candidate:
         return "drop-layers" if self.sparsity.startswith("drop-") else self.sparsity
 
     @property
+    def short(self) -> str:
+        """Compact label: the precision, then only the non-default parts."""
+        parts = [self.precision] + ([self.sparsity] if self.sparsity != "dense" else [])
+        if self.kv != "kv-fp16":
+            parts.append(f"{self.kv}@{self.kv_budget}" if self.kv_budget else self.kv)
+        return "+".join(parts)
+
+    @property
     def label(self) -> str:
         kv = f"{self.kv}@{self.kv_budget}" if self.kv_budget else self.kv
         return f"{self.precision} + {self.sparsity} + {kv}"

@@ -1,0 +1,238 @@
+"""Capacity planning (`advisor plan`) and procurement comparison (`advisor compare`).
+
+plan: for each GPU type, the cheapest way to serve ``qps`` requests/s of ``prompt_len`` + ``gen_len``
+tokens within TTFT and TPOT p95 targets: method, concurrency per replica, tensor-parallel degree,
+replicas, GPUs, $/month, kWh/month (and CO2 when a grid intensity is given), using the continuous
+batching + queueing model of :mod:`models.serving`.
+compare: per GPU, the cheapest method at a quality bound: $ per million tokens, tokens per joule and
+payback of buying the card against renting it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from profiles import Catalog, load
+
+from models.candidate import Candidate, Scenario
+from models.energy import board_power_w
+from models.memory import predict_memory
+from models.quality import QualityModel
+from models.serving import serving_latency
+from models.speed import predict_speed
+
+from .candidates import hardware_block
+from .engine import RequestError
+
+HOURS_PER_MONTH = 730.0  # 8760 / 12
+CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TP_DEGREES = (1, 2, 4, 8)
+PLAN_KV = ("kv-fp16", "kv-fp8")
+MAX_REPLICAS = 100_000
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    model: str
+    qps: float
+    prompt_len: int = 1024
+    gen_len: int = 256
+    ttft_p95_s: float = 1.0
+    tpot_p95_s: float = 0.05
+    gpus: tuple = ()
+    max_quality_loss: float | None = 0.02
+    grid_gco2_per_kwh: float | None = None
+    backend: str = "compiled"
+
+    def validate(self) -> None:
+        if not (self.qps > 0 and math.isfinite(self.qps)):
+            raise RequestError(f"--qps must be a positive number, got {self.qps}")
+        for name, v in (("--prompt-len", self.prompt_len), ("--gen-len", self.gen_len)):
+            if not isinstance(v, int) or v < 1:
+                raise RequestError(f"{name} must be a positive integer, got {v!r}")
+        for name, v in (("--ttft-p95", self.ttft_p95_s), ("--tpot-p95", self.tpot_p95_s)):
+            if not (v > 0):
+                raise RequestError(f"{name} must be positive, got {v}")
+        if self.grid_gco2_per_kwh is not None and self.grid_gco2_per_kwh < 0:
+            raise RequestError("--grid-gco2-per-kwh must be >= 0")
+
+
+@dataclass
+class PlanOption:
+    gpu: str
+    candidate: str
+    concurrency: int
+    tp: int
+    replicas: int
+    gpus: int
+    usd_per_month: float | None
+    kwh_per_month: float
+    co2_kg_per_month: float | None
+    ttft_p95_s: float
+    tpot_s: float
+    slot_utilisation: float
+    quality_loss: float | None
+    interconnect: str
+    latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py); analytical step times"
+
+
+@dataclass
+class GpuPlan:
+    gpu: str
+    best: PlanOption | None
+    blocked: dict = field(default_factory=dict)  # constraint -> example reason
+
+
+def _resolve_gpus(cat: Catalog, names) -> list[str]:
+    if not names or list(names) == ["all"]:
+        return [g.id for g in cat.gpus.values()]
+    return [cat.resolve("gpu", n).id for n in names]
+
+
+def _plan_candidates(cat: Catalog) -> list[Candidate]:
+    return [Candidate(p.id, "dense", kv) for p in cat.methods_of("precision") for kv in PLAN_KV]
+
+
+def plan(req: PlanRequest, cat: Catalog | None = None) -> list[GpuPlan]:
+    req.validate()
+    cat = cat or load()
+    llm = cat.llm(req.model)
+    context = req.prompt_len + req.gen_len
+    if context > llm.max_position_embeddings:
+        raise RequestError(f"prompt + generation ({context}) exceeds {llm.id}'s context ({llm.max_position_embeddings})")
+    quality = QualityModel.from_catalog(cat)
+    out = []
+    for gid in _resolve_gpus(cat, req.gpus):
+        gpu = cat.gpus[gid]
+        gp = GpuPlan(gid, None)
+        price = gpu.cloud_usd_per_hour
+        for cand in _plan_candidates(cat):
+            hb = hardware_block(cat, gpu, cand)
+            if hb:
+                gp.blocked.setdefault("hardware", hb)
+                continue
+            loss, _, missing = quality.predict(llm, cand)
+            if req.max_quality_loss is not None and (loss is None or loss.value > req.max_quality_loss):
+                gp.blocked.setdefault("quality", f"{cand.label}: " + (
+                    f"loss {loss.value * 100:.2f}% > bound" if loss else "no quality data"))
+                continue
+            for tp in TP_DEGREES:
+                for c in CONCURRENCY:
+                    sc = Scenario(c, req.prompt_len, req.gen_len, req.backend, tp)
+                    mem = predict_memory(cat, llm, cand, sc).per_gpu_gb.value
+                    if mem > gpu.memory_gb:
+                        gp.blocked.setdefault("memory", f"{cand.label} at concurrency {c}, TP {tp}: {mem:.1f} GB > "
+                                                        f"{gpu.memory_gb:g} GB")
+                        break  # larger c needs more memory
+                    opt = _size_replicas(cat, gpu, llm, cand, sc, req, price, loss.value if loss else None)
+                    if isinstance(opt, str):
+                        gp.blocked.setdefault("latency", opt)
+                        continue
+                    if gp.best is None or _key(opt) < _key(gp.best):
+                        gp.best = opt
+        out.append(gp)
+    out.sort(key=lambda g: _key(g.best) if g.best else (math.inf, math.inf))
+    return out
+
+
+def _key(o: PlanOption):
+    return (o.usd_per_month if o.usd_per_month is not None else math.inf, o.gpus)
+
+
+def _size_replicas(cat, gpu, llm, cand, sc, req: PlanRequest, price, loss):
+    spd = predict_speed(cat, gpu, llm, cand, sc)
+    one = Scenario(1, req.prompt_len, req.gen_len, req.backend, sc.num_gpus)
+    t_pre = predict_speed(cat, gpu, llm, cand, one).prefill_ms.value / 1e3
+    tau0 = spd.decode_step_ms.value / 1e3
+    if tau0 > req.tpot_p95_s:
+        return f"{cand.label} at concurrency {sc.batch}, TP {sc.num_gpus}: decode step {tau0 * 1e3:.1f} ms > TPOT target"
+    if t_pre + tau0 > req.ttft_p95_s:
+        return f"{cand.label}, TP {sc.num_gpus}: prefill {t_pre * 1e3:.0f} ms alone exceeds the TTFT target"
+    # Smallest replica count meeting both targets (latency falls as load per replica falls).
+    capacity = sc.batch / (req.gen_len * tau0)
+    r = max(1, math.ceil(req.qps / capacity))
+    while r <= MAX_REPLICAS:
+        lat = serving_latency(req.qps / r, sc.batch, tau0, t_pre, req.gen_len)
+        if lat.stable and lat.tau_s <= req.tpot_p95_s and lat.ttft_p95_s <= req.ttft_p95_s:
+            break
+        r = r + max(1, r // 8)
+    else:
+        return f"{cand.label}: no replica count up to {MAX_REPLICAS} meets the targets"
+    gpus = r * sc.num_gpus
+    util = min(1.0, lat.utilisation)
+    busy_w = board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w)
+    idle_w = board_power_w(gpu.tdp_w, 0.0, gpu.idle_w)
+    watts = gpus * (idle_w + (busy_w - idle_w) * util)
+    kwh = watts * HOURS_PER_MONTH / 1000
+    ic = gpu.interconnect
+    link = f"{ic.get('kind', '?')} {ic.get('gpu_to_gpu_gbps', '?')} GB/s" if sc.num_gpus > 1 else "-"
+    return PlanOption(gpu.id, cand.label, sc.batch, sc.num_gpus, r, gpus,
+                      gpus * price * HOURS_PER_MONTH if price else None, kwh,
+                      kwh * req.grid_gco2_per_kwh / 1000 if req.grid_gco2_per_kwh is not None else None,
+                      lat.ttft_p95_s, lat.tau_s, util, loss, link)
+
+
+def plan_dict(plans: list[GpuPlan]) -> list[dict]:
+    return [{"gpu": p.gpu, "best": asdict(p.best) if p.best else None, "blocked": p.blocked} for p in plans]
+
+
+@dataclass
+class CompareRow:
+    gpu: str
+    candidate: str | None
+    batch: int | None
+    decode_tok_s: float | None
+    usd_per_mtok: float | None
+    usd_per_mtok_interval: tuple | None
+    tokens_per_joule: float | None
+    quality_loss: float | None
+    list_price_usd: float | None
+    list_price_source: str | None
+    payback_months: float | None
+    reason: str | None = None
+    speed_model: str | None = None
+
+
+def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
+            gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
+            cat: Catalog | None = None) -> list[CompareRow]:
+    """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits.
+
+    Payback: months of renting at the profile's cloud price that equal the card's list price, less
+    the owner's electricity when ``usd_per_kwh`` is given (no default: prices vary by site)."""
+    from .engine import Request, recommend
+
+    cat = cat or load()
+    cat.llm(model)
+    rows = []
+    for gid in _resolve_gpus(cat, gpus):
+        gpu = cat.gpus[gid]
+        price = gpu.cloud_usd_per_hour
+        rec, b = None, batch
+        while b >= 1:
+            rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
+                                    gen_len=gen_len, batch=b, objective="cost" if price else "throughput"),
+                            cat, speed_model)
+            if rec.best:
+                break
+            b //= 2
+        lp = gpu.list_price_usd
+        lsrc = (gpu.raw.get("list_price") or {}).get("source")
+        if not rec or not rec.best:
+            why = "; ".join(rec.relaxations) if rec else "no candidate"
+            rows.append(CompareRow(gid, None, None, None, None, None, None, None, lp, lsrc, None, why))
+            continue
+        p = rec.best.prediction
+        payback = None
+        if lp and price:
+            monthly_rent = price * HOURS_PER_MONTH
+            power_cost = (p.power_w / 1000 * HOURS_PER_MONTH * usd_per_kwh) if usd_per_kwh else 0.0
+            saved = monthly_rent - power_cost
+            payback = lp / saved if saved > 0 else math.inf
+        u = p.usd_per_mtok
+        rows.append(CompareRow(gid, p.candidate.label, b, p.speed.decode_tok_s.value, u.value if u else None,
+                               (u.low, u.high) if u else None, 1.0 / p.j_per_token.value,
+                               p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
+                               speed_model=p.speed_model))
+    rows.sort(key=lambda r: (r.usd_per_mtok is None, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
+    return rows

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+from advisor.engine import RequestError
+from advisor.plan import PlanRequest, compare, plan
+
+
+def test_plan_meets_targets_and_scales_with_load():
+    req = PlanRequest("llama3.1-8b", qps=20, prompt_len=1024, gen_len=256, ttft_p95_s=1.0, tpot_p95_s=0.05,
+                      gpus=("l4", "a100-80g", "h100-sxm"))
+    plans = plan(req)
+    assert {p.gpu for p in plans} == {"l4", "a100-80g-sxm", "h100-sxm"}
+    for p in plans:
+        assert p.best is not None
+        assert p.best.ttft_p95_s <= 1.0 and p.best.tpot_s <= 0.05
+        assert p.best.quality_loss <= 0.02
+        assert p.best.gpus == p.best.replicas * p.best.tp
+    more = plan(PlanRequest("llama3.1-8b", qps=200, gpus=("h100-sxm",)))[0].best
+    assert more.gpus > [p for p in plans if p.gpu == "h100-sxm"][0].best.gpus
+
+
+def test_plan_uses_tensor_parallelism_when_one_gpu_is_too_small():
+    p = plan(PlanRequest("llama3.1-70b", qps=1, gpus=("h100-sxm",), max_quality_loss=None))[0]
+    assert p.best is not None and p.best.tp >= 2 and "nvlink" in p.best.interconnect.lower()
+
+
+def test_plan_infeasible_says_why():
+    p = plan(PlanRequest("llama3.1-70b", qps=1, tpot_p95_s=0.001, gpus=("t4",)))[0]
+    assert p.best is None and p.blocked
+
+
+def test_plan_validates_input():
+    with pytest.raises(RequestError):
+        plan(PlanRequest("llama3.1-8b", qps=-1))
+
+
+def test_compare_ranks_by_cost_and_gives_payback():
+    rows = compare("llama3.1-8b", ("l4", "h100-sxm", "rtx4090"), 0.02)
+    priced = [r for r in rows if r.usd_per_mtok is not None]
+    assert [r.usd_per_mtok for r in priced] == sorted(r.usd_per_mtok for r in priced)
+    r4090 = [r for r in rows if r.gpu == "rtx4090"][0]
+    assert r4090.payback_months and r4090.payback_months > 0 and r4090.list_price_source
+    for r in priced:
+        assert r.quality_loss <= 0.02
+
+
+def test_plan_and_compare_cli_json():
+    run = CliRunner().invoke
+    r = run(main, ["plan", "--model", "llama3.1-8b", "--qps", "20", "--ttft-p95", "1s", "--tpot-p95", "50ms",
+                   "--gpus", "h100-sxm", "--grid-gco2-per-kwh", "400", "--json"])
+    assert r.exit_code == 0, r.output
+    best = json.loads(r.stdout)["plans"][0]["best"]
+    assert best["co2_kg_per_month"] == pytest.approx(best["kwh_per_month"] * 0.4)
+    r = run(main, ["plan", "--model", "llama3.1-8b", "--qps", "20", "--ttft-p95", "soon"])
+    assert r.exit_code == 2 and "duration" in r.output
+    r = run(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l4,t4", "--json"])
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2
+    r = run(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l5"])
+    assert r.exit_code == 2 and "l4" in r.stderr
