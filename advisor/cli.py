@@ -170,9 +170,10 @@ def profiles_show(name, as_json):
 
 def _register_optional() -> None:
     """Commands whose modules are heavy or optional are added lazily (torch never loads here)."""
-    from .commands import register, register_planning
+    from .commands import register, register_planning, register_report
     register(main)
     register_planning(main)
+    register_report(main)
 
 
 _register_optional()

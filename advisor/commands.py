@@ -223,3 +223,33 @@ def register_planning(main: click.Group) -> None:
                       f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",
                       f"{r.payback_months:.1f}" if r.payback_months is not None else "-")
         console().print(t)
+
+
+def register_report(main: click.Group) -> None:
+    from .cli import _emit_json, _err, parse_fraction
+
+    @main.command()
+    @click.option("--model", required=True)
+    @click.option("--gpus", default="l4,a100-80g-sxm,h100-sxm", show_default=True, help="Comma-separated GPU ids.")
+    @click.option("--max-ppl-delta", default="2%", show_default=True)
+    @click.option("--context", type=click.IntRange(2), default=4096, show_default=True)
+    @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+    @click.option("--out", type=click.Path(dir_okay=False), default="advisor-report.html", show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print where the report went, as JSON.")
+    def report(model, gpus, max_ppl_delta, context, batch, out, as_json):
+        """One self-contained HTML page: Pareto front, roofline per GPU, capacity curves."""
+        from pathlib import Path
+
+        from profiles import UnknownProfileError
+
+        from .engine import RequestError
+        from .report import build_report
+        try:
+            page = build_report(model, list(_gpu_list(gpus)), parse_fraction(max_ppl_delta), context, batch)
+        except (UnknownProfileError, RequestError) as e:
+            _err(str(e))
+        Path(out).write_text(page, encoding="utf-8")
+        if as_json:
+            _emit_json({"report": str(Path(out).resolve()), "bytes": len(page)})
+        else:
+            click.echo(f"wrote {out} ({len(page) // 1024} KiB, opens offline)")

@@ -1,0 +1,142 @@
+"""`advisor report`: one self-contained HTML page (inline SVG, no network) with the Pareto front of
+speed, quality and energy, a roofline per GPU, and capacity curves."""
+from __future__ import annotations
+
+import html
+import math
+
+from profiles import Catalog, load
+
+from models.candidate import Candidate, Scenario
+from models.roofline import compute_dtype, decode_step, peak_flops, prefill_step
+from models.speed import predict_speed
+
+from .engine import Request, recommend
+from .plan import PlanRequest, plan
+
+W, H, PAD = 560, 360, 50
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _axes(xs, ys, logx=True, logy=True):
+    f = (lambda v: math.log10(v)) if logx else (lambda v: v)
+    g = (lambda v: math.log10(v)) if logy else (lambda v: v)
+    x0, x1 = min(map(f, xs)), max(map(f, xs))
+    y0, y1 = min(map(g, ys)), max(map(g, ys))
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    sx = lambda v: PAD + (f(v) - x0) / (x1 - x0) * (W - 2 * PAD)  # noqa: E731
+    sy = lambda v: H - PAD - (g(v) - y0) / (y1 - y0) * (H - 2 * PAD)  # noqa: E731
+    return sx, sy, (x0, x1, y0, y1)
+
+
+def _frame(title, xlabel, ylabel, body, rng, logx=True, logy=True) -> str:
+    x0, x1, y0, y1 = rng
+    fx = (lambda v: f"{10 ** v:.3g}") if logx else (lambda v: f"{v:.3g}")
+    fy = (lambda v: f"{10 ** v:.3g}") if logy else (lambda v: f"{v:.3g}")
+    return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" '
+            f'aria-label="{html.escape(title)}"><rect width="{W}" height="{H}" fill="white"/>'
+            f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" fill="none" stroke="#333"/>'
+            f'<text x="{PAD}" y="{PAD - 18}" font-weight="bold" font-size="12">{html.escape(title)}</text>'
+            f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">{html.escape(xlabel)}</text>'
+            f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" text-anchor="middle">{html.escape(ylabel)}</text>'
+            f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{fx(x0)}</text>'
+            f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">{fx(x1)}</text>'
+            f'<text x="{PAD - 4}" y="{H - PAD}" font-size="10" text-anchor="end">{fy(y0)}</text>'
+            f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{fy(y1)}</text>{body}</svg>')
+
+
+def pareto_svg(rec) -> str:
+    pts = [e for e in rec.ranked if e.prediction.quality_loss is not None]
+    if not pts:
+        return "<p>No feasible candidate to plot.</p>"
+    xs = [e.prediction.speed.decode_tok_s.value for e in pts]
+    ys = [max(e.prediction.quality_loss.value * 100, 0.01) for e in pts]
+    js = [e.prediction.j_per_token.value for e in pts]
+    sx, sy, rng = _axes(xs, ys)
+    jlo, jhi = min(js), max(js)
+    body = ""
+    for e, x, y, j in zip(pts, xs, ys, js):
+        t = (j - jlo) / (jhi - jlo) if jhi > jlo else 0.5
+        col = f"rgb({int(40 + 200 * t)},{int(160 - 100 * t)},{int(220 - 180 * t)})"
+        r = 6 if e.pareto else 3.5
+        body += (f'<circle class="pt{" pareto" if e.pareto else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{r}" '
+                 f'fill="{col}" stroke="{"black" if e.pareto else "none"}"><title>{html.escape(e.candidate.label)}: '
+                 f'{x:.4g} tok/s, loss {y:.3g}%, {j:.3g} J/token</title></circle>')
+    return _frame(f"{rec.gpu_id}: speed vs quality (colour J/token: blue low, red high; ringed: Pareto)",
+                  "decode tok/s (log)", "quality loss %, floor 0.01 (log)", body, rng)
+
+
+def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
+    gpu, llm = cat.gpus[gpu_id], cat.llm(model)
+    peak = peak_flops(gpu, "bf16" if gpu.peak_tflops("bf16") else "fp16")
+    bw = gpu.mem_bw_gbps * 1e9
+    pts = []
+    for prec in ("bf16" if gpu.peak_tflops("bf16") else "fp16", "awq-int4"):
+        for b in (1, 8, 64):
+            cand, sc = Candidate(prec), Scenario(b, 1024, 128)
+            for phase, step in (("decode", decode_step(cat, llm, cand, sc)), ("prefill", prefill_step(cat, llm, cand, sc))):
+                p = predict_speed(cat, gpu, llm, cand, sc)
+                t = (p.decode_step_ms.value if phase == "decode" else p.prefill_ms.value) / 1e3
+                pts.append((f"{prec} {phase} b{b}", step.flops / step.bytes, step.flops / t))
+    xs = [p[1] for p in pts] + [1e-1, 1e4]
+    ys = [p[2] for p in pts] + [peak * 1.2, 1e9]
+    sx, sy, rng = _axes(xs, ys)
+    ridge = peak / bw
+    line = (f'<polyline fill="none" stroke="#555" stroke-width="2" points="{sx(1e-1):.1f},{sy(bw * 1e-1):.1f} '
+            f'{sx(ridge):.1f},{sy(peak):.1f} {sx(1e4):.1f},{sy(peak):.1f}"/>')
+    body = line + "".join(
+        f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{COLORS[i % len(COLORS)]}">'
+        f'<title>{html.escape(n)}: {x:.3g} FLOP/byte, {y / 1e12:.3g} TFLOP/s predicted</title></circle>'
+        for i, (n, x, y) in enumerate(pts))
+    legend = "".join(f'<text x="{W - PAD - 120}" y="{H - PAD - 8 - 11 * i}" font-size="9" fill="{COLORS[i % len(COLORS)]}">'
+                     f'{html.escape(n)}</text>' for i, (n, _, _) in enumerate(pts))
+    body += legend
+    return _frame(f"Roofline: {gpu.id} ({gpu.mem_bw_gbps:g} GB/s, {peak / 1e12:.0f} TFLOP/s dense)",
+                  "arithmetic intensity, FLOP/byte (log)", "FLOP/s achieved, predicted (log)", body, rng)
+
+
+def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen_len: int) -> str:
+    loads = (1, 2, 5, 10, 20, 50, 100)
+    series = {}
+    for g in gpus:
+        ys = []
+        for q in loads:
+            p = plan(PlanRequest(model, q, prompt_len, gen_len, gpus=(g,)), cat)[0]
+            ys.append(p.best.gpus if p.best else None)
+        series[g] = ys
+    vals = [y for ys in series.values() for y in ys if y]
+    if not vals:
+        return "<p>No GPU can serve these loads within the default targets.</p>"
+    sx, sy, rng = _axes(list(loads), vals + [1])
+    body = ""
+    for i, (g, ys) in enumerate(series.items()):
+        pts = " ".join(f"{sx(q):.1f},{sy(y):.1f}" for q, y in zip(loads, ys) if y)
+        body += f'<polyline class="series" fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="2" points="{pts}"/>'
+        body += f'<text x="{W - PAD + 4}" y="{PAD + 14 * i}" font-size="10" fill="{COLORS[i % len(COLORS)]}">{g}</text>'
+    return _frame(f"GPUs needed for {model} (TTFT p95 1 s, TPOT p95 50 ms)", "requests/s (log)",
+                  "GPUs (log)", body, rng)
+
+
+def build_report(model: str, gpus: list[str], max_quality_loss: float | None = 0.02, context: int = 4096,
+                 batch: int = 8, cat: Catalog | None = None) -> str:
+    cat = cat or load()
+    llm = cat.llm(model)
+    ids = [cat.resolve("gpu", g).id for g in gpus]
+    sections = []
+    for gid in ids:
+        rec = recommend(Request(gpu=gid, model=llm.id, max_quality_loss=max_quality_loss, context=context,
+                                batch=batch), cat)
+        best = rec.best.candidate.label if rec.best else "no feasible candidate"
+        sections.append(f'<section><h2>{html.escape(cat.gpus[gid].name)}</h2><p>Recommended at batch {batch}, '
+                        f'context {context}: <b>{html.escape(best)}</b></p>{pareto_svg(rec)}'
+                        f'{roofline_svg(cat, gid, llm.id)}</section>')
+    cap = capacity_svg(cat, llm.id, ids, 1024, 256)
+    css = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+           "svg.chart{margin:0.5em;border:1px solid #ddd}section{margin-bottom:2em}")
+    js = ("document.addEventListener('DOMContentLoaded',function(){var n=document.querySelectorAll('svg.chart')"
+          ".length;document.body.setAttribute('data-charts',n);document.body.setAttribute('data-ready','1');});")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>advisor report: {html.escape(llm.id)}"
+            f"</title><style>{css}</style><script>{js}</script></head><body><h1>advisor report: {html.escape(llm.id)}</h1>"
+            "<p>Every figure here is predicted by the cost models in <code>models/</code> (analytical or fitted); "
+            "quality from published results. Hover a point for its numbers. This page loads nothing from the network."
+            f"</p>{''.join(sections)}<section><h2>Capacity</h2>{cap}</section></body></html>")

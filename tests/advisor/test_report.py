@@ -1,0 +1,44 @@
+"""`advisor report` writes one self-contained page; a real headless browser renders it."""
+import re
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    out = tmp_path_factory.mktemp("r") / "report.html"
+    r = CliRunner().invoke(main, ["report", "--model", "llama3.1-8b", "--gpus", "l4,h100-sxm", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_report_is_self_contained(page):
+    text = page.read_text()
+    assert text.count("<svg") == 5  # 2 GPUs x (Pareto + roofline) + capacity
+    assert not re.search(r"""(src|href)=["']https?:""", text), "the page must not load anything from the network"
+    assert "pareto" in text and "Roofline" in text and "GPUs needed" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(page, tmp_path):
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'ud'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert 'data-ready="1"' in dom and 'data-charts="5"' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'ud2'}", "--window-size=1200,2000",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def test_report_bad_input(tmp_path):
+    r = CliRunner().invoke(main, ["report", "--model", "llama9", "--out", str(tmp_path / "x.html")])
+    assert r.exit_code == 2 and "unknown model" in r.stderr
