@@ -80,9 +80,10 @@ def design(df, cat: Catalog | None = None):
     return np.array(X), np.array(A, float), np.array(Y, float), keep
 
 
-def _groups_cv(groups: np.ndarray, k: int = 5):
+def _groups_cv(groups: np.ndarray, k: int = 5, min_groups: int = 3):
+    """Leave one group out when there are at least ``min_groups`` groups, else k-fold."""
     uniq = sorted(set(groups))
-    if len(uniq) >= 3:
+    if len(uniq) >= min_groups:
         for g in uniq:
             yield groups != g, groups == g
     else:
@@ -92,7 +93,7 @@ def _groups_cv(groups: np.ndarray, k: int = 5):
             yield ~test, test
 
 
-def cross_val(X, A, Y, groups, alpha: float = 1.0) -> dict:
+def cross_val(X, A, Y, groups, alpha: float = 1.0, min_groups: int = 3) -> dict:
     """Out-of-group predictions for every target: (pred, measured, q90 from training residuals)."""
     out = {}
     for j, t in enumerate(TARGETS):
@@ -100,7 +101,7 @@ def cross_val(X, A, Y, groups, alpha: float = 1.0) -> dict:
         pred = np.full(len(Y), np.nan)
         lo = np.full(len(Y), np.nan)
         hi = np.full(len(Y), np.nan)
-        for tr, te in _groups_cv(groups):
+        for tr, te in _groups_cv(groups, min_groups=min_groups):
             tr, te = tr & ok, te & ok
             if tr.sum() < 5 or te.sum() == 0:
                 continue

@@ -30,19 +30,9 @@ def held_out(df, cat: Catalog | None = None, alpha: float = 1.0) -> dict:
         if len(set(groups)) < 2:
             out[name] = {"skipped": f"only one {col} in the data"}
             continue
-        cv = cross_val(X, A, Y, groups, alpha) if len(set(groups)) >= 3 else _two_group_cv(X, A, Y, groups, alpha)
+        cv = cross_val(X, A, Y, groups, alpha, min_groups=2)
         out[name] = {"scores": scores(cv), "pairs": cv, "analytical": _analytical_scores(A, Y)}
     return out
-
-
-def _two_group_cv(X, A, Y, groups, alpha):
-    from . import fitted
-    orig = fitted._groups_cv
-    fitted._groups_cv = lambda g, k=5: ((g != u, g == u) for u in sorted(set(g)))
-    try:
-        return cross_val(X, A, Y, groups, alpha)
-    finally:
-        fitted._groups_cv = orig
 
 
 def _analytical_scores(A, Y) -> dict:

@@ -90,3 +90,21 @@ def _interval(m, cat, gpu, model, prec):
 def test_fit_refuses_too_little_data():
     with pytest.raises(ValueError, match="usable"):
         fit_model(_synthetic().head(3))
+
+
+def test_validate_reports_each_split():
+    from models.validate import held_out
+    res = held_out(_synthetic(n_models=("llama3.2-1b", "llama3.1-8b", "qwen2.5-7b")))
+    assert set(res) == {"leave-one-gpu-out", "leave-one-model-out", "leave-one-method-out"}
+    for split, r in res.items():
+        s = r["scores"]["decode_ms"]
+        assert s["n"] > 0 and 0 <= s["coverage90"] <= 1 and s["mape"] >= 0
+
+
+def test_published_validation_rows_map_to_profiles():
+    from models.validate import published_errors
+    res = published_errors()
+    assert sum(d["n"] for d in res.values()) >= 20
+    for d in res.values():
+        for gpu, model, prec, batch, pred, meas in d["rows"]:
+            assert pred > 0 and meas > 0
