@@ -1,7 +1,10 @@
 """Side by side: this advisor's cost model and the peer predictor llm-analysis on the same rows.
 
-    pip install llm-analysis==0.2.2
-    python -m models.peer_compare [--json]
+    python -m venv .peer && .peer/bin/pip install . llm-analysis==0.2.2
+    .peer/bin/python -m models.peer_compare [--json]
+
+(llm-analysis 0.2.2 pins transformers < 5 and huggingface-hub < 0.15: keep it out of the
+environment that has the `measure` extra.)
 
 Rows: third-party published decode tok/s (measurement/data/published_throughput.csv) and our own
 measured rows (measurement/data/measurements.csv) wherever llm-analysis has the GPU. llm-analysis
