@@ -7,11 +7,14 @@ loss comes from the first rule that has rows:
 
 1. ``exact``: the same model (instruct/chat variants count, with a wider interval);
 2. ``family``: the same family, nearest size on a log scale;
-3. ``transfer``: other families; Llama-3 is taken as 2x as sensitive as Llama-2 to 4-bit and
-   W8A8 quantization (Huang et al. 2024, "How Good Are Low-bit Quantized LLaMA3 Models?",
-   https://arxiv.org/abs/2404.14047) and the median over families is used otherwise;
-4. ``measured-small``: a real measurement on the small model trained by ``measurement.quality``,
-   only where no published row exists, with the widest interval.
+3. ``fitted``: a regression learned from all published rows and the small model measured here
+   together (:mod:`models.quality_fit`: method, metric kind, size, Llama-3 and budget terms), with
+   its leave-one-source-out interval;
+4. ``transfer``: other families, when the regression has never seen the method; Llama-3 is taken
+   as 2x as sensitive as Llama-2 to 4-bit and W8A8 quantization (Huang et al. 2024, "How Good Are
+   Low-bit Quantized LLaMA3 Models?", https://arxiv.org/abs/2404.14047), the median otherwise;
+5. ``measured-small``: a real measurement on the small model trained by ``measurement.quality``,
+   only where nothing else exists, with the widest interval.
 
 Perplexity metrics are preferred (WikiText-2, then C4, then others); task scores are used only
 where a component has no perplexity rows (the KV eviction policies report LongBench).
@@ -45,7 +48,7 @@ LLAMA3_FACTOR = 2.0
 SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"
 
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
-REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "measured-small": 2.0}
+REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "fitted": 0.0, "transfer": 1.0, "measured-small": 2.0}
 ABS_FLOOR = 0.002
 
 
@@ -154,13 +157,14 @@ def rows_from_small_model(path: Path = SMALL_MODEL_CSV) -> list[Row]:
     out = []
     with open(path, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
-            if r.get("status", "ok") != "ok" or not r.get("delta_rel"):
-                continue
+            if r.get("status", "ok") != "ok" or not r.get("delta_rel") or r["metric"].endswith("_res0") \
+                    or r["precision"].endswith("-sim"):
+                continue  # worst-case (no 16-bit residual) and simulated variants are not our methods
             comp = _component({"precision": r["precision"], "sparsity": r["sparsity"], "kv": r["kv"]})
             if comp is None:
                 continue
             budget = int(float(r["kv_budget"])) if r.get("kv_budget") else None
-            out.append(Row(r["model"], "small", None, comp, budget, r["metric"], float(r["delta_rel"]),
+            out.append(Row(r["model"], "small", _size_of(r["model"]), comp, budget, r["metric"], float(r["delta_rel"]),
                            f"measured on {r['model']} trained here ({r.get('gpu', '')}, {r.get('date_utc', '')})",
                            "measured"))
     return out
@@ -202,10 +206,15 @@ def _median(xs: list[float]) -> float:
 class QualityModel:
     """Looks up and combines component losses; see the module docstring for the rules."""
 
-    def __init__(self, published: list[Row], measured: list[Row] | None = None, prefers: dict | None = None):
+    def __init__(self, published: list[Row], measured: list[Row] | None = None, prefers: dict | None = None,
+                 learn: bool = True):
         self.published = published
         self.measured = measured or []
         self.prefers = prefers or {}
+        self.fitted, self.fitted_q90 = (None, None)
+        if learn:
+            from .quality_fit import fit_with_interval
+            self.fitted, self.fitted_q90 = fit_with_interval(self.published + self.measured)
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "QualityModel":
@@ -221,6 +230,9 @@ class QualityModel:
         variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
                    and r not in exact]
         family = [r for r in rows if r.family == llm.family]
+        fitted = self._fitted(llm, comp, budget, rows)
+        if fitted and not (exact or variant or family):
+            return fitted
         for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
                            ("measured-small", [r for r in self.measured if r.component == comp])):
             if not pool:
@@ -245,6 +257,19 @@ class QualityModel:
             return ComponentLoss(comp, loss, loss - half, loss + half, rule, pool[0].metric,
                                  tuple(sorted({r.cite for r in pool})))
         return None
+
+    def _fitted(self, llm: LLM, comp: tuple, budget: int | None, rows: list[Row]) -> ComponentLoss | None:
+        m = self.fitted
+        if m is None or comp not in m.methods_:
+            return None
+        metric = _pick_metric(rows)[0].metric if rows else "ppl"
+        q = Row(llm.id, llm.family, llm.published_params_b, comp, budget, metric, 0.0, "", "")
+        loss = float(m.predict([q])[0])
+        k = math.exp(self.fitted_q90)
+        n_pub = len(rows)
+        return ComponentLoss(comp, loss, loss / k, loss * k, "fitted", metric,
+                             (f"quality regression over {len(self.published)} published + {len(self.measured)} "
+                              f"measured rows ({n_pub} for this method; models/quality_fit.py)",))
 
     def predict(self, llm: LLM, cand: Candidate) -> tuple[Estimate | None, list[ComponentLoss], list[tuple]]:
         """Loss estimate (fraction) for the candidate, its parts, and components with no data."""

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from models.candidate import Candidate
@@ -77,3 +78,24 @@ def test_eviction_budget_uses_nearest_published_at_or_below():
     assert q.component(llm, comp, 1024).loss == pytest.approx(0.10)
     below = q.component(llm, comp, 64)
     assert below.high - below.low > q.component(llm, comp, 128).high - q.component(llm, comp, 128).low
+
+
+def test_learned_model_uses_published_and_measured_rows(cat):
+    q = QualityModel.from_catalog(cat)
+    assert q.fitted is not None and q.fitted.get_params() == {"alpha": 1.0}
+    assert any(r.family == "small" for r in q.measured), "small-model measurements should feed the regression"
+    # Qwen2.5 has no published AWQ row: the learned rule answers, with its (wide) interval.
+    est, parts, _ = q.predict(cat.llm("qwen2.5-7b"), Candidate("awq-int4"))
+    assert parts[0].rule == "fitted" and est.low < est.value < est.high
+    assert est.high / est.low > 2  # an extrapolation says so by its width
+
+
+def test_quality_regressor_recovers_a_known_structure():
+    from models.quality_fit import QualityRegressor
+    rows = []
+    for i, size in enumerate((1, 3, 7, 13, 70)):
+        for comp, base in ((("precision", "a"), 0.05), (("precision", "b"), 0.01)):
+            rows.append(_row(f"m-{size}b", "m", size, comp, base * size ** -0.5))
+    m = QualityRegressor(alpha=1e-6).fit(rows)
+    pred = m.predict(rows)
+    assert np.allclose(pred, [r.loss for r in rows], rtol=0.02)
