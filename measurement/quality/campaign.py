@@ -1,0 +1,487 @@
+"""Small-model quality campaign: train a small Llama on the King James Bible, then measure how every
+compression method changes its held-out perplexity.
+
+    python -m measurement.quality.campaign --train --eval --out $OUT
+
+* ``--train``: train (see :mod:`.model`), save weights/config/log to ``--out`` as soon as trained.
+  Without it the kept weights (``measurement/data/quality/kjv-llama-12m.safetensors``, or the copy
+  already in ``--out``) are loaded.
+* ``--eval``: every method of :func:`plan` becomes one row appended to ``OUT/quality_rows.jsonl`` the
+  moment it is measured (unsupported, error and out-of-memory become rows too). A rerun skips rows
+  already there (copy an earlier ``quality_rows.jsonl`` into ``--out`` to resume). After
+  ``--deadline-s`` seconds no new method starts. At the end ``small_model_quality.csv`` and its
+  ``.meta.json`` sidecar are written from all rows, and a short table is printed.
+Methods are applied through :mod:`measurement.apply` (see :mod:`.methods`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+T0 = time.monotonic()
+COLUMNS = ["model", "precision", "sparsity", "kv", "kv_budget", "metric", "seq_len", "stride", "n_tokens",
+           "baseline", "value", "delta_rel", "gpu", "torch", "transformers", "bitsandbytes", "torchao",
+           "git_commit", "date_utc", "weights", "status", "reason", "notes", "delta_ci95_lo", "delta_ci95_hi"]
+ROWS_NAME = "quality_rows.jsonl"
+CSV_NAME = "small_model_quality.csv"
+META_NAME = "small_model_quality.meta.json"
+
+PRECISIONS = ["fp16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "rtn-int4", "gptq-int4",
+              "rtn-int4-sim", "awq-int4-sim"]
+SPARSITIES = ["2:4-magnitude", "2:4-wanda", "drop-1", "drop-2"]
+KV_QUANT = ["kv-fp8", "kv-int8", "kv-int4", "kv-int2"]
+KV_EVICT = ["streamingllm", "snapkv", "pyramidkv"]
+KV_BUDGETS = [64, 128, 256]
+COMBOS = [("awq-int4", "drop-1", "kv-fp16", None), ("bnb-nf4", "2:4-wanda", "kv-fp16", None),
+          ("awq-int4", "2:4-wanda", "kv-fp16", None), ("int8-wo", "2:4-magnitude", "kv-fp16", None)]
+KV_COMBOS = [("awq-int4", "dense", "kv-int8", None), ("awq-int4", "dense", "kv-int4", None),
+             ("awq-int4", "dense", "snapkv", 128)]
+
+
+def plan(kv_budgets=KV_BUDGETS) -> list[dict]:
+    """Every measured configuration, most important first (a deadline cuts the tail)."""
+    P = lambda p, s="dense", kv="kv-fp16", b=None, metric="ppl": dict(  # noqa: E731
+        precision=p, sparsity=s, kv=kv, kv_budget=b, metric=metric)
+    out = [P("bf16")]
+    out += [P(p) for p in PRECISIONS]
+    out += [P("bf16", s) for s in SPARSITIES]
+    out += [P("bf16", metric="ppl_decode")]
+    out += [P("bf16", kv=k, metric="ppl_decode") for k in KV_QUANT]
+    out += [P("bf16", kv=k, b=b, metric="ppl_decode") for k in KV_EVICT for b in kv_budgets]
+    out += [P("bf16", kv=k, metric="ppl_decode_res0") for k in KV_QUANT]
+    out += [P(p, s, kv, b) for p, s, kv, b in COMBOS]
+    out += [P(p, s, kv, b, metric="ppl_decode") for p, s, kv, b in KV_COMBOS]
+    return out
+
+
+TRAIN_CANDIDATES = "0.1:450,0.1:800,0.2:700,0.2:1200,0.3:1000,0.3:1600"
+
+
+def parse_candidates(spec: str, default_steps: int) -> list[tuple[float, int]]:
+    """'dropout:steps,...' (steps optional: --train-steps) -> [(dropout, steps)]."""
+    out = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        d, _, st = part.partition(":")
+        out.append((float(d), int(st) if st else default_steps))
+    return out or [(0.1, default_steps)]
+
+
+def row_key(r: dict) -> tuple:
+    b = r.get("kv_budget")
+    return (r["model"], r["precision"], r["sparsity"], r["kv"], None if b in (None, "") else int(b), r["metric"],
+            int(r["seq_len"]))
+
+
+def read_rows(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a line cut by a kill: that method is redone
+    return rows
+
+
+def append_row(path: Path, row: dict):
+    lead = ""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            lead = "" if fh.read(1) == b"\n" else "\n"  # a line cut by a kill stays on its own line
+    with open(path, "a") as fh:
+        fh.write(lead + json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_csv(rows: list[dict], path: Path):
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parents[2]
+        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if c.returncode == 0:
+            d = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+            return c.stdout.strip() + ("+dirty" if d.stdout.strip() else "")
+    except Exception:
+        pass
+    return "unknown"
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(device, git_commit: str | None) -> dict:
+    import torch
+    import transformers
+
+    gpu, gpu_extra = "cpu", {}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        gpu = p.name
+        gpu_extra = {"gpu_uuid": str(getattr(p, "uuid", "")), "cuda": torch.version.cuda,
+                     "compute_capability": f"{p.major}.{p.minor}", "gpu_memory_mib": p.total_memory // 2**20}
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            gpu_extra["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            pass
+    return {"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
+            "bitsandbytes": _version("bitsandbytes"), "torchao": _version("torchao"),
+            "git_commit": git_commit or _git_commit(), "python": sys.version.split()[0], **gpu_extra}
+
+
+def _fmt(v, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def print_table(rows: list[dict], file=None):
+    file = file or sys.stdout
+    print(f"{'precision':10} {'sparsity':14} {'kv':12} {'bud':>4} {'metric':16} {'value':>9} {'base':>8} "
+          f"{'delta':>8} status", file=file)
+    for r in rows:
+        reason = f" ({r['reason'][:70]})" if r.get("reason") else ""
+        print(f"{r['precision']:10} {r['sparsity']:14} {r['kv']:12} {str(r.get('kv_budget') or ''):>4} "
+              f"{r['metric']:16} {_fmt(r.get('value'), '.3f'):>9} {_fmt(r.get('baseline'), '.3f'):>8} "
+              f"{_fmt(r.get('delta_rel'), '+.2%'):>8} {r['status']}{reason}", file=file)
+
+
+def log(msg: str):
+    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m measurement.quality.campaign", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", action="store_true")
+    ap.add_argument("--eval", action="store_true")
+    ap.add_argument("--out", default="out/quality")
+    ap.add_argument("--tiny", action="store_true", help="tiny model for CPU tests")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--weights", default=None, help="safetensors to load when not training")
+    ap.add_argument("--train-steps", type=int, default=800, help="steps of a candidate that names none")
+    ap.add_argument("--train-candidates", default=TRAIN_CANDIDATES,
+                    help="'dropout:steps,...': each trained from the same init with a cosine schedule; the "
+                         "checkpoint with the best validation ppl over all of them is kept")
+    ap.add_argument("--train-budget-s", type=float, default=200.0, help="for all candidates together")
+    ap.add_argument("--train-batch", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--decode-batch", type=int, default=160, help="windows per batch in ppl_decode")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--prefix", type=int, default=384, help="prefill length of the ppl_decode protocol")
+    ap.add_argument("--kv-budgets", default=",".join(map(str, KV_BUDGETS)))
+    ap.add_argument("--max-windows", type=int, default=0, help="cap on scored windows (0 = all)")
+    ap.add_argument("--calib-windows", type=int, default=32)
+    ap.add_argument("--only", default="", help="comma list of method filters (precision/sparsity/kv names)")
+    ap.add_argument("--deadline-s", type=float, default=500.0, help="start no new method after this")
+    ap.add_argument("--git-commit", default=None)
+    args = ap.parse_args(argv)
+    if not (args.train or args.eval):
+        ap.error("give --train and/or --eval")
+
+    import torch
+
+    from . import corpus
+    from . import model as M
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    prov = provenance(device, args.git_commit)
+    log(f"device {device} {prov.get('gpu')} torch {prov['torch']} transformers {prov['transformers']} "
+        f"bnb {prov['bitsandbytes']} torchao {prov['torchao']}")
+    tok = corpus.load_tokenizer()
+    splits = corpus.token_splits(tok)
+    ids = {k: torch.tensor(v, dtype=torch.long) for k, v in splits.items()}
+    log("tokens: " + ", ".join(f"{k} {v.numel()}" for k, v in ids.items()))
+    model_id = "kjv-llama-tiny" if args.tiny else M.MODEL_ID
+    arch = M.TINY if args.tiny else M.SMALL
+    wname = f"{model_id}.safetensors"
+    w_out = out / wname
+
+    # ------------------------------------------------------------------ train or load
+    train_summary = None
+    if args.train:
+        cfg = M.make_config(arch, tok)
+        cands = parse_candidates(args.train_candidates, args.train_steps)
+        log(f"training {model_id}: {M.n_params(M.build_model(cfg)):,} params; {len(cands)} candidate "
+            f"schedule(s), best validation ppl kept; budget {args.train_budget_s:.0f}s in all")
+        t_train, results, best = time.monotonic(), [], None
+        for ci, (dropout, steps) in enumerate(cands):
+            left = args.train_budget_s - (time.monotonic() - t_train)
+            per_step = (results[-1]["train_wall_s"] / max(1, results[-1]["steps"])) if results else 0.0
+            if results and per_step * steps * 1.1 > left:
+                log(f"candidate {ci} (dropout {dropout}, {steps} steps) skipped: ~{per_step * steps:.0f}s > {left:.0f}s left")
+                continue
+            model = M.build_model(cfg, device=device, dtype=torch.float32)
+            s = M.TrainSettings(seq_len=args.seq_len, batch_size=args.train_batch, max_steps=steps,
+                                time_budget_s=max(1.0, left), lr=args.lr, eval_every=args.eval_every,
+                                warmup_steps=min(100, max(1, steps // 10)), eval_windows=args.max_windows,
+                                dropout=dropout, schedule="cosine")
+            log(f"candidate {ci}: dropout {dropout}, cosine over {steps} steps")
+            model, summ = M.train(model, ids["train"], ids["validation"], s,
+                                  log_fn=lambda r, ci=ci: log(f"train[{ci}] " + json.dumps(r)))
+            summ["log"] = s.log
+            summ["candidate"] = ci
+            results.append(summ)
+            if best is None or summ["best_val_ppl"] < best[0]["best_val_ppl"]:
+                best = (summ, {k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+            del model
+        train_summary, state = best
+        model = M.build_model(cfg, device=device, dtype=torch.float32)
+        model.load_state_dict(state)
+        model.eval()
+        train_summary = {k: v for k, v in train_summary.items() if k != "log"}
+        train_summary.update(train_wall_s_all_candidates=round(time.monotonic() - t_train, 2),
+                             chosen_candidate=train_summary["candidate"],
+                             candidates=[{k: v for k, v in r.items()} for r in results])
+        model = model.to(torch.bfloat16)
+        vb = M.window_nll(model, ids["validation"], args.seq_len, max_windows=args.max_windows)
+        tb = M.window_nll(model, ids["test"], args.seq_len, max_windows=args.max_windows)
+        train_summary.update(params=M.n_params(model), val_ppl_bf16=math.exp(vb[0] / vb[1]),
+                             test_ppl_bf16=math.exp(tb[0] / tb[1]), val_tokens_scored=vb[1],
+                             test_tokens_scored=tb[1])
+        meta = {"model": model_id, "params": M.n_params(model), "best_step": train_summary["best_step"],
+                "val_ppl_bf16": f"{train_summary['val_ppl_bf16']:.4f}", "corpus": "KJV bible (bible-kjv-text 4.38)",
+                "split": json.dumps(corpus.SPLIT_DOC), **{k: prov[k] for k in ("gpu", "torch", "transformers")}}
+        M.save_model(model, w_out, config_path=out / "config.json", metadata=meta)
+        M.write_train_log(out / "train_log.json", train_summary, best[0]["log"],
+                          extra={"model": model_id, "architecture": arch, "provenance": prov,
+                                 "tokenizer": "measurement/data/quality/tokenizer.json (byte-level BPE, "
+                                              f"vocab {tok.get_vocab_size()}, trained on the train split)",
+                                 "split": corpus.SPLIT_DOC, "date_utc": _now()})
+        log("trained: " + json.dumps({k: v for k, v in train_summary.items() if k not in ("settings", "candidates")})
+            + "; candidates (dropout, steps, best val ppl): "
+            + ", ".join(f"({c['settings']['dropout']}, {c['steps']}, {c['best_val_ppl']:.2f})"
+                        for c in train_summary["candidates"]))
+        log(f"saved {w_out} ({w_out.stat().st_size / 1e6:.1f} MB)")
+        del model
+    if not args.eval:
+        return 0
+
+    # ------------------------------------------------------------------ evaluate
+    if args.weights:
+        w_path, c_path = Path(args.weights), Path(args.weights).with_name("config.json")
+    elif w_out.exists():
+        w_path, c_path = w_out, out / "config.json"
+    else:
+        w_path, c_path = M.WEIGHTS_PATH, M.CONFIG_PATH
+    if not w_path.exists():
+        log(f"no weights at {w_path}: train first (--train)")
+        return 2
+    weights_label = f"trained here: measurement/data/quality/{wname}"
+    rows_path = out / ROWS_NAME
+    rows = read_rows(rows_path)
+    done = {row_key(r): r for r in rows}
+    from . import methods as MM
+
+    base_model = lambda: M.load_model(w_path, c_path, device=device, dtype=torch.bfloat16)  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    tr = ids["train"]
+    starts = torch.randint(0, tr.numel() - args.seq_len, (args.calib_windows,), generator=g)
+    calib = torch.stack([tr[s: s + args.seq_len] for s in starts]).to(device)
+    budgets = [int(b) for b in args.kv_budgets.split(",") if b]
+    todo = plan(budgets)
+    if args.only:
+        keep = set(args.only.split(","))
+        todo = [t for t in todo if (t["precision"], t["sparsity"], t["kv"]) == ("bf16", "dense", "kv-fp16")
+                or keep & {t["precision"], t["sparsity"], t["kv"]}]
+    common = {"model": model_id, "seq_len": args.seq_len, "stride": args.seq_len, "weights": weights_label,
+              **{k: prov[k] for k in ("gpu", "torch", "transformers", "bitsandbytes", "torchao", "git_commit")}}
+    baselines: dict[str, dict] = {}
+    for r in rows:
+        if r["precision"] == "bf16" and r["sparsity"] == "dense" and r["kv"] == "kv-fp16" and r["status"] == "ok":
+            baselines[r["metric"]] = r
+    n_new = 0
+    for spec in todo:
+        key = row_key({**common, **spec})
+        if key in done:
+            continue
+        el = time.monotonic() - T0
+        if el > args.deadline_s:
+            left = sum(1 for t in todo if row_key({**common, **t}) not in done)
+            log(f"deadline ({args.deadline_s:.0f}s) reached: {left} methods not started")
+            break
+        name = "/".join(str(spec[k]) for k in ("precision", "sparsity", "kv", "kv_budget", "metric"))
+        row = {**common, **spec, "baseline": None, "value": None, "delta_rel": None, "n_tokens": None,
+               "status": "ok", "reason": "", "notes": ""}
+        t1 = time.monotonic()
+        model = None
+        try:
+            model = base_model()
+            model, notes = MM.apply_methods(model, spec, calib)
+            if spec["metric"] == "ppl":
+                from .evaluate import ppl
+
+                try:
+                    res = ppl(model, ids["test"], args.seq_len, batch_size=16, max_windows=args.max_windows)
+                except Exception as e:  # noqa: BLE001
+                    if not (spec["sparsity"].startswith("2:4") and spec["precision"] == "bf16"):
+                        raise
+                    # the semi-structured kernel failed: the same mask in dense storage (same numerics)
+                    log(f"2:4 semi-structured forward failed ({type(e).__name__}: {str(e)[:200]}); dense mask")
+                    del model
+                    model = base_model()
+                    model = MM.A.apply_sparsity(model, spec["sparsity"], calib_batches=MM.calib_list(calib),
+                                                semi_structured=False)
+                    notes = [f"semi-structured kernel failed ({type(e).__name__}: {str(e)[:150]}); "
+                             "mask measured in dense storage"] + MM.A.notes_of(model)
+                    res = ppl(model, ids["test"], args.seq_len, batch_size=16, max_windows=args.max_windows)
+            else:
+                from .evaluate import ppl_decode
+
+                factory, kv_notes = MM.cache_factory(spec, model)
+                notes += kv_notes
+                res = ppl_decode(model, ids["test"], factory, seq_len=args.seq_len, prefix=args.prefix,
+                                 batch_size=args.decode_batch, max_windows=args.max_windows)
+            row.update(value=res["ppl"], n_tokens=res["n_tokens"], window_nll=res["window_nll"],
+                       tokens_per_window=res["tokens_per_window"])
+            proto = (f"non-overlapping windows of {args.seq_len}, stride {args.seq_len}, {res['n_windows']} windows, "
+                     f"{args.seq_len - 1} scored tokens each" if spec["metric"] == "ppl" else
+                     f"{res['n_windows']} windows of {args.seq_len}: prefill {args.prefix} tokens into the cache, "
+                     f"then score {args.seq_len - args.prefix} tokens decoded one at a time through it")
+            notes = [proto] + notes
+            row["notes"] = "; ".join(n for n in notes if n)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a row
+            status, reason = MM.classify_error(e)
+            row.update(status=status, reason=reason)
+            if status == "error":
+                traceback.print_exc(limit=4)
+        finally:
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        is_base = spec["precision"] == "bf16" and spec["sparsity"] == "dense" and spec["kv"] == "kv-fp16"
+        if is_base and row["status"] == "ok":
+            baselines[spec["metric"]] = row
+        base = baselines.get(MM.BASELINE_METRIC.get(spec["metric"], spec["metric"]))
+        if base is not None:
+            row["baseline"] = base["value"]
+            if row["value"] is not None:
+                row["delta_rel"] = row["value"] / base["value"] - 1.0
+                if base.get("window_nll") and len(base["window_nll"]) == len(row["window_nll"]):
+                    from .evaluate import delta_ci
+
+                    ci = delta_ci(row["window_nll"], base["window_nll"], row["tokens_per_window"])
+                    if ci:
+                        row["delta_ci95_lo"], row["delta_ci95_hi"] = ci
+        row["date_utc"] = _now()
+        row["eval_s"] = round(time.monotonic() - t1, 2)
+        append_row(rows_path, row)
+        done[key] = row
+        rows.append(row)
+        n_new += 1
+        d = row["delta_rel"]
+        log(f"{name}: {row['status']} ppl={row['value'] if row['value'] is None else round(row['value'], 4)} "
+            f"delta={'-' if d is None else f'{d:+.2%}'} ({row['eval_s']}s) {row['reason'][:120]}")
+
+    write_csv(rows, out / CSV_NAME)
+    meta = metadata(args, prov, model_id, wname, rows, out)
+    (out / META_NAME).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    log(f"{n_new} new rows, {len(rows)} in {rows_path}")
+    print_table(rows)
+    return 0
+
+
+def metadata(args, prov: dict, model_id: str, wname: str, rows: list[dict], out: Path) -> dict:
+    from . import corpus
+    from . import model as M
+
+    tl = out / "train_log.json"
+    if not tl.exists():
+        tl = M.DATA_DIR / "train_log.json"
+    train = {}
+    if tl.exists():
+        t = json.loads(tl.read_text())
+        train = {k: t.get(k) for k in ("params", "steps", "tokens", "train_wall_s", "best_step", "best_val_ppl",
+                                       "val_ppl_bf16", "test_ppl_bf16", "settings", "provenance", "date_utc")}
+    return {
+        "what": "Measured perplexity deltas of compression methods on a small Llama-architecture model trained "
+                f"here on the King James Bible. Real measurements, but of a {train.get('params') or 0:,}-parameter "
+                "model: they show the direction and rough size of each method's effect, not the deltas of "
+                "1B-70B models.",
+        "model": model_id,
+        "weights": f"measurement/data/quality/{wname} (bf16 safetensors, tied embeddings) + config.json",
+        "architecture": M.TINY if args.tiny else M.SMALL,
+        "training": train,
+        "corpus": {
+            "text": "King James Version of the Bible (1611), public domain",
+            "source": "Debian package bible-kjv-text 4.38, dumped with `bible -f Gen1:1-Rev22:21` (bible-kjv 4.38); "
+                      "kept as measurement/data/quality/kjv.txt.gz",
+            "licence": "Debian copyright file: 'The copyright for the King James Version text of the Bible is "
+                       "expired since the translation was done in 1611 under King James the first of Great Britain.'",
+            "split": corpus.SPLIT_DOC,
+            "format": "verse references stripped, one verse per line, books separated by an end-of-text token",
+        },
+        "tokenizer": "measurement/data/quality/tokenizer.json: byte-level BPE, vocab 4096 (incl. <|endoftext|>), "
+                     "trained with `tokenizers` on the train split only",
+        "protocols": {
+            "ppl": f"test split as one token stream, non-overlapping windows of {args.seq_len} tokens "
+                   f"(stride {args.seq_len}, tail dropped), one forward pass per window with no cache, "
+                   f"positions 1..{args.seq_len - 1} scored; ppl = exp(sum NLL / n_tokens). n_tokens counts "
+                   "scored predictions.",
+            "ppl_decode": f"same windows; prefill the first {args.prefix} tokens into the cache under test "
+                          "(eviction policies compress it right after prefill, as after a prompt), then feed "
+                          f"the remaining {args.seq_len - args.prefix} tokens one at a time through that cache and "
+                          "score every one of them (the first from the prefill's last logits); position ids are "
+                          "the true positions. Baseline: same protocol with the plain 16-bit DynamicCache. "
+                          "Quantized caches keep the last 128 tokens in 16 bit (apply.py default residual).",
+            "ppl_decode_res0": "as ppl_decode, but the quantized cache keeps no 16-bit residual window: every "
+                               "stored token is read back quantized (worst case). Baseline: ppl_decode's.",
+            "delta_rel": "value / baseline - 1 (baseline = bf16, dense, full cache, same metric)",
+            "delta_ci95": "delta_ci95_lo / _hi: 95% paired bootstrap interval of delta_rel over the test windows "
+                          "(2000 resamples of windows; per-window NLLs are in quality_rows.jsonl): the spread "
+                          "the choice of test text gives, not run-to-run noise (the evaluation is deterministic)",
+            "calibration": f"{args.calib_windows} windows of {args.seq_len} tokens drawn (seed 1) from the "
+                           "train split, in batches of 4: AWQ scale search, Wanda activation norms, ShortGPT "
+                           "block influence",
+            "order": "sparsity first (mask / drop layers), then precision; combos with 2:4 keep the mask in "
+                     "dense storage so the quantizer can read it",
+        },
+        "methods": "applied by measurement/apply.py (see its docstring); rtn-int4 = apply_precision('awq-int4') "
+                   "without calibration (round-to-nearest int4 g128, same torchao kernels)",
+        "provenance": prov,
+        "n_rows": len(rows),
+        "status_counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "unsupported", "error")},
+        "columns": COLUMNS,
+        "generated_utc": _now(),
+        "command": "python -m measurement.quality.campaign " + " ".join(sys.argv[1:]),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

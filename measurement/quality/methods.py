@@ -1,0 +1,95 @@
+"""Glue between a campaign row's method spec and :mod:`measurement.apply` (which applies every method
+for real: bitsandbytes, torchao, AWQ scales, 2:4 masks + semi-structured kernels, ShortGPT layer drop,
+KV-cache quantization / eviction). Nothing is re-implemented here.
+"""
+from __future__ import annotations
+
+import re
+
+from measurement import apply as A
+
+# Row names that are not apply.py method ids: (apply.py precision, use calibration, simulate)
+PRECISION_ALIASES = {
+    "rtn-int4": ("awq-int4", False, False),  # int4 g128 through the same torchao kernels, no AWQ scales
+    "rtn-int4-sim": ("awq-int4", False, True),  # quantize-dequantize int4 g128 (checks the simulation)
+    "awq-int4-sim": ("awq-int4", True, True),
+}
+KV_RESIDUAL_METRICS = {"ppl_decode_res0": 0}  # quantized KV with no 16-bit residual window
+BASELINE_METRIC = {"ppl_decode_res0": "ppl_decode"}  # same protocol, same full-cache baseline
+
+
+def calib_list(calib, per_batch: int = 4) -> list:
+    """[N, seq] token windows -> list of [per_batch, seq] tensors (apply.py's calib_batches)."""
+    if calib is None:
+        return []
+    return [calib[i: i + per_batch] for i in range(0, calib.shape[0], per_batch)]
+
+
+def apply_methods(model, spec: dict, calib) -> tuple[object, list[str]]:
+    """Sparsity first (masks / dropped layers), then precision. Returns (model, notes)."""
+    batches = calib_list(calib)
+    p, s = spec["precision"], spec["sparsity"]
+    notes: list[str] = []
+    if s != "dense":
+        kw = {}
+        if p not in ("bf16",) and s.startswith("2:4"):
+            # a quantizer reads dense weights: keep the masked weights dense, then quantize them
+            kw["semi_structured"] = False
+            notes.append("2:4 mask kept in dense storage so the quantizer can read it")
+        model = A.apply_sparsity(model, s, calib_batches=batches, **kw)
+    if p == "gptq-int4":
+        try:
+            model = A.apply_precision(model, p, calib_batches=batches)
+        except A.Unsupported as e:
+            from .gptq import apply_gptq_int4
+
+            notes.append(f"apply.py: {str(e)[:120]}")
+            model = apply_gptq_int4(model, batches)
+    elif p != "bf16":
+        real, with_calib, sim = PRECISION_ALIASES.get(p, (p, True, False))
+        model = A.apply_precision(model, real, calib_batches=batches if with_calib else None,
+                                  **({"simulate": True} if sim else {}))
+        if real != p:
+            notes.append(f"{p}: apply_precision('{real}'"
+                         + (", calibration" if with_calib else ", no calibration: round-to-nearest")
+                         + (", simulate=True)" if sim else ")"))
+    notes.extend(A.notes_of(model))
+    return model, notes
+
+
+def cache_factory(spec: dict, model) -> tuple[object, list[str]]:
+    """A ``factory(batch) -> cache`` for :func:`.evaluate.ppl_decode`, and notes. Each call detaches
+    the previous cache's query hooks (SnapKV / PyramidKV) before making a new one."""
+    kv, budget = spec["kv"], spec.get("kv_budget")
+    kw = {}
+    if spec["metric"] in KV_RESIDUAL_METRICS:
+        kw["residual"] = KV_RESIDUAL_METRICS[spec["metric"]]
+    state = {"cache": None, "notes": ""}
+
+    def factory(batch: int):
+        old = state["cache"]
+        if old is not None and hasattr(old, "detach"):
+            old.detach()
+        cache, notes = A.make_kv_cache(kv, model.config, budget=budget, model=model, **kw)
+        state["cache"], state["notes"] = cache, notes
+        return cache
+
+    _, notes = A.make_kv_cache(kv, model.config, budget=budget, **kw)
+    notes = re.sub(r"; no model attached.*$", "; real post-rope queries of the last prompt window (hooks)", notes)
+    if kw:
+        notes += f"; residual {kw['residual']}"
+    return factory, [notes]
+
+
+def classify_error(e: BaseException) -> tuple[str, str]:
+    msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
+    if isinstance(e, A.Unsupported):
+        return "unsupported", str(e)[:400]
+    try:
+        import torch
+
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+            return "error", "does not fit (out of memory): " + msg
+    except Exception:  # pragma: no cover
+        pass
+    return "error", msg
