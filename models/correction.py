@@ -28,8 +28,8 @@ from .memory import MemoryBreakdown
 TARGETS = ("decode_ms", "prefill_ms", "peak_mem_gb", "j_per_token")
 PRECISIONS = ("fp16", "bf16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "gptq-int4")
 FEATURES = ("log_batch", "log_prompt", "eager", "eager_log_batch", "eager_layers", "sparse24", "drop_frac",
-            "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw") + tuple(
-    f"p_{p}" for p in PRECISIONS)
+            "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw", "eager_sparse24",
+            "eager_kv_int") + tuple(f"p_{p}" for p in PRECISIONS) + tuple(f"eager_p_{p}" for p in PRECISIONS)
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "fitted.json"
 WIDEN = {"gpu": 1.5, "generation": 2.0, "method_arch": 1.5, "size": 1.5}
 
@@ -47,8 +47,11 @@ def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: flo
         "log_params": math.log(llm.published_params_b), "log_util": math.log(max(utilisation, 1e-4)),
         "hopper": 1.0 if gpu.cc[0] == 9 else 0.0, "log_bw": math.log(gpu.mem_bw_gbps / 1000),
     }
+    row["eager_sparse24"] = eager * row["sparse24"]
+    row["eager_kv_int"] = eager * row["kv_int"]
     for p in PRECISIONS:
         row[f"p_{p}"] = 1.0 if cand.precision == p else 0.0
+        row[f"eager_p_{p}"] = eager * row[f"p_{p}"]
     return np.array([row[f] for f in FEATURES])
 
 
@@ -86,14 +89,14 @@ class FittedCostModel:
         with open(path, encoding="utf-8") as fh:
             return cls(json.load(fh), Path(path))
 
-    def far_reasons(self, gpu: GPU, llm: LLM, cand: Candidate) -> list[tuple[str, str]]:
+    def far_reasons(self, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> list[tuple[str, str]]:
         out = []
         if gpu.cc[0] not in self.cc_majors:
             out.append(("generation", f"{gpu.id} is another GPU generation (sm{gpu.cc[0]}x) than any measured"))
         elif gpu.id not in self.gpus:
             out.append(("gpu", f"{gpu.id} was never measured"))
-        if (cand.precision, gpu.cc[0]) not in self.method_arch:
-            out.append(("method_arch", f"{cand.precision} never measured on sm{gpu.cc[0]}x"))
+        if (cand.precision, sc.backend, gpu.cc[0]) not in self.method_arch:
+            out.append(("method_arch", f"{cand.precision} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
         if llm.published_params_b > 1.5 * self.max_params_b:
             out.append(("size", f"{llm.id} is much larger than any measured model ({self.max_params_b:g}B)"))
         return out
@@ -117,7 +120,7 @@ class FittedCostModel:
         if sc.num_gpus > 1 or gpu.vendor != "nvidia":
             return None
         x = features(gpu, llm, cand, sc, spd.utilisation)
-        far = self.far_reasons(gpu, llm, cand)
+        far = self.far_reasons(gpu, llm, cand, sc)
         dec = self.estimate("decode_ms", spd.decode_step_ms.value, x, far, "ms", spd.roofline_decode_ms)
         pre = self.estimate("prefill_ms", spd.prefill_ms.value, x, far, "ms", spd.roofline_prefill_ms)
         if dec is None:
@@ -130,7 +133,13 @@ class FittedCostModel:
                           notes=spd.notes + [f"fitted: {r}" for _, r in far])
         m = self.estimate("peak_mem_gb", mem.per_gpu_gb.value, x, far, "GB")
         new_mem = replace(mem, per_gpu_gb=m) if m else mem
+        self._last = (x, far)
         return new_spd, new_mem, "fitted"
+
+    def correct_energy(self, analytical_j: float) -> Estimate | None:
+        """Fitted J/token for the query of the last :meth:`predict_one` call."""
+        x, far = self._last
+        return self.estimate("j_per_token", analytical_j, x, far, "J/token")
 
 
 def load_default(path: Path | None = None):

@@ -44,12 +44,30 @@ _KERNELS = {
 SPARSE_24 = dict(bw={"compiled": 0.20, "eager": 0.05}, compute_speedup=1.0,
                  src="PROBE: 2:4 bf16 76.5 us graph at 16 rows; dense-speed prefill assumed (no speedup measured)")
 
-# Fixed per-step cost of the small kernels (norms, rotary, attention launch, sampling), per layer.
-# compiled: 6.35 ms/step measured for bf16 Llama-3.1-8B batch 1 (gpu-notes) minus 32 projections
-# sets at the probe's rate (~4.45 ms) = ~1.9 ms over 32 layers. eager: 37.7 ms/step over 32 layers,
-# host-bound on that VM (one CPU core at 100%).
-STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.06, "eager": 1.18}
-STEP_OVERHEAD_SRC = "gpu-notes 2026-11-21: H200 Llama-3.1-8B bf16 batch 1, 6.35 ms/step graphs, 37.7 ms/step eager"
+# compiled: fixed per-step cost of the small kernels (norms, rotary, attention launch, sampling) per
+# layer, added to the GPU time: 6.35 ms/step measured for bf16 Llama-3.1-8B batch 1 (gpu-notes)
+# minus 32 projection sets at the probe's rate (~4.45 ms) = ~1.9 ms over 32 layers.
+# eager: the host issues every kernel from Python, so a step takes max(GPU time, host time); host time
+# per layer measured in measurement/data/measurements.csv (20 eager bf16 rows, H100 and H200 VMs,
+# six models from 1B to 8B): 0.46-0.62 ms per layer, independent of model size; 0.55 is the median.
+STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.06, "eager": 0.55}
+# Eager host time of a method relative to bf16 (more Python-issued kernels per projection), measured
+# on the same machine: llama3.1-8b batch 1 prompt 512 on the H100, decode ms/step over bf16's 19.87
+# (measurement/data/measurements.csv). gptq-int4 shares awq-int4's int4 kernel path.
+EAGER_HOST_FACTOR = {"bf16": 1.0, "fp16": 1.0, "awq-int4": 1.16, "gptq-int4": 1.16, "bnb-nf4": 1.20,
+                     "int8-wo": 1.51, "fp8": 4.60, "bnb-int8": 4.48, "w8a8": 1.0}
+EAGER_HOST_FACTOR_24 = 9.23  # 2:4 semi-structured: 183.4 ms vs 19.87 (same rows)
+# Decode attention over the KV cache as transformers runs it: with a static cache the mask rules out
+# the flash kernel and every slot is read (compiled); the dynamic cache path (eager) does better.
+# Fraction of the copy bandwidth achieved on the KV bytes, from the batch 16-64 x prompt 4096 rows on
+# both GPUs (measured ms minus the weight-read time at the bf16 fraction, over the KV bytes).
+KV_READ_FRACTION = {"compiled": 0.10, "eager": 0.30}
+# Our quantized caches dequantize the whole cache on every step through a chain of torch ops: bytes
+# moved per KV element per step, from the kv-int8/int4/int2/fp8 eager rows at batch 8, prompt 4096
+# (about 30 ms over 16-bit on 8 x 4128 tokens x 32 layers x 2048 elements).
+KV_DEQUANT_BYTES_PER_ELEM = 40.0
+STEP_OVERHEAD_SRC = ("compiled: gpu-notes 2026-11-21 H200 probe (6.35 ms/step); eager: measured host time per layer, "
+                     "measurement/data/measurements.csv")
 
 # Relative error carried on a speed prediction: probe GPU (H200/H100) vs other GPUs.
 REL_ERR_SAME_ARCH = 0.25

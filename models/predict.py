@@ -37,16 +37,18 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
     and memory figures where it can; otherwise the analytical ones stand."""
     mem = predict_memory(cat, llm, cand, sc)
     spd = predict_speed(cat, gpu, llm, cand, sc)
+    power = energy.board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w) * sc.num_gpus
+    jpt = energy.joules_per_token(power, spd.decode_step_ms.value / 1e3, sc.batch)
+    rel = energy.REL_ERR + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
+    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
     used = "analytical"
     if speed_model is not None:
         fitted = speed_model.predict_one(cat, gpu, llm, cand, sc, spd, mem)
         if fitted is not None:
             spd, mem, used = fitted[0], fitted[1], fitted[2]
-    step_s = spd.decode_step_ms.value / 1e3
-    power = energy.board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w) * sc.num_gpus
-    jpt = energy.joules_per_token(power, step_s, sc.batch)
-    rel = energy.REL_ERR + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
-    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
+            j = speed_model.correct_energy(jpt) or j
+            jpt = j.value
+            power = jpt * sc.batch / (spd.decode_step_ms.value / 1e3)
     price = gpu.cloud_usd_per_hour
     usd = None
     if price:

@@ -76,16 +76,23 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
     t_lin = max(lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak)
     kv_extra = 0.0
-    if cand.kv in ("kv-int8", "kv-int4", "kv-int2"):
-        # The quantized cache is dequantized to 16 bit for attention each step (write + read).
-        l_kv = kv_tokens(cand, sc.prompt_len + sc.gen_len // 2)
-        per_tok16 = 2 * (llm.num_hidden_layers - cand.dropped_layers) * llm.num_key_value_heads * llm.head_dim * 2.0
-        kv_extra = 2 * sc.batch * l_kv * per_tok16
-    t_other = max((step.other_bytes + kv_extra) / (copy_bw * eff.bw_fraction("bf16", backend)),
+    kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
+    if cand.kv in ("kv-fp8", "kv-int8", "kv-int4", "kv-int2"):
+        kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
+    kv_frac = eff.KV_READ_FRACTION[backend]
+    t_kv = (step.kv_bytes + kv_extra) / (copy_bw * kv_frac)
+    t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction("bf16", backend)) + t_kv,
                   step.other_flops / (peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n))
     layers = llm.num_hidden_layers - cand.dropped_layers
     overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
-    return t_lin + t_other + overhead + _allreduce_s(gpu, llm, layers, sc.batch, n)
+    if backend_overhead == "eager":
+        overhead *= eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
+        if cand.sparsity.startswith("2:4"):
+            overhead *= eff.EAGER_HOST_FACTOR_24
+    gpu_time = t_lin + t_other
+    # Graph replay adds the small kernels to the GPU time; eager issue from Python overlaps with it.
+    step = max(gpu_time, overhead) if backend_overhead == "eager" else gpu_time + overhead
+    return step + _allreduce_s(gpu, llm, layers, sc.batch, n)
 
 
 def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost) -> float:
@@ -98,7 +105,9 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
     layers = llm.num_hidden_layers - cand.dropped_layers
     backend = sc.backend if eff.uses_graphs(cand.precision, sc.backend) else "eager"
-    return t + eff.STEP_OVERHEAD_MS_PER_LAYER[backend] * 1e-3 * layers + _allreduce_s(
+    host = eff.STEP_OVERHEAD_MS_PER_LAYER[backend] * 1e-3 * layers
+    t = max(t, host) if backend == "eager" else t + host
+    return t + _allreduce_s(
         gpu, llm, layers, sc.batch * sc.prompt_len, n)
 
 

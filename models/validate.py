@@ -18,8 +18,10 @@ SPLITS = {"leave-one-gpu-out": "gpu", "leave-one-model-out": "model", "leave-one
 ENGINE_BACKEND = {"transformers": "eager"}  # every other engine is a tuned, graph-captured deployment
 
 
-def held_out(df, cat: Catalog | None = None, alpha: float = 1.0) -> dict:
+def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict:
     """MAPE and 90%-interval coverage per split and target, plus the raw pairs for plotting."""
+    from .fitted import DEFAULT_ALPHA
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
     cat = cat or load()
     df = df[df["status"] == "ok"] if "status" in df else df
     X, A, Y, keep = design(df, cat)
