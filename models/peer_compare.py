@@ -56,11 +56,40 @@ def peer_tok_s(gpu_id, llm, precision, batch, prompt, gen, folder: Path) -> floa
     return batch / per_step if per_step else None
 
 
+def _measured_rows(cat) -> list[dict]:
+    """Our measured rows on GPUs the peer knows, with the fitted model's leave-one-model-out prediction
+    (held out: the row's model was never seen by the correction that predicts it)."""
+    from measurement.dataset import load_dataset
+
+    from .fitted import cross_val, design
+
+    df = load_dataset(ok_only=True)
+    X, A, Y, keep = design(df, cat)
+    sub = df.loc[keep]
+    cv = cross_val(X, A, Y, sub["model"].astype(str).to_numpy())["decode_ms"]
+    rows = []
+    for i, (_, r) in enumerate(sub.iterrows()):
+        if r["gpu"] not in PEER_GPU or r["sparsity"] != "dense" or r["kv"] != "kv-fp16" or not np.isfinite(cv["pred"][i]):
+            continue
+        rows.append({"gpu": r["gpu"], "model": r["model"], "precision": r["precision"], "engine": f"harness-{r['backend']}",
+                     "batch": int(r["batch"]), "prompt_len": int(r["prompt_len"]), "gen_len": int(r["gen_len"]),
+                     "measured": float(r["decode_tok_s"]), "ours": float(r["batch"]) * 1e3 / cv["pred"][i]})
+    return rows
+
+
 def compare() -> dict:
     cat = load()
     out = {"published": [], "measured": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        for r in _measured_rows(cat):
+            try:
+                peer = peer_tok_s(r["gpu"], cat.llm(r["model"]), r["precision"], r["batch"], r["prompt_len"],
+                                  r["gen_len"], folder)
+            except Exception:  # the peer raises on configs it cannot size
+                peer = None
+            if peer:
+                out["measured"].append({**r, "peer": peer})
         for r in published_rows(cat=cat):
             batch = int(float(r["batch"]))
             prompt, gen = int(float(r["prompt_len"] or 128)), int(float(r["gen_len"] or 128))
