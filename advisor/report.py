@@ -8,7 +8,7 @@ import math
 from profiles import Catalog, load
 
 from models.candidate import Candidate, Scenario
-from models.roofline import compute_dtype, decode_step, peak_flops, prefill_step
+from models.roofline import decode_step, peak_flops, prefill_step
 from models.speed import predict_speed
 
 from .engine import Request, recommend

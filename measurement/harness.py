@@ -162,6 +162,21 @@ class ModelContext:
     compiled_once: bool = False
 
 
+def _release(device) -> None:
+    """Drop compiled graphs and cached GPU memory between groups or after a failed config."""
+    import gc
+
+    import torch
+
+    try:
+        torch._dynamo.reset()
+    except Exception:
+        pass
+    gc.collect()
+    if _cuda(device):
+        torch.cuda.empty_cache()
+
+
 def _cuda(device) -> bool:
     return getattr(device, "type", str(device)) == "cuda"
 
@@ -783,13 +798,7 @@ class Runner:
                     n_compiled_failures += 1
         finally:
             ctx = None
-            try:
-                torch._dynamo.reset()
-            except Exception:
-                pass
-            gc.collect()
-            if _cuda(self.device):
-                torch.cuda.empty_cache()
+            _release(self.device)
             self._mark(None)
         return out
 
@@ -803,10 +812,6 @@ class Runner:
             pass
 
     def run_one(self, rc: RunConfig, ctx: ModelContext, prov: dict, peaks: dict) -> dict:
-        import gc
-
-        import torch
-
         from .apply import Unsupported
 
         self._mark(rc)
@@ -834,13 +839,7 @@ class Runner:
                 row.update(status="error", reason=_reason(e))
                 log.error("%s: %s", rc, traceback.format_exc())
             ctx.compiled = None
-            try:
-                torch._dynamo.reset()
-            except Exception:
-                pass
-            gc.collect()
-            if _cuda(self.device):
-                torch.cuda.empty_cache()
+            _release(self.device)
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         self._emit(row)
         return row

@@ -14,7 +14,7 @@ from profiles import GPU, LLM, Catalog
 from . import efficiency as eff
 from .candidate import Candidate, Scenario
 from .estimate import Estimate
-from .memory import kv_bytes_per_token, kv_tokens, param_counts
+from .memory import param_counts
 from .roofline import StepCost, compute_dtype, decode_step, peak_flops, prefill_step, roofline_s
 
 # Tensor-parallel all-reduce latency per call (assumption, order of NCCL small-message latency).
