@@ -48,6 +48,9 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
         ]
         for name, (v, iv, src) in rows:
             t.add_row(name, v, iv, src)
+        if p.eor is not None:
+            t.add_row("EOR (quality kept / Wh, per 1k tokens)", f"{p.eor:.3g}", "", "from the rows above")
+            t.add_row("TWEOR (EOR / request latency s)", f"{p.tweor:.3g}", "", "from the rows above")
         console.print(t)
         console.print(f"[dim]speed: {p.speed_model} cost model; roofline floor {p.speed.roofline_decode_ms:.3g} ms/step "
                       f"(predicted {p.speed.decode_step_ms.value:.3g}); quality: {p.quality_loss.detail if p.quality_loss else 'n/a'}[/]")
