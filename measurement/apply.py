@@ -293,6 +293,15 @@ def _capture_inputs(model, modules: dict, calib_batches, max_rows: int) -> dict:
     return {k: torch.cat(v) if v else None for k, v in store.items()}
 
 
+def _fold_scale(prev, nxt, s) -> None:
+    """AWQ scaling between two linears: divide ``prev``'s output rows by ``s``, multiply ``nxt``'s
+    input columns by ``s`` (the product is unchanged in exact arithmetic)."""
+    prev.weight.div_(s.to(prev.weight.dtype)[:, None])
+    if prev.bias is not None:
+        prev.bias.div_(s.to(prev.bias.dtype))
+    nxt.weight.mul_(s.to(nxt.weight.dtype))
+
+
 def _awq_search(x, linears: list, grid: int):
     """AWQ scale search for linears sharing input ``x`` [rows, in]. Returns (best scales [in], best alpha)."""
     torch = _torch()
@@ -346,19 +355,13 @@ def _apply_awq_scales(model, calib_batches, grid: int, max_rows: int) -> list[fl
             # down <- up (act(gate) * up is linear in up's output rows)
             x = acts[(i, "down")]
             s, al = _awq_search(x, [m.down_proj], grid)
-            m.up_proj.weight.div_(s.to(m.up_proj.weight.dtype)[:, None])
-            if m.up_proj.bias is not None:
-                m.up_proj.bias.div_(s.to(m.up_proj.bias.dtype))
-            m.down_proj.weight.mul_(s.to(m.down_proj.weight.dtype))
+            _fold_scale(m.up_proj, m.down_proj, s)
             alphas.append(al)
             # o <- v, only where v and o have matching shapes (no GQA), as in llm-awq
             if a.v_proj.weight.shape[0] == a.o_proj.weight.shape[1]:
                 x = acts[(i, "o")]
                 s, al = _awq_search(x, [a.o_proj], grid)
-                a.v_proj.weight.div_(s.to(a.v_proj.weight.dtype)[:, None])
-                if a.v_proj.bias is not None:
-                    a.v_proj.bias.div_(s.to(a.v_proj.bias.dtype))
-                a.o_proj.weight.mul_(s.to(a.o_proj.weight.dtype))
+                _fold_scale(a.v_proj, a.o_proj, s)
                 alphas.append(al)
     return alphas
 
