@@ -144,11 +144,14 @@ def register_planning(main: click.Group) -> None:
 
         from .engine import RequestError
         from .plan import PlanRequest, plan as run, plan_dict
+        from .service import speed_model_or_none
+        sm, note = speed_model_or_none()
+        click.echo(f"note: {note}", err=True)
         req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
                           parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
                           grid_gco2_per_kwh)
         try:
-            plans = run(req)
+            plans = run(req, speed_model=sm)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         if as_json:
@@ -173,7 +176,8 @@ def register_planning(main: click.Group) -> None:
                           f"{o.kwh_per_month:,.0f}", f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
                           f"{o.ttft_p95_s:.3g}", f"{o.tpot_s * 1e3:.3g}", o.interconnect)
             console().print(t)
-            click.echo("latency model: continuous batching, decode step at full concurrency (analytical), whole-prompt "
+            click.echo(f"latency model: continuous batching, decode step at full concurrency ({sm and 'fitted' or 'analytical'} "
+                       "cost model), whole-prompt "
                        "prefill between steps, M/M/c wait for a slot (conservative vs a discrete-event simulation); "
                        "$ from each profile's dated cloud price", err=True)
         if not any(p.best for p in plans):

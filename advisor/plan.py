@@ -73,7 +73,8 @@ class PlanOption:
     slot_utilisation: float
     quality_loss: float | None
     interconnect: str
-    latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py); analytical step times"
+    latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py)"
+    step_model: str = "analytical"
 
 
 @dataclass
@@ -93,7 +94,18 @@ def _plan_candidates(cat: Catalog) -> list[Candidate]:
     return [Candidate(p.id, "dense", kv) for p in cat.methods_of("precision") for kv in PLAN_KV]
 
 
-def plan(req: PlanRequest, cat: Catalog | None = None) -> list[GpuPlan]:
+def _speed_mem(cat, gpu, llm, cand, sc, speed_model):
+    """(speed, memory, label): the fitted cost model where it applies, else the analytical one."""
+    spd, mem = predict_speed(cat, gpu, llm, cand, sc), predict_memory(cat, llm, cand, sc)
+    if speed_model is not None:
+        fitted = speed_model.predict_one(cat, gpu, llm, cand, sc, spd, mem)
+        if fitted is not None:
+            return fitted
+    return spd, mem, "analytical"
+
+
+def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list[GpuPlan]:
+    """Cheapest configuration per GPU type. ``speed_model``: a fitted cost model (or None)."""
     req.validate()
     cat = cat or load()
     llm = cat.llm(req.model)
@@ -119,12 +131,15 @@ def plan(req: PlanRequest, cat: Catalog | None = None) -> list[GpuPlan]:
             for tp in TP_DEGREES:
                 for c in CONCURRENCY:
                     sc = Scenario(c, req.prompt_len, req.gen_len, req.backend, tp)
-                    mem = predict_memory(cat, llm, cand, sc).per_gpu_gb.value
+                    spd, memb, label = _speed_mem(cat, gpu, llm, cand, sc, speed_model)
+                    mem = memb.per_gpu_gb.value
                     if mem > gpu.memory_gb:
                         gp.blocked.setdefault("memory", f"{cand.label} at concurrency {c}, TP {tp}: {mem:.1f} GB > "
                                                         f"{gpu.memory_gb:g} GB")
                         break  # larger c needs more memory
-                    opt = _size_replicas(cat, gpu, llm, cand, sc, req, price, loss.value if loss else None)
+                    one = _speed_mem(cat, gpu, llm, cand, Scenario(1, req.prompt_len, req.gen_len, req.backend, tp),
+                                     speed_model)[0]
+                    opt = _size_replicas(gpu, cand, sc, req, price, loss.value if loss else None, spd, one, label)
                     if isinstance(opt, str):
                         gp.blocked.setdefault("latency", opt)
                         continue
@@ -139,10 +154,9 @@ def _key(o: PlanOption):
     return (o.usd_per_month if o.usd_per_month is not None else math.inf, o.gpus)
 
 
-def _size_replicas(cat, gpu, llm, cand, sc, req: PlanRequest, price, loss):
-    spd = predict_speed(cat, gpu, llm, cand, sc)
-    one = Scenario(1, req.prompt_len, req.gen_len, req.backend, sc.num_gpus)
-    t_pre = predict_speed(cat, gpu, llm, cand, one).prefill_ms.value / 1e3
+def _size_replicas(gpu, cand, sc, req: PlanRequest, price, loss, spd, one, label: str):
+    """Replicas for the load; ``spd`` at full concurrency, ``one`` for a single sequence's prefill."""
+    t_pre = one.prefill_ms.value / 1e3
     tau0 = spd.decode_step_ms.value / 1e3
     if tau0 > req.tpot_p95_s:
         return f"{cand.label} at concurrency {sc.batch}, TP {sc.num_gpus}: decode step {tau0 * 1e3:.1f} ms > TPOT target"
@@ -169,7 +183,7 @@ def _size_replicas(cat, gpu, llm, cand, sc, req: PlanRequest, price, loss):
     return PlanOption(gpu.id, cand.label, sc.batch, sc.num_gpus, r, gpus,
                       gpus * price * HOURS_PER_MONTH if price else None, kwh,
                       kwh * req.grid_gco2_per_kwh / 1000 if req.grid_gco2_per_kwh is not None else None,
-                      lat.ttft_p95_s, lat.tau_s, util, loss, link)
+                      lat.ttft_p95_s, lat.tau_s, util, loss, link, step_model=label)
 
 
 def plan_dict(plans: list[GpuPlan]) -> list[dict]:

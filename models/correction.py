@@ -31,7 +31,7 @@ FEATURES = ("log_batch", "log_prompt", "eager", "eager_log_batch", "eager_layers
             "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw", "eager_sparse24",
             "eager_kv_int") + tuple(f"p_{p}" for p in PRECISIONS) + tuple(f"eager_p_{p}" for p in PRECISIONS)
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "fitted.json"
-WIDEN = {"gpu": 1.5, "generation": 2.0, "method_arch": 1.5, "size": 1.5}
+WIDEN = {"gpu": 1.5, "generation": 2.0, "method_arch": 1.5, "size": 1.5, "tp": 1.5}
 
 
 def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: float) -> np.ndarray:
@@ -99,6 +99,9 @@ class FittedCostModel:
             out.append(("method_arch", f"{cand.precision} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
         if llm.published_params_b > 1.5 * self.max_params_b:
             out.append(("size", f"{llm.id} is much larger than any measured model ({self.max_params_b:g}B)"))
+        if sc.num_gpus > 1:
+            out.append(("tp", f"tensor parallelism ({sc.num_gpus} GPUs) was never measured: the single-GPU "
+                              "efficiency correction is applied to each GPU's share"))
         return out
 
     def estimate(self, target: str, analytical: float, x: np.ndarray, far: list, unit: str,
@@ -117,7 +120,7 @@ class FittedCostModel:
 
     def predict_one(self, cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, spd, mem: MemoryBreakdown):
         """Fitted (speed, memory, label) replacing the analytical ones, or None if not applicable."""
-        if sc.num_gpus > 1 or gpu.vendor != "nvidia":
+        if gpu.vendor != "nvidia":
             return None
         x = features(gpu, llm, cand, sc, spd.utilisation)
         far = self.far_reasons(gpu, llm, cand, sc)
