@@ -212,7 +212,7 @@ def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
     else:
         why = f"{p.usd_per_mtok.value:.3g} vs {b.usd_per_mtok.value:.3g} USD/Mtok"
     extra = [n for n in p.speed.notes if "CUDA graphs" in n or "dequantize" in n or "padded" in n]
-    if e.pareto and not e is best:
+    if e.pareto and e is not best:
         why += "; on the Pareto front (less quality loss)"
     return why + (f" ({extra[0]})" if extra else "")
 
