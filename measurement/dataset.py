@@ -98,6 +98,21 @@ def row_id(r: dict) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines file; blank lines and a torn last line (after a hard kill) are skipped."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
 def load_dataset(path: str | Path | None = None, *, ok_only: bool = False):
     """The dataset as a pandas DataFrame (empty with the right columns when the file does not exist)."""
     import pandas as pd
@@ -133,17 +148,7 @@ def import_rows(jsonl_path: str | Path, *, csv_path: str | Path | None = None, m
     meta_p = Path(meta_path) if meta_path else (csv_p.with_suffix("").with_suffix(".meta.json")
                                                 if csv_path else META_PATH)
     run_id = run_id or jsonl_path.parent.name
-    rows = []
-    with open(jsonl_path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    new = [_flatten(r, run_id) for r in rows]
+    new = [_flatten(r, run_id) for r in read_jsonl(jsonl_path)]
     old = load_dataset(csv_p)
     if len(old) and list(old.columns) != list(COLUMNS):  # the column set changed: rewrite with the new header
         old = old.reindex(columns=list(COLUMNS))

@@ -90,19 +90,9 @@ class RowStore:
         self.path = self.dir / "rows.jsonl"
 
     def rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        out = []
-        with open(self.path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line after a hard kill: ignore it
-                    continue
-        return out
+        from .dataset import read_jsonl
+
+        return read_jsonl(self.path) if self.path.exists() else []
 
     def done_keys(self, retry_errors: bool = True) -> set[str]:
         keys, errors = set(), {}
