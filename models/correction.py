@@ -155,5 +155,5 @@ def load_default(path: Path | None = None):
                 m = FittedCostModel.load(Path(p))
             except (ValueError, KeyError, json.JSONDecodeError) as e:
                 return None, f"fitted model at {p} unusable ({e}); using the analytical cost model"
-            return m, f"speed and memory: fitted cost model ({p.name if hasattr(p, 'name') else p}, {m.snapshot})"
+            return m, f"speed and memory: fitted cost model ({Path(p).name}, {m.snapshot})"
     return None, "speed and memory: analytical cost model (no fitted model found: `advisor fit` makes one)"

@@ -48,7 +48,7 @@ LLAMA3_FACTOR = 2.0
 SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"
 
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
-REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "fitted": 0.0, "transfer": 1.0, "measured-small": 2.0}
+REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "measured-small": 2.0}
 ABS_FLOOR = 0.002
 
 
@@ -187,7 +187,7 @@ def _pick_metric(rows: list[Row]) -> list[Row]:
     return [r for r in rows if _metric_key(r) == best]
 
 
-def _pick_budget(rows: list[Row], budget: int | None, ref_len: int | None = None) -> tuple[list[Row], bool]:
+def _pick_budget(rows: list[Row], budget: int | None) -> tuple[list[Row], bool]:
     """Rows at the nearest published budget at or below ``budget`` (or the smallest above it)."""
     budgets = sorted({r.budget for r in rows if r.budget is not None})
     if budget is None or not budgets:
@@ -230,9 +230,10 @@ class QualityModel:
         variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
                    and r not in exact]
         family = [r for r in rows if r.family == llm.family]
-        fitted = self._fitted(llm, comp, budget, rows)
-        if fitted and not (exact or variant or family):
-            return fitted
+        if not (exact or variant or family):
+            fitted = self._fitted(llm, comp, budget, rows)
+            if fitted:
+                return fitted
         for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
                            ("measured-small", [r for r in self.measured if r.component == comp])):
             if not pool:

@@ -76,8 +76,8 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
     t_lin = max(lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak)
     kv_extra = 0.0
-    kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
     if cand.kv in ("kv-fp8", "kv-int8", "kv-int4", "kv-int2"):
+        kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
         kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
     kv_frac = eff.KV_READ_FRACTION[backend]
     t_kv = (step.kv_bytes + kv_extra) / (copy_bw * kv_frac)
@@ -99,16 +99,15 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     n = sc.num_gpus
     dtype = compute_dtype(cand.precision, gpu)
     k = eff.kernel(cand.precision)
-    peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * k["compute"] / 0.80 * n
+    peak = peak_flops(gpu, dtype) * k["compute"] * n  # k["compute"]: fraction of the dtype's dense peak
     peak16 = peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n
-    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * 0.84 * n
+    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction("bf16", "compiled") * n
     t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
     layers = llm.num_hidden_layers - cand.dropped_layers
     backend = sc.backend if eff.uses_graphs(cand.precision, sc.backend) else "eager"
     host = eff.STEP_OVERHEAD_MS_PER_LAYER[backend] * 1e-3 * layers
     t = max(t, host) if backend == "eager" else t + host
-    return t + _allreduce_s(
-        gpu, llm, layers, sc.batch * sc.prompt_len, n)
+    return t + _allreduce_s(gpu, llm, layers, sc.batch * sc.prompt_len, n)
 
 
 def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> SpeedPrediction:
