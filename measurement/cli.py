@@ -18,6 +18,7 @@ import click
 
 SWEEP_KEYS = ("model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len", "gen_len",
               "weights", "trials", "warmup", "compile_mode")
+COMPILE_MODES = ("regional-graph", "regional", "regional-eager", "reduce-overhead", "max-autotune", "default", "none")
 _DROP = re.compile(r"^drop-(\d+)$")
 
 
@@ -110,7 +111,10 @@ def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     _check_weights(weights)
     trials = int(g.get("trials", 3))
     warmup = int(g.get("warmup", 1))
-    mode = g.get("compile_mode", "reduce-overhead")
+    mode = g.get("compile_mode", "regional-graph")
+    if mode not in COMPILE_MODES:
+        raise click.BadParameter(f"unknown compile mode '{mode}' ({', '.join(COMPILE_MODES)})",
+                                 param_hint="--compile-mode")
     out = []
     for m, p, s, k, be, b, pl, gl in itertools.product(models, precs, sps, kvs, backends, batches, prompts, gens):
         evict = k in ("streamingllm", "snapkv", "pyramidkv")
@@ -207,8 +211,10 @@ def plain_table(rows: list[dict]) -> str:
               help="random (profile architecture), a local directory with safetensors, or a hub id.")
 @click.option("--backend", default="compiled", show_default=True, help="eager, compiled (comma-separated).")
 @click.option("--trials", default=3, show_default=True, type=int, help="Timed trials after warm-up.")
-@click.option("--compile-mode", default="reduce-overhead", show_default=True,
-              help="torch.compile mode for the compiled backend.")
+@click.option("--compile-mode", default="regional-graph", show_default=True,
+              help="compiled backend: regional-graph (one compiled decoder layer + one CUDA graph per step), "
+                   "regional (no graph), or a torch.compile mode of the whole transformers step "
+                   "(reduce-overhead, max-autotune, default, none).")
 @click.option("--sweep", "sweep", type=click.Path(dir_okay=False), default=None,
               help="A sweep YAML (see measurement/sweeps/); replaces the grid options.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,

@@ -52,7 +52,7 @@ class RunConfig:
     weights: str = "random"
     trials: int = 3
     warmup: int = 1
-    compile_mode: str = "reduce-overhead"
+    compile_mode: str = "regional-graph"
 
     def ident(self, gpu: str) -> dict:
         d = dataclasses.asdict(self)
@@ -233,7 +233,7 @@ def prepare_model(rc: RunConfig, device, *, catalog=None, config=None, calib=Non
 @dataclass
 class BackendConfig:
     name: str = "compiled"
-    compile_mode: str = "reduce-overhead"
+    compile_mode: str = "regional-graph"
 
 
 PREFILL_CHUNK_TOKENS = 16384   # tokens per prefill forward (batch x chunk); longer prompts are prefilled in chunks
@@ -409,6 +409,8 @@ class CompiledBackend:
 
         from .env import Window
 
+        if rc.compile_mode in REGIONAL_MODES:
+            return self._decode_regional(ctx, rc, state)
         step = self.compiled_step(ctx, rc.compile_mode)
         cache = state["cache"]
         graphs = rc.compile_mode in ("reduce-overhead", "max-autotune")
@@ -433,6 +435,39 @@ class CompiledBackend:
                 pos.add_(1)
             w.end()
         return w
+
+
+    def _decode_regional(self, ctx: ModelContext, rc: RunConfig, state: dict):
+        """Decode through :class:`~measurement.decode_graph.GraphDecoder`: one compiled decoder-layer function
+        for every layer of this model/method, one CUDA graph per config, ``gen_len`` replays per trial."""
+        import torch
+
+        from .decode_graph import GraphDecoder, compile_layer
+        from .env import Window
+
+        with torch.inference_mode():
+            dec = state.get("decoder")
+            if dec is None:
+                if ctx.compiled is None or ctx.compiled[0] != rc.compile_mode:
+                    ctx.compiled = (rc.compile_mode, compile_layer("default" if rc.compile_mode != "regional-eager"
+                                                                   else "none"))
+                t0 = time.perf_counter()
+                dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
+                                   graph=rc.compile_mode == "regional-graph")
+                dec.reset(state["tok0"], rc.prompt_len, state["kept"])
+                if dec.use_graph:
+                    dec.capture()
+                state["decoder"] = dec
+                state["capture_s"] = round(time.perf_counter() - t0, 2)
+            dec.reset(state["tok0"], rc.prompt_len, state["kept"])
+            w = Window(ctx.device).begin()
+            for _ in range(rc.gen_len):
+                dec.step()
+            w.end()
+        return w
+
+
+REGIONAL_MODES = ("regional-graph", "regional", "regional-eager")
 
 
 def _mark_dynamic(tok, cache) -> None:
@@ -533,6 +568,7 @@ class Scenario:
             dec.append(backend.decode(ctx, rc, state))
         res = summarize(pre, dec, rc)
         res["warmup_s"] = round(warm_s, 2)
+        res["capture_s"] = state.get("capture_s")
         res["prefill_chunk"] = prefill_chunk(rc)
         res["kv_gb"] = cache_nbytes(state.get("cache")) / 1e9
         res["kv_stored_tokens"] = _stored(state.get("cache"))

@@ -1,0 +1,172 @@
+"""The compiled backend's decode step: the model's own modules, called layer by layer, with one
+``torch.compile``d decoder-layer function shared by every layer (regional compilation) and the whole
+step captured as one CUDA graph per (batch, cache length).
+
+Why not ``torch.compile(model)``: compiling the whole transformers forward took 20-105 s per
+(model, method) and shape class on the H200 (measurement/NOTES.md), and its static-cache attention
+repeats the KV heads for grouped-query attention and builds a full causal mask every step. Here:
+
+* one decoder layer is compiled once (dynamo reuses the graph for every layer: the layers differ only in
+  their parameters, which are inputs), so compile time no longer grows with depth;
+* attention reads the StaticCache tensors of transformers directly, in grouped form
+  (``B x kv_heads x group x head_dim`` queries against ``B x kv_heads x L x head_dim`` keys), so each KV
+  element is read once, with a validity mask ``slot_index <= current_slot``;
+* the step (embedding, rotary, layers, final norm, lm_head, greedy argmax, and the position/slot
+  increments) is captured once as a CUDA graph; decoding ``n`` tokens is ``n`` graph replays, with no
+  Python between tokens.
+
+The KV cache is transformers' ``StaticCache`` filled by the (eager) prefill, so prefill, eviction to a
+budget and the cache's memory are the same as the rest of the harness. ``slot`` (where the next key is
+written) and ``pos`` (the rotary position) differ after eviction: a prompt of 8192 evicted to 1024 slots
+decodes at slot 1024, position 8192.
+
+Supported: decoder layers of the Llama / Qwen2 / Mistral shape (``self_attn.{q,k,v,o}_proj``,
+``input_layernorm``, ``post_attention_layernorm``, ``mlp``; optional ``q_norm``/``k_norm``). A sliding
+window shorter than the cache raises :class:`~measurement.apply.Unsupported`.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _rope_fn(model):
+    mod = sys.modules[type(model).__module__]
+    fn = getattr(mod, "apply_rotary_pos_emb", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as fn
+    return fn
+
+
+def layer_step(layer, rope, h, cos, sin, k_cache, v_cache, slot, valid):
+    """One decoder layer for one new token per sequence. ``h``: (B, 1, hidden); ``k_cache``/``v_cache``:
+    (B, kv_heads, L, head_dim), written at ``slot`` (1-element long tensor); ``valid``: (L,) bool."""
+    torch = _torch()
+    attn = layer.self_attn
+    B = h.shape[0]
+    hd = k_cache.shape[-1]
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x).view(B, 1, -1, hd)
+    k = attn.k_proj(x).view(B, 1, -1, hd)
+    v = attn.v_proj(x).view(B, 1, -1, hd)
+    if getattr(attn, "q_norm", None) is not None:
+        q = attn.q_norm(q)
+        k = attn.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q, k = rope(q, k, cos, sin)
+    k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
+    v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
+    nkv = k_cache.shape[1]
+    qg = q.reshape(B, nkv, -1, hd).to(k_cache.dtype)            # query head i uses kv head i // group
+    s = torch.matmul(qg, k_cache.transpose(-1, -2)).float() * attn.scaling   # (B, nkv, group, L)
+    s = s.masked_fill(~valid, float("-inf"))
+    p = torch.softmax(s, dim=-1).to(v_cache.dtype)
+    o = torch.matmul(p, v_cache).reshape(B, 1, -1).to(h.dtype)   # (B, 1, heads * head_dim)
+    h = h + attn.o_proj(o)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+def check_supported(model, cache_len: int) -> None:
+    from .apply import Unsupported, decoder_layers
+
+    sw = getattr(model.config, "sliding_window", None)
+    if sw and cache_len > sw:
+        raise Unsupported(f"regional-graph decode: sliding window {sw} < cache length {cache_len} (transformers' "
+                          "rolling sliding-window cache is not implemented here)")
+    for L in decoder_layers(model):
+        a = getattr(L, "self_attn", None)
+        if a is None or not all(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or \
+                not all(hasattr(L, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")):
+            raise Unsupported(f"regional-graph decode: {type(L).__name__} is not a Llama/Qwen2/Mistral-shaped layer")
+
+
+def compile_layer(mode: str = "default"):
+    """The shared decoder-layer function, compiled (``mode`` None or "none": eager)."""
+    torch = _torch()
+    if mode in (None, "none"):
+        return layer_step
+    return torch.compile(layer_step, mode=None if mode == "default" else mode, fullgraph=False)
+
+
+class GraphDecoder:
+    """Greedy decode of one token per sequence per call, over a filled StaticCache.
+
+    ``tok`` (B, 1) long, ``pos`` and ``slot`` (1,) long are static buffers: :meth:`reset` copies the
+    start values in, :meth:`step` (or one graph replay) advances them."""
+
+    def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True):
+        torch = _torch()
+        from .apply import decoder_layers
+
+        self.model = model
+        self.layers = list(decoder_layers(model))
+        inner = getattr(model, "model", model)
+        self.embed = model.get_input_embeddings()
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm
+        self.lm_head = model.get_output_embeddings()
+        self.rope = _rope_fn(model)
+        self.kv = []
+        for i, L in enumerate(self.layers):
+            c = cache.layers[getattr(L.self_attn, "layer_idx", i)]
+            self.kv.append((c.keys, c.values))
+        self.L = self.kv[0][0].shape[2]
+        check_supported(model, self.L)
+        dev = self.kv[0][0].device
+        self.device = dev
+        self.tok = torch.zeros((batch, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((1,), dtype=torch.long, device=dev)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=dev)
+        self.idx = torch.arange(self.L, device=dev)
+        self.layer_fn = layer_fn or layer_step
+        self.use_graph = graph and dev.type == "cuda"
+        self.graph = None
+
+    def reset(self, tok0, pos: int, slot: int) -> None:
+        self.tok.copy_(tok0.view_as(self.tok))
+        self.pos.fill_(pos)
+        self.slot.fill_(slot)
+
+    def logits(self):
+        """One step's logits (B, vocab) without advancing (tests)."""
+        h = self.embed(self.tok)
+        cos, sin = self.rotary(h, self.pos.view(1, 1))
+        valid = self.idx <= self.slot
+        for L, (kc, vc) in zip(self.layers, self.kv):
+            h = self.layer_fn(L, self.rope, h, cos, sin, kc, vc, self.slot, valid)
+        return self.lm_head(self.norm(h))[:, -1, :]
+
+    def _step(self) -> None:
+        nxt = self.logits().argmax(-1, keepdim=True)
+        self.tok.copy_(nxt)
+        self.pos.add_(1)
+        self.slot.add_(1)
+
+    def capture(self, warmup: int = 2) -> None:
+        """Run the step ``warmup`` times on a side stream (compiles), then capture it. Warm-up writes KV at
+        the current slot and advances the buffers: call :meth:`reset` afterwards."""
+        torch = _torch()
+        s = torch.cuda.Stream(self.device)
+        s.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(s):
+            for _ in range(warmup):
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(s)
+        torch.cuda.synchronize(self.device)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._step()
+        self.graph = g
+
+    def step(self) -> None:
+        if self.use_graph:
+            if self.graph is None:
+                raise RuntimeError("GraphDecoder.capture() first")
+            self.graph.replay()
+        else:
+            self._step()
