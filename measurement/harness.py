@@ -34,6 +34,7 @@ log = logging.getLogger("measurement")
 IDENTITY = ("gpu", "model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len",
             "gen_len", "weights")
 SPREAD_FLAG_PCT = 3.0
+SLOW_DECODE_S = 15.0  # seconds for one warm-up decode of gen_len tokens above which only one trial is timed
 EVICT = ("streamingllm", "snapkv", "pyramidkv")
 KVQ = ("kv-fp8", "kv-int8", "kv-int4", "kv-int2")
 
@@ -553,14 +554,20 @@ class Scenario:
         first_pre = backend.prefill(ctx, rc, ids, state)
         if not repeat:
             pre.append(first_pre)
+        warm_decode_s = 0.0
         for _ in range(max(1, rc.warmup)):
+            t1 = time.perf_counter()
             backend.decode(ctx, rc, state)
+            warm_decode_s = time.perf_counter() - t1
             if backend.can_reuse(rc):
                 backend.reset(rc, state)
             else:
                 backend.prefill(ctx, rc, ids, state)
         warm_s = time.perf_counter() - t0
-        for i in range(max(1, rc.trials)):
+        # a pathologically slow config (a decode that alone takes > SLOW_DECODE_S) gets one timed trial, so
+        # that it cannot eat a sweep's time budget; n_trials says so
+        trials = max(1, rc.trials) if warm_decode_s < SLOW_DECODE_S else 1
+        for i in range(trials):
             if repeat:
                 pre.append(backend.prefill(ctx, rc, ids, state))
             else:
@@ -649,6 +656,8 @@ def flags_for(row: dict) -> list[str]:
         f.append("decode_spread_gt_3pct")
     if (row.get("prefill_spread_pct") or 0) > SPREAD_FLAG_PCT:
         f.append("prefill_spread_gt_3pct")
+    if row.get("status") == "ok" and row.get("n_trials") == 1 and (row.get("trials") or 1) > 1:
+        f.append("one_trial_slow_decode")
     for k in ("decode_roofline_frac", "prefill_roofline_frac"):
         v = row.get(k)
         if v is not None and v > 1.0:

@@ -88,3 +88,26 @@ def test_harness_regional_rows(tmp_path):
     rows = H.Runner(tmp_path, device="cpu", config_override=tiny_config()).run(cfgs)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r.get("reason") for r in rows]
     assert all(r["compile_mode"] == "regional-eager" and r["decode_ms_per_token"] > 0 for r in rows)
+
+
+def test_batch_static_cache_length_dynamic():
+    """A new batch size compiles a new graph; a new cache length at a known batch size does not."""
+    import torch._dynamo
+    from transformers import StaticCache
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cfg = tiny_config(layers=2)
+    model = build_random(cfg, dtype=torch.float32, device="cpu")
+    fn = compile_layer("default")
+    seen = []
+    with torch.inference_mode():
+        for B, L in [(1, 24), (2, 40), (4, 56), (4, 72), (2, 72)]:
+            cache = StaticCache(config=cfg, max_cache_len=L)
+            ids = torch.randint(0, cfg.vocab_size, (B, 8))
+            tok0 = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            dec = GraphDecoder(model, cache, B, layer_fn=fn, graph=False)
+            dec.reset(tok0, 8, 8)
+            dec.step()
+            seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert seen == [1, 2, 3, 3, 3]
