@@ -86,24 +86,17 @@ def check_supported(model, cache_len: int) -> None:
 
 
 def compile_layer(mode: str = "default"):
-    """The shared decoder-layer function, compiled (``mode`` None or "none": eager).
+    """The shared decoder-layer function, compiled (``mode`` None or "none": eager). Dynamo's automatic
+    dynamic shapes: the first (batch, cache length) gets a specialized graph, the second a graph dynamic in
+    both, which then serves every other shape of the model/method.
 
-    The batch dimension is marked static, so each batch size gets its own graph while the cache length
-    stays dynamic after the second length seen. Letting dynamo make the batch dynamic too was measured as
-    a disaster for torchao int8 weight-only on the H200 (143.9 ms/token at batch 8 against 3.4 at batch 1:
-    the dynamic-M int8 matmul falls off the fast path); one compile per batch size costs seconds."""
+    Marking the batch static (one graph per batch size) was tried on the GPUs: it did not help torchao
+    int8 weight-only (144 ms/token at batch 8 either way, against 3.6 at batch 1), and each fp8 recompile
+    took 30-146 s on the H100 (measurement/NOTES.md)."""
     torch = _torch()
     if mode in (None, "none"):
         return layer_step
-    fn = torch.compile(layer_step, mode=None if mode == "default" else mode, fullgraph=False)
-    mark_static = torch._dynamo.mark_static
-
-    def static_batch(layer, rope, h, cos, sin, k_cache, v_cache, slot, valid):
-        for t in (h, k_cache, v_cache):
-            mark_static(t, 0)
-        return fn(layer, rope, h, cos, sin, k_cache, v_cache, slot, valid)
-
-    return static_batch
+    return torch.compile(layer_step, mode=None if mode == "default" else mode, fullgraph=False)
 
 
 class GraphDecoder:
