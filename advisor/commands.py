@@ -84,6 +84,8 @@ def register(main: click.Group) -> None:
             for t, s in r["fitted"].items():
                 click.echo(f"  {t:12s} MAPE {s['mape'] * 100:6.1f}% (analytical, in-sample {r['analytical_mape'].get(t, float('nan')) * 100:6.1f}%)"
                            f"  coverage90 {s['coverage90'] * 100:5.1f}%  n={s['n']}")
+                if "tok_s_mape" in s:
+                    click.echo(f"  {'decode tok/s':12s} MAPE {s['tok_s_mape'] * 100:6.1f}%")
         click.echo("published third-party decode tok/s (analytical cost model):")
         for e, d in sorted(report["published"].items()):
             click.echo(f"  {e:18s} n={d['n']:3d}  MAPE {d['mape'] * 100:6.1f}%  median {d['median_ape'] * 100:6.1f}%")

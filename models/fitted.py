@@ -54,6 +54,23 @@ class CorrectionRegressor(BaseEstimator, RegressorMixin):
                 "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
 
 
+# The compiled backend the cost model describes is the harness's regional-graph one (one compiled decoder
+# layer, one CUDA graph per step). Rows of the earlier whole-model torch.compile backend stay in the
+# dataset as history, but they measured transformers' static-cache attention (repeated KV heads, full
+# mask), not this backend, so they are not fitted.
+SUPERSEDED_COMPILE_MODES = ("reduce-overhead", "max-autotune", "default", "none")
+
+
+def usable_rows(df):
+    """ok rows the cost model learns from (see SUPERSEDED_COMPILE_MODES)."""
+    if "status" in df:
+        df = df[df["status"] == "ok"]
+    if "compile_mode" in df and "backend" in df:
+        old = (df["backend"] == "compiled") & df["compile_mode"].isin(SUPERSEDED_COMPILE_MODES)
+        df = df[~old]
+    return df
+
+
 def _cand(r) -> Candidate:
     budget = r.get("kv_budget")
     budget = int(budget) if budget is not None and not (isinstance(budget, float) and math.isnan(budget)) else None
@@ -109,7 +126,11 @@ def _oof_abs_log_residuals(X, y, groups, alpha: float, min_groups: int) -> np.nd
 def conformal_q(X, y, groups, alpha: float, min_groups: int = 3) -> float:
     """90% quantile of out-of-group |log residuals| (split-conformal on grouped folds)."""
     r = _oof_abs_log_residuals(X, y, groups, alpha, min_groups)
-    return float(np.quantile(r, COVERAGE)) if len(r) else 0.5
+    if not len(r):
+        return 0.5
+    # split-conformal's finite-sample level: the ceil((n + 1) * 0.9)-th smallest of n residuals
+    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
+    return float(np.quantile(r, level, method="higher"))
 
 
 def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3) -> dict:
@@ -145,13 +166,15 @@ def scores(cv: dict) -> dict:
         cover = (d["lo"][ok] <= d["true"][ok]) & (d["true"][ok] <= d["hi"][ok])
         res[t] = {"mape": float(err.mean()), "median_ape": float(np.median(err)), "coverage90": float(cover.mean()),
                   "n": int(ok.sum())}
+        if t == "decode_ms":  # the same predictions as tokens/s (batch / step time): |measured/predicted - 1|
+            res[t]["tok_s_mape"] = float(np.abs(d["true"][ok] / d["pred"][ok] - 1).mean())
     return res
 
 
 def fit_model(df, alpha: float = DEFAULT_ALPHA, cat: Catalog | None = None) -> dict:
     """Fit every target on all rows; conformal quantiles from leave-one-model-out residuals."""
     cat = cat or load()
-    df = df[df["status"] == "ok"] if "status" in df else df
+    df = usable_rows(df)
     X, A, Y, keep = design(df, cat)
     if len(X) < 10:
         raise ValueError(f"only {len(X)} usable measured rows: at least 10 are needed to fit")

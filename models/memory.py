@@ -17,9 +17,13 @@ GB = 1e9
 # Assumption (order of magnitude of the CUDA context on recent drivers), refit from measured
 # rows by ``advisor fit``; carried with a wide interval.
 RUNTIME_OVERHEAD_GB = 0.6
-# Tokens per prefill chunk of a tuned server (vLLM's chunked prefill default budget is in the
-# 2k-8k range); the eager backend prefills the whole prompt at once.
-PREFILL_CHUNK_TOKENS = 8192
+# Tokens per prefill forward (batch x chunk), both backends, as the harness measures them
+# (measurement/harness.py PREFILL_CHUNK_TOKENS; vLLM's chunked-prefill budget is of the same order).
+# Prompt-selection KV policies (SnapKV, PyramidKV) score the whole prompt, so their prefill is one
+# forward of every prompt token. A plain transformers generate() call also prefills in one forward:
+# it needs more workspace than predicted here for long prompts at large batch.
+PREFILL_CHUNK_TOKENS = 16384
+UNCHUNKED_KV = ("snapkv", "pyramidkv")
 
 
 @dataclass(frozen=True)
@@ -90,14 +94,14 @@ def kv_bytes(cat: Catalog, llm: LLM, cand: Candidate, sc: Scenario) -> float:
     return steady
 
 
-def activation_bytes(llm: LLM, sc: Scenario) -> float:
+def activation_bytes(llm: LLM, sc: Scenario, kv: str = "kv-fp16") -> float:
     """Prefill workspace: hidden states, q/k/v and the MLP intermediates of one chunk (16 bit).
 
     Attention itself is assumed to run in a fused (flash/SDPA) kernel, O(tokens) memory.
     """
     tokens = sc.batch * sc.prompt_len
-    if sc.backend == "compiled":
-        tokens = min(tokens, PREFILL_CHUNK_TOKENS)
+    if kv not in UNCHUNKED_KV:
+        tokens = min(tokens, max(PREFILL_CHUNK_TOKENS, sc.batch * 64))
     h, i = llm.hidden_size, llm.intermediate_size
     qkv = (llm.num_attention_heads + 2 * llm.num_key_value_heads) * llm.head_dim
     per_token = 2 * (4 * h + 3 * i + qkv)
@@ -123,7 +127,7 @@ def predict_memory(cat: Catalog, llm: LLM, cand: Candidate, sc: Scenario) -> Mem
     n = sc.num_gpus
     w = weights_bytes(cat, llm, cand) / GB
     kv = kv_bytes(cat, llm, cand, sc) / GB
-    act = activation_bytes(llm, sc) / GB
+    act = activation_bytes(llm, sc, cand.kv) / GB
     per_gpu = (w + kv + act) / n + RUNTIME_OVERHEAD_GB
     # Interval: weights and KV are exact counts; workspace and overhead are assumptions
     # (+-50% of their part); allocator fragmentation can add up to 5% of the total.

@@ -14,7 +14,7 @@ from profiles import GPU, LLM, Catalog
 from . import efficiency as eff
 from .candidate import Candidate, Scenario
 from .estimate import Estimate
-from .memory import param_counts
+from .memory import PREFILL_CHUNK_TOKENS, param_counts
 from .roofline import StepCost, compute_dtype, decode_step, peak_flops, prefill_step, roofline_s
 
 # Tensor-parallel all-reduce latency per call (assumption, order of NCCL small-message latency).
@@ -66,25 +66,38 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
         if rows < 16:
             notes.append(f"2:4 kernels need >= 16 rows: batch {rows} is padded to 16")
     gemv_rows = kern.get("gemv_max_rows")
-    if gemv_rows is not None and rows > gemv_rows:
+    row_factor = 1.0
+    if cand.precision in ("awq-int4", "gptq-int4") and backend == "compiled" and rows > 1:
+        row_factor = 1.0 + eff.INT4_COMPILED_ROW_FACTOR * (rows - 1)
+        notes.append(f"{cand.precision} compiled: the int4 g128 kernel's time grows with the batch (measured)")
+    elif gemv_rows is not None and rows > gemv_rows:
         pc = param_counts(llm, cand.dropped_layers)
         lin_bytes += pc.linear * float(kern.get("dequant_bytes_per_weight", 4.0))
         frac = eff.bw_fraction("bf16", backend)
         notes.append(f"{cand.precision}: batch > {gemv_rows} row(s) takes the dequantize + 16-bit GEMM path")
+    t_rows = 0.0
+    if cand.precision == "int8-wo" and backend == "compiled" and rows > 1:
+        pc = param_counts(llm, cand.dropped_layers)
+        t_rows = pc.linear * rows * eff.INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW / copy_bw
+        notes.append("int8-wo compiled at batch > 1: torchao's int8 weight-only matmul under inductor re-reads "
+                     "the weights per row (measured ~16 ms per row for an 8B model on the H200)")
     dtype = compute_dtype(cand.precision, gpu)
     peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * n
     rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
-    t_lin = max(lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak)
+    t_lin = max(row_factor * lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak) + t_rows
     kv_extra = 0.0
+    kvq_host = 0.0
     if cand.kv in ("kv-fp8", "kv-int8", "kv-int4", "kv-int2"):
         kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
         kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
+        kvq_host = eff.KVQ_HOST_MS_PER_LAYER[cand.kv] * 1e-3 * (llm.num_hidden_layers - cand.dropped_layers)
     kv_frac = eff.KV_READ_FRACTION[backend]
-    t_kv = (step.kv_bytes + kv_extra) / (copy_bw * kv_frac)
+    t_kv = step.kv_bytes / (copy_bw * kv_frac)
     t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction("bf16", backend)) + t_kv,
                   step.other_flops / (peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n))
     layers = llm.num_hidden_layers - cand.dropped_layers
     overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
+    overhead += eff.layer_ms(cand.precision, backend_overhead) * 1e-3 * layers
     if backend_overhead == "eager":
         overhead *= eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
         if cand.sparsity.startswith("2:4"):
@@ -92,6 +105,8 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     gpu_time = t_lin + t_other
     # Graph replay adds the small kernels to the GPU time; eager issue from Python overlaps with it.
     step = max(gpu_time, overhead) if backend_overhead == "eager" else gpu_time + overhead
+    # the quantized caches' dequantization runs after the step's own work (measured additive, eager)
+    step += kvq_host + kv_extra / copy_bw
     return step + _allreduce_s(gpu, llm, layers, sc.batch, n)
 
 
@@ -104,9 +119,14 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction("bf16", "compiled") * n
     t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
     layers = llm.num_hidden_layers - cand.dropped_layers
-    backend = sc.backend if eff.uses_graphs(cand.precision, sc.backend) else "eager"
-    host = eff.STEP_OVERHEAD_MS_PER_LAYER[backend] * 1e-3 * layers
-    t = max(t, host) if backend == "eager" else t + host
+    # Prefill runs as one eager forward per chunk in both measured backends (graphs serve decode only,
+    # as in vLLM): the host issues its kernels, with the method's host factor, overlapping the GPU work.
+    chunks = max(1, -(-sc.batch * sc.prompt_len // PREFILL_CHUNK_TOKENS))
+    host = eff.STEP_OVERHEAD_MS_PER_LAYER["eager"] * 1e-3 * layers * chunks
+    host *= eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
+    if cand.sparsity.startswith("2:4"):
+        host *= eff.EAGER_HOST_FACTOR_24
+    t = max(t, host)
     return t + _allreduce_s(gpu, llm, layers, sc.batch * sc.prompt_len, n)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from profiles import Catalog, UnknownProfileError, load
 
 from .candidate import Candidate, Scenario
-from .fitted import cross_val, design, scores
+from .fitted import cross_val, design, scores, usable_rows
 from .speed import predict_speed
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "published_throughput.csv"
@@ -23,7 +23,7 @@ def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict
     from .fitted import DEFAULT_ALPHA
     alpha = DEFAULT_ALPHA if alpha is None else alpha
     cat = cat or load()
-    df = df[df["status"] == "ok"] if "status" in df else df
+    df = usable_rows(df)
     X, A, Y, keep = design(df, cat)
     sub = df.loc[keep]
     out = {}

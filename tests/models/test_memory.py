@@ -61,3 +61,20 @@ def test_tensor_parallel_splits_memory(cat):
     one = predict_memory(cat, llm, Candidate("bf16"), Scenario(num_gpus=1)).per_gpu_gb.value
     four = predict_memory(cat, llm, Candidate("bf16"), Scenario(num_gpus=4)).per_gpu_gb.value
     assert four < one / 3.5
+
+
+def test_prompt_selection_prefill_is_unchunked():
+    """SnapKV scores the whole prompt in one forward: its prefill workspace grows with batch x prompt,
+    where a chunked prefill (StreamingLLM, plain KV) is capped (measured: 87 GB vs 34 GB at batch 64 x 8192
+    on the H200)."""
+    from models.candidate import Candidate, Scenario
+    from models.memory import predict_memory
+    from profiles import load
+
+    cat = load()
+    llm = cat.llm("llama3.1-8b")
+    sc = Scenario(64, 8192, 64)
+    snap = predict_memory(cat, llm, Candidate("bf16", kv="snapkv", kv_budget=1024), sc)
+    stream = predict_memory(cat, llm, Candidate("bf16", kv="streamingllm", kv_budget=1024), sc)
+    assert snap.activations_gb > 10 * stream.activations_gb
+    assert snap.per_gpu_gb.value > 2 * stream.per_gpu_gb.value

@@ -66,3 +66,21 @@ def test_h200_bf16_batch1_near_probe(cat):
     # model is built from that probe, so it must land inside its own interval.
     p = predict_speed(cat, cat.gpu("h200"), cat.llm("llama3.1-8b"), Candidate("bf16"), Scenario(1, 512, 128))
     assert p.decode_step_ms.low <= 6.35 <= p.decode_step_ms.high
+
+
+def test_measured_stack_effects_are_modelled(cat):
+    """Effects measured on the H100/H200 (measurement/data) that the analytical model must carry."""
+    gpu, llm = cat.gpu("h200"), cat.llm("llama3.1-8b")
+    one = predict_speed(cat, gpu, llm, Candidate("int8-wo"), Scenario(1, 512, 64))
+    eight = predict_speed(cat, gpu, llm, Candidate("int8-wo"), Scenario(8, 512, 64))
+    # torchao int8 weight-only under inductor re-reads the weights per row at batch > 1 (144 vs 3.6 ms)
+    assert eight.decode_step_ms.value > 10 * one.decode_step_ms.value
+    assert any("int8-wo compiled at batch > 1" in n for n in eight.notes)
+    # the quantized KV caches cost time in eager decode (27-48 ms vs 14.6 at batch 1, prompt 4096)
+    fp16 = predict_speed(cat, gpu, llm, Candidate("bf16"), Scenario(1, 4096, 32, backend="eager"))
+    q = predict_speed(cat, gpu, llm, Candidate("bf16", kv="kv-int4"), Scenario(1, 4096, 32, backend="eager"))
+    assert q.decode_step_ms.value > 1.5 * fp16.decode_step_ms.value
+    # int4 compiled grows with the batch
+    a1 = predict_speed(cat, gpu, llm, Candidate("awq-int4"), Scenario(1, 512, 64))
+    a32 = predict_speed(cat, gpu, llm, Candidate("awq-int4"), Scenario(32, 512, 64))
+    assert a32.decode_step_ms.value > 3 * a1.decode_step_ms.value
