@@ -201,7 +201,7 @@ def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
     p, b = e.prediction, best.prediction
     if objective_value(p, objective) <= objective_value(b, objective):
         return (f"within {TIE_TOLERANCE:.0%} of the recommendation, which uses fewer methods "
-                f"({_complexity(e.candidate)} vs {_complexity(best.candidate)})")
+                f"({_complexity(best.candidate)} vs this one's {_complexity(e.candidate)})")
     if objective == "throughput":
         r = p.speed.decode_tok_s.value / b.speed.decode_tok_s.value
         why = f"{r:.2f}x the recommendation's throughput"
