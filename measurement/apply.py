@@ -324,8 +324,38 @@ def _awq_search(x, linears: list, grid: int):
     return best[1], best[2]
 
 
-def _apply_awq_scales(model, calib_batches, grid: int, max_rows: int) -> list[float]:
-    """Search and fold AWQ scales for every decoder layer. Returns the chosen alphas."""
+def _awq_clip(x, lin, *, grid: int = 20, max_shrink: float = 0.5, n_rows: int = 256, chunk: int = 1024) -> float:
+    """AWQ's weight clipping (llm-awq ``auto_clip``): per output row and group of 128 inputs, clamp the
+    weights to ``+-max|w| x (1 - i / grid)`` for the ``i < max_shrink x grid`` that minimizes the group's
+    output error on calibration inputs ``x`` [rows, in] after int4 g128 quantization. Returns the mean
+    chosen ratio."""
+    torch = _torch()
+    w = lin.weight.data
+    out_f, in_f = w.shape
+    g = 128 if in_f % 128 == 0 else in_f
+    xs = x[:n_rows].float().reshape(-1, in_f // g, g)                       # [n, groups, g]
+    ratios = []
+    for o0 in range(0, out_f, chunk):
+        wg = w[o0:o0 + chunk].float().reshape(-1, in_f // g, g)              # [o, groups, g]
+        ref = torch.einsum("ngk,ogk->nog", xs, wg)
+        org_max = wg.abs().amax(-1, keepdim=True)
+        best_err = torch.full(wg.shape[:2], float("inf"), device=w.device)
+        best_max = org_max.clone()
+        for i in range(max(1, int(max_shrink * grid))):
+            mx = org_max * (1 - i / grid)
+            q = fake_quant_int4_g128(wg.clamp(-mx, mx).reshape(-1, in_f), g).reshape(wg.shape)
+            err = (torch.einsum("ngk,ogk->nog", xs, q) - ref).pow(2).mean(0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_max = torch.where(better[..., None], mx, best_max)
+        w[o0:o0 + chunk] = wg.clamp(-best_max, best_max).reshape(-1, in_f).to(w.dtype)
+        ratios.append((best_max / org_max.clamp(min=1e-12)).mean().item())
+    return sum(ratios) / len(ratios)
+
+
+def _apply_awq_scales(model, calib_batches, grid: int, max_rows: int, clip: bool = True) -> list[float]:
+    """Search and fold AWQ scales (function-preserving), then clip the weights (``clip``), for every
+    decoder layer. Returns the chosen alphas."""
     torch = _torch()
     layers = decoder_layers(model)
     mods = {}
@@ -341,28 +371,37 @@ def _apply_awq_scales(model, calib_batches, grid: int, max_rows: int) -> list[fl
         for i, L in enumerate(layers):
             a, m = L.self_attn, L.mlp
             # q,k,v <- input_layernorm
-            s, al = _awq_search(acts[(i, "qkv")], [a.q_proj, a.k_proj, a.v_proj], grid)
-            L.input_layernorm.weight.div_(s.to(L.input_layernorm.weight.dtype))
+            x_qkv = acts[(i, "qkv")]
+            s_qkv, al = _awq_search(x_qkv, [a.q_proj, a.k_proj, a.v_proj], grid)
+            L.input_layernorm.weight.div_(s_qkv.to(L.input_layernorm.weight.dtype))
             for lin in (a.q_proj, a.k_proj, a.v_proj):
-                lin.weight.mul_(s.to(lin.weight.dtype))
+                lin.weight.mul_(s_qkv.to(lin.weight.dtype))
             alphas.append(al)
             # gate, up <- post_attention_layernorm
-            s, al = _awq_search(acts[(i, "gu")], [m.gate_proj, m.up_proj], grid)
-            L.post_attention_layernorm.weight.div_(s.to(L.post_attention_layernorm.weight.dtype))
+            x_gu = acts[(i, "gu")]
+            s_gu, al = _awq_search(x_gu, [m.gate_proj, m.up_proj], grid)
+            L.post_attention_layernorm.weight.div_(s_gu.to(L.post_attention_layernorm.weight.dtype))
             for lin in (m.gate_proj, m.up_proj):
-                lin.weight.mul_(s.to(lin.weight.dtype))
+                lin.weight.mul_(s_gu.to(lin.weight.dtype))
             alphas.append(al)
             # down <- up (act(gate) * up is linear in up's output rows)
-            x = acts[(i, "down")]
-            s, al = _awq_search(x, [m.down_proj], grid)
-            _fold_scale(m.up_proj, m.down_proj, s)
+            x_down = acts[(i, "down")]
+            s_down, al = _awq_search(x_down, [m.down_proj], grid)
+            _fold_scale(m.up_proj, m.down_proj, s_down)
             alphas.append(al)
             # o <- v, only where v and o have matching shapes (no GQA), as in llm-awq
+            x_o, s_o = acts[(i, "o")], None
             if a.v_proj.weight.shape[0] == a.o_proj.weight.shape[1]:
-                x = acts[(i, "o")]
-                s, al = _awq_search(x, [a.o_proj], grid)
-                _fold_scale(a.v_proj, a.o_proj, s)
+                s_o, al = _awq_search(x_o, [a.o_proj], grid)
+                _fold_scale(a.v_proj, a.o_proj, s_o)
                 alphas.append(al)
+            # clipping on the scaled inputs; q and k are not clipped (their error passes through the
+            # q.k product, which a per-linear loss does not see), as in llm-awq
+            for x, s, lins in ((x_qkv, s_qkv, [a.v_proj]), (x_gu, s_gu, [m.gate_proj, m.up_proj]),
+                               (x_down, s_down, [m.down_proj]), (x_o, s_o, [a.o_proj])) if clip else ():
+                xs = x.float() / s.float() if s is not None else x.float()
+                for lin in lins:
+                    _awq_clip(xs, lin)
     return alphas
 
 
@@ -378,8 +417,8 @@ def _apply_awq_int4(model, calib_batches, *, simulate: bool, grid: int, max_rows
         _need_torchao()
     if _batches(calib_batches):
         alphas = _apply_awq_scales(model, calib_batches, grid, max_rows)
-        _note(model, f"AWQ scales searched on {len(_batches(calib_batches))} calibration batches "
-                     f"(grid {grid}, mean alpha {sum(alphas) / max(1, len(alphas)):.2f})")
+        _note(model, f"AWQ scales and weight clipping searched on {len(_batches(calib_batches))} calibration "
+                     f"batches (grid {grid}, mean alpha {sum(alphas) / max(1, len(alphas)):.2f})")
     else:
         _note(model, "AWQ scales: none (no calibration data; same int4 g128 kernels)")
     if simulate:
