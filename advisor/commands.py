@@ -125,6 +125,18 @@ def _gpu_list(text: str | None) -> tuple:
     return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
 
 
+def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
+    """The --model, --gpus, --max-ppl-delta and --context options that compare and report share."""
+    def apply(f):
+        for opt in reversed((click.option("--model", required=True),
+                             click.option("--gpus", default=gpus_default, show_default=True, help=gpus_help),
+                             click.option("--max-ppl-delta", default="2%", show_default=True),
+                             click.option("--context", type=click.IntRange(2), default=4096, show_default=True))):
+            f = opt(f)
+        return f
+    return apply
+
+
 def register_planning(main: click.Group) -> None:
     from .cli import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
 
@@ -186,10 +198,7 @@ def register_planning(main: click.Group) -> None:
             sys.exit(EXIT_INFEASIBLE)
 
     @main.command()
-    @click.option("--model", required=True)
-    @click.option("--gpus", default="all", show_default=True, help="Comma-separated GPU ids, or all.")
-    @click.option("--max-ppl-delta", default="2%", show_default=True)
-    @click.option("--context", type=click.IntRange(2), default=4096, show_default=True)
+    @_model_gpus_quality_context("all", "Comma-separated GPU ids, or all.")
     @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
     @click.option("--batch", type=click.IntRange(1), default=32, show_default=True,
                   help="Serving concurrency (halved per GPU until something fits).")
@@ -237,10 +246,7 @@ def register_report(main: click.Group) -> None:
     from .cli import _emit_json, _err, parse_fraction
 
     @main.command()
-    @click.option("--model", required=True)
-    @click.option("--gpus", default="l4,a100-80g-sxm,h100-sxm", show_default=True, help="Comma-separated GPU ids.")
-    @click.option("--max-ppl-delta", default="2%", show_default=True)
-    @click.option("--context", type=click.IntRange(2), default=4096, show_default=True)
+    @_model_gpus_quality_context("l4,a100-80g-sxm,h100-sxm", "Comma-separated GPU ids.")
     @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
     @click.option("--out", type=click.Path(dir_okay=False), default="advisor-report.html", show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print where the report went, as JSON.")
