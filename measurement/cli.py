@@ -16,9 +16,11 @@ from pathlib import Path
 
 import click
 
+from .harness import REGIONAL_MODES
+
 SWEEP_KEYS = ("model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len", "gen_len",
               "weights", "trials", "warmup", "compile_mode")
-COMPILE_MODES = ("regional-graph", "regional", "regional-eager", "reduce-overhead", "max-autotune", "default", "none")
+COMPILE_MODES = REGIONAL_MODES + ("reduce-overhead", "max-autotune", "default", "none")  # + whole-step compile
 _DROP = re.compile(r"^drop-(\d+)$")
 
 

@@ -28,11 +28,7 @@ from __future__ import annotations
 
 import sys
 
-
-def _torch():
-    import torch
-
-    return torch
+from .apply import _torch
 
 
 def _rope_fn(model):

@@ -47,6 +47,12 @@ def _allreduce_s(gpu: GPU, llm: LLM, layers: int, tokens: int, n: int) -> float:
     return 2 * layers * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / _link_bytes_per_s(gpu))
 
 
+def _eager_host_factor(cand: Candidate) -> float:
+    """Host time of an eager forward relative to bf16's, for this method (models.efficiency)."""
+    f = eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
+    return f * eff.EAGER_HOST_FACTOR_24 if cand.sparsity.startswith("2:4") else f
+
+
 def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost,
                    notes: list[str]) -> float:
     n = sc.num_gpus
@@ -85,23 +91,21 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * n
     rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
     t_lin = max(row_factor * lin_bytes / (copy_bw * frac), step.linear_flops * rows_eff / rows / peak) + t_rows
+    layers = llm.num_hidden_layers - cand.dropped_layers
     kv_extra = 0.0
     kvq_host = 0.0
     if cand.kv in ("kv-fp8", "kv-int8", "kv-int4", "kv-int2"):
         kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
         kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
-        kvq_host = eff.KVQ_HOST_MS_PER_LAYER[cand.kv] * 1e-3 * (llm.num_hidden_layers - cand.dropped_layers)
+        kvq_host = eff.KVQ_HOST_MS_PER_LAYER[cand.kv] * 1e-3 * layers
     kv_frac = eff.KV_READ_FRACTION[backend]
     t_kv = step.kv_bytes / (copy_bw * kv_frac)
     t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction("bf16", backend)) + t_kv,
                   step.other_flops / (peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n))
-    layers = llm.num_hidden_layers - cand.dropped_layers
     overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
     overhead += eff.layer_ms(cand.precision, backend_overhead) * 1e-3 * layers
     if backend_overhead == "eager":
-        overhead *= eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
-        if cand.sparsity.startswith("2:4"):
-            overhead *= eff.EAGER_HOST_FACTOR_24
+        overhead *= _eager_host_factor(cand)
     gpu_time = t_lin + t_other
     # Graph replay adds the small kernels to the GPU time; eager issue from Python overlaps with it.
     step = max(gpu_time, overhead) if backend_overhead == "eager" else gpu_time + overhead
@@ -122,10 +126,7 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     # Prefill runs as one eager forward per chunk in both measured backends (graphs serve decode only,
     # as in vLLM): the host issues its kernels, with the method's host factor, overlapping the GPU work.
     chunks = max(1, -(-sc.batch * sc.prompt_len // PREFILL_CHUNK_TOKENS))
-    host = eff.STEP_OVERHEAD_MS_PER_LAYER["eager"] * 1e-3 * layers * chunks
-    host *= eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
-    if cand.sparsity.startswith("2:4"):
-        host *= eff.EAGER_HOST_FACTOR_24
+    host = eff.STEP_OVERHEAD_MS_PER_LAYER["eager"] * 1e-3 * layers * chunks * _eager_host_factor(cand)
     t = max(t, host)
     return t + _allreduce_s(gpu, llm, layers, sc.batch * sc.prompt_len, n)
 
