@@ -113,7 +113,7 @@ def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     _check_weights(weights)
     trials = int(g.get("trials", 3))
     warmup = int(g.get("warmup", 1))
-    mode = g.get("compile_mode", "regional-graph")
+    mode = g.get("compile_mode", "regional-graph-fused")
     if mode not in COMPILE_MODES:
         raise click.BadParameter(f"unknown compile mode '{mode}' ({', '.join(COMPILE_MODES)})",
                                  param_hint="--compile-mode")
@@ -213,8 +213,9 @@ def plain_table(rows: list[dict]) -> str:
               help="random (profile architecture), a local directory with safetensors, or a hub id.")
 @click.option("--backend", default="compiled", show_default=True, help="eager, compiled (comma-separated).")
 @click.option("--trials", default=3, show_default=True, type=int, help="Timed trials after warm-up.")
-@click.option("--compile-mode", default="regional-graph", show_default=True,
-              help="compiled backend: regional-graph (one compiled decoder layer + one CUDA graph per step), "
+@click.option("--compile-mode", default="regional-graph-fused", show_default=True,
+              help="compiled backend: regional-graph-fused (one compiled decoder layer + one CUDA graph per "
+                   "step, merged q|k|v and gate|up weights), regional-graph (the same, unmerged), "
                    "regional (no graph), or a torch.compile mode of the whole transformers step "
                    "(reduce-overhead, max-autotune, default, none).")
 @click.option("--sweep", "sweep", type=click.Path(dir_okay=False), default=None,

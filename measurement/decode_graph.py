@@ -39,17 +39,27 @@ def _rope_fn(model):
     return fn
 
 
-def layer_step(layer, rope, h, cos, sin, k_cache, v_cache, slot, valid):
-    """One decoder layer for one new token per sequence. ``h``: (B, 1, hidden); ``k_cache``/``v_cache``:
-    (B, kv_heads, L, head_dim), written at ``slot`` (1-element long tensor); ``valid``: (L,) bool."""
+def layer_step(layer, rope, h, d, cos, sin, k_cache, v_cache, slot, valid, fused=(None, None, None)):
+    """One decoder layer for one new token per sequence. The residual stream arrives as ``h + d`` (the
+    previous layer's stream and its MLP output, added here so the add fuses with the RMSNorm) and leaves
+    the same way: returns ``(h, d)``. ``h``, ``d``: (B, 1, hidden); ``k_cache``/``v_cache``:
+    (B, kv_heads, L, head_dim), written at ``slot`` (1-element long tensor); ``valid``: (L,) bool;
+    ``fused``: (q|k|v weight, its bias, gate|up weight) from :func:`fuse_projections`, or Nones."""
     torch = _torch()
-    attn = layer.self_attn
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv_w, qkv_b, gu_w = fused
     B = h.shape[0]
-    hd = k_cache.shape[-1]
+    nkv, hd = k_cache.shape[1], k_cache.shape[-1]
+    h = h + d
     x = layer.input_layernorm(h)
-    q = attn.q_proj(x).view(B, 1, -1, hd)
-    k = attn.k_proj(x).view(B, 1, -1, hd)
-    v = attn.v_proj(x).view(B, 1, -1, hd)
+    if qkv_w is not None:
+        qkv = torch.nn.functional.linear(x, qkv_w, qkv_b)
+        q, k, v = qkv.split([qkv_w.shape[0] - 2 * nkv * hd, nkv * hd, nkv * hd], dim=-1)
+        q, k, v = q.view(B, 1, -1, hd), k.view(B, 1, -1, hd), v.view(B, 1, -1, hd)
+    else:
+        q = attn.q_proj(x).view(B, 1, -1, hd)
+        k = attn.k_proj(x).view(B, 1, -1, hd)
+        v = attn.v_proj(x).view(B, 1, -1, hd)
     if getattr(attn, "q_norm", None) is not None:
         q = attn.q_norm(q)
         k = attn.k_norm(k)
@@ -57,14 +67,66 @@ def layer_step(layer, rope, h, cos, sin, k_cache, v_cache, slot, valid):
     q, k = rope(q, k, cos, sin)
     k_cache.index_copy_(2, slot, k.to(k_cache.dtype))
     v_cache.index_copy_(2, slot, v.to(v_cache.dtype))
-    nkv = k_cache.shape[1]
     qg = q.reshape(B, nkv, -1, hd).to(k_cache.dtype)            # query head i uses kv head i // group
     s = torch.matmul(qg, k_cache.transpose(-1, -2)).float() * attn.scaling   # (B, nkv, group, L)
     s = s.masked_fill(~valid, float("-inf"))
     p = torch.softmax(s, dim=-1).to(v_cache.dtype)
     o = torch.matmul(p, v_cache).reshape(B, 1, -1).to(h.dtype)   # (B, 1, heads * head_dim)
     h = h + attn.o_proj(o)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    x = layer.post_attention_layernorm(h)
+    if gu_w is not None:
+        g, u = torch.nn.functional.linear(x, gu_w).chunk(2, dim=-1)
+        return h, mlp.down_proj(mlp.act_fn(g) * u)
+    return h, mlp(x)
+
+
+def _plain_linear(m, dtype=None) -> bool:
+    torch = _torch()
+    w = getattr(m, "weight", None)
+    return (type(m) is torch.nn.Linear and w is not None and type(w.data) is torch.Tensor and w.dim() == 2
+            and (dtype is None or w.dtype == dtype))
+
+
+def _concat_rows(mods):
+    """One (sum of rows) x in weight holding the modules' weights; each module's weight becomes a view of
+    its rows (same storage, so memory does not grow and transformers' own forward still works)."""
+    torch = _torch()
+    ws = [m.weight for m in mods]
+    big = torch.cat([w.data for w in ws], dim=0)
+    at = 0
+    for m, w in zip(mods, ws):
+        n = w.shape[0]
+        m.weight = torch.nn.Parameter(big[at:at + n], requires_grad=False)
+        at += n
+    return big
+
+
+def fuse_projections(layer):
+    """(q|k|v weight, q|k|v bias or None, gate|up weight) of one decoder layer, as in vLLM's merged QKV and
+    gate-up projections: one GEMM reads the three (two) weights, instead of three (two) smaller ones.
+    Only plain 16-bit ``nn.Linear`` weights are merged (quantized or sparse weights keep their own
+    kernels: a pair of Nones). Done once per layer; the merged tensors are kept on the layer."""
+    torch = _torch()
+    got = layer.__dict__.get("_advisor_fused")
+    if got is not None:
+        return got
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv_w = qkv_b = gu_w = None
+    proj = [attn.q_proj, attn.k_proj, attn.v_proj]
+    dt = attn.q_proj.weight.dtype
+    if all(_plain_linear(m, dt) for m in proj) and len({m.in_features for m in proj}) == 1:
+        biases = [m.bias for m in proj]
+        if all(b is None for b in biases) or all(b is not None and type(b.data) is torch.Tensor for b in biases):
+            qkv_w = _concat_rows(proj)
+            if biases[0] is not None:
+                qkv_b = torch.cat([b.data for b in biases])
+    gu = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
+    if all(m is not None and _plain_linear(m, dt) and m.bias is None for m in gu) and hasattr(mlp, "act_fn") \
+            and hasattr(mlp, "down_proj") and gu[0].out_features == gu[1].out_features:
+        gu_w = _concat_rows(gu)
+    got = (qkv_w, qkv_b, gu_w)
+    layer.__dict__["_advisor_fused"] = got
+    return got
 
 
 def check_supported(model, cache_len: int) -> None:
@@ -101,7 +163,7 @@ class GraphDecoder:
     ``tok`` (B, 1) long, ``pos`` and ``slot`` (1,) long are static buffers: :meth:`reset` copies the
     start values in, :meth:`step` (or one graph replay) advances them."""
 
-    def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True):
+    def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True, fuse: bool = False):
         torch = _torch()
         from .apply import decoder_layers
 
@@ -126,6 +188,10 @@ class GraphDecoder:
         self.slot = torch.zeros((1,), dtype=torch.long, device=dev)
         self.idx = torch.arange(self.L, device=dev)
         self.layer_fn = layer_fn or layer_step
+        none = (None, None, None)
+        self.fused = [fuse_projections(L) if fuse else none for L in self.layers]
+        hidden = self.embed.weight.shape[-1]
+        self.zero = torch.zeros((batch, 1, hidden), dtype=self.embed.weight.dtype, device=dev)
         self.use_graph = graph and dev.type == "cuda"
         self.graph = None
 
@@ -139,9 +205,10 @@ class GraphDecoder:
         h = self.embed(self.tok)
         cos, sin = self.rotary(h, self.pos.view(1, 1))
         valid = self.idx <= self.slot
-        for L, (kc, vc) in zip(self.layers, self.kv):
-            h = self.layer_fn(L, self.rope, h, cos, sin, kc, vc, self.slot, valid)
-        return self.lm_head(self.norm(h))[:, -1, :]
+        d = self.zero
+        for L, (kc, vc), f in zip(self.layers, self.kv, self.fused):
+            h, d = self.layer_fn(L, self.rope, h, d, cos, sin, kc, vc, self.slot, valid, f)
+        return self.lm_head(self.norm(h + d))[:, -1, :]
 
     def _step(self) -> None:
         nxt = self.logits().argmax(-1, keepdim=True)

@@ -53,7 +53,7 @@ class RunConfig:
     weights: str = "random"
     trials: int = 3
     warmup: int = 1
-    compile_mode: str = "regional-graph"
+    compile_mode: str = "regional-graph-fused"
 
     def ident(self, gpu: str) -> dict:
         d = dataclasses.asdict(self)
@@ -234,7 +234,7 @@ def prepare_model(rc: RunConfig, device, *, catalog=None, config=None, calib=Non
 @dataclass
 class BackendConfig:
     name: str = "compiled"
-    compile_mode: str = "regional-graph"
+    compile_mode: str = "regional-graph-fused"
 
 
 PREFILL_CHUNK_TOKENS = 16384   # tokens per prefill forward (batch x chunk); longer prompts are prefilled in chunks
@@ -454,7 +454,7 @@ class CompiledBackend:
                                                                    else "none"))
                 t0 = time.perf_counter()
                 dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
-                                   graph=rc.compile_mode == "regional-graph")
+                                   graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES)
                 dec.reset(state["tok0"], rc.prompt_len, state["kept"])
                 if dec.use_graph:
                     dec.capture()
@@ -468,7 +468,33 @@ class CompiledBackend:
         return w
 
 
-REGIONAL_MODES = ("regional-graph", "regional", "regional-eager")
+REGIONAL_MODES = ("regional-graph-fused", "regional-graph", "regional", "regional-eager")
+GRAPH_MODES = ("regional-graph-fused", "regional-graph")   # the step replayed as one CUDA graph
+FUSED_MODES = ("regional-graph-fused",)                    # merged q|k|v and gate|up weights (16-bit layers)
+
+
+def fuse_model(ctx: ModelContext) -> None:
+    """Merge each decoder layer's q/k/v and gate/up weights (:func:`~measurement.decode_graph.fuse_projections`)
+    once per built model, before any measurement: the originals become views of the merged tensors, so
+    the weights' memory is unchanged; the transient copy is freed here, outside every measured window."""
+    import torch
+
+    from .apply import decoder_layers
+    from .decode_graph import fuse_projections
+
+    n = 0
+    with torch.inference_mode():
+        for L in decoder_layers(ctx.model):
+            try:
+                f = fuse_projections(L)
+            except AttributeError:   # not a Llama-shaped layer: the decoder will say unsupported
+                return
+            n += f[0] is not None or f[2] is not None
+    if _cuda(ctx.device):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    if n:
+        ctx.notes.append(f"regional-graph-fused: q|k|v and gate|up weights merged in {n} layers")
 
 
 def _mark_dynamic(tok, cache) -> None:
@@ -793,6 +819,8 @@ class Runner:
         try:
             self._mark(rcs[0])
             ctx = prepare_model(rcs[0], self.device, catalog=self.catalog, config=self.config_override)
+            if any(rc.backend == "compiled" and rc.compile_mode in FUSED_MODES for rc in rcs):
+                fuse_model(ctx)
             log.info("built %s %s %s in %.1fs (%.2f GB)", *rcs[0].group[:3], ctx.apply_s, ctx.weights_bytes / 1e9)
         except Exception as e:  # the whole group shares the outcome
             status = ("unsupported" if isinstance(e, Unsupported) else

@@ -32,8 +32,9 @@ def _reference_logits(model, ids, steps):
     return tok, logits
 
 
+@pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("make_cfg", [tiny_config, _qwen2_config], ids=["llama", "qwen2"])
-def test_graph_decoder_matches_transformers(make_cfg):
+def test_graph_decoder_matches_transformers(make_cfg, fuse):
     from transformers import StaticCache
 
     torch.manual_seed(0)
@@ -45,8 +46,15 @@ def test_graph_decoder_matches_transformers(make_cfg):
         _, ref = _reference_logits(model, ids, G)
         cache = StaticCache(config=cfg, max_cache_len=P + G + 1)
         tok0 = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-        dec = GraphDecoder(model, cache, B, graph=False)
+        dec = GraphDecoder(model, cache, B, graph=False, fuse=fuse)
         dec.reset(tok0, P, P)
+        if fuse:  # merged weights, and the layers' own weights are views of them (no extra memory)
+            qkv_w, qkv_b, gu_w = dec.fused[0]
+            attn = dec.layers[0].self_attn
+            assert qkv_w is not None and gu_w is not None
+            assert attn.k_proj.weight.data_ptr() == qkv_w[attn.q_proj.out_features:].data_ptr()
+            assert dec.layers[0].mlp.up_proj.weight.data_ptr() == gu_w[gu_w.shape[0] // 2:].data_ptr()
+            assert (qkv_b is not None) == (attn.q_proj.bias is not None)
         for i in range(G):
             got = dec.logits().float()
             torch.testing.assert_close(got, ref[i], rtol=1e-4, atol=1e-4)
@@ -80,14 +88,16 @@ def test_regional_compile_is_shared_by_layers():
         assert frames["ok"] == n  # no recompilation for the other layers or the next positions
 
 
-def test_harness_regional_rows(tmp_path):
+@pytest.mark.parametrize("mode", ["regional-eager", "regional-graph-fused"])
+def test_harness_regional_rows(tmp_path, mode):
     rc = dict(model="tiny", backend="compiled", batch=2, prompt_len=16, gen_len=4, trials=2,
-              compile_mode="regional-eager")
+              compile_mode=mode)
     cfgs = [H.RunConfig(**rc), H.RunConfig(**{**rc, "kv": "streamingllm", "kv_budget": 8}),
             H.RunConfig(**{**rc, "sparsity": "drop-1"})]
     rows = H.Runner(tmp_path, device="cpu", config_override=tiny_config()).run(cfgs)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r.get("reason") for r in rows]
-    assert all(r["compile_mode"] == "regional-eager" and r["decode_ms_per_token"] > 0 for r in rows)
+    assert all(r["compile_mode"] == mode and r["decode_ms_per_token"] > 0 for r in rows)
+    assert all(("weights merged" in (r["method_notes"] or "")) == (mode == "regional-graph-fused") for r in rows)
 
 
 def test_one_dynamic_graph_serves_later_shapes():
@@ -111,3 +121,24 @@ def test_one_dynamic_graph_serves_later_shapes():
             dec.step()
             seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     assert seen == [1, 2, 2, 2, 2]
+
+
+def test_fusing_skips_quantized_or_sparse_layers():
+    """Only plain 16-bit nn.Linear weights are merged; any other layer keeps its own kernel."""
+    from measurement.decode_graph import fuse_projections
+
+    cfg = tiny_config(layers=2)
+    model = build_random(cfg, dtype=torch.float32, device="cpu")
+    L0, L1 = model.model.layers
+    L1.self_attn.k_proj = _Other(L1.self_attn.k_proj)
+    assert fuse_projections(L0)[0] is not None
+    qkv_w, _, gu_w = fuse_projections(L1)
+    assert qkv_w is None and gu_w is not None
+    assert fuse_projections(L1) is fuse_projections(L1)  # once per layer
+
+
+class _Other(torch.nn.Linear):
+    """A Linear subclass standing in for a quantized layer (bitsandbytes' are subclasses too)."""
+
+    def __init__(self, lin):
+        super().__init__(lin.in_features, lin.out_features, bias=lin.bias is not None)
