@@ -143,17 +143,25 @@ def check_supported(model, cache_len: int) -> None:
             raise Unsupported(f"regional-graph decode: {type(L).__name__} is not a Llama/Qwen2/Mistral-shaped layer")
 
 
-def compile_layer(mode: str = "default"):
+def compile_layer(mode: str = "default", *, cdt: bool = False):
     """The shared decoder-layer function, compiled (``mode`` None or "none": eager). Dynamo's automatic
     dynamic shapes: the first (batch, cache length) gets a specialized graph, the second a graph dynamic in
     both, which then serves every other shape of the model/method.
 
     Marking the batch static (one graph per batch size) was tried on the GPUs: it did not help torchao
     int8 weight-only (144 ms/token at batch 8 either way, against 3.6 at batch 1), and each fp8 recompile
-    took 30-146 s on the H100 (measurement/NOTES.md)."""
+    took 30-146 s on the H100 (measurement/NOTES.md).
+
+    ``cdt``: coordinate-descent tuning. At batch 1 on the H200 it turned inductor's decode GEMVs into tuned
+    Triton reductions: 4.56 against 4.78 ms/token for the fused 8B step (measurement/profile_step.py, one
+    run, device call 11), at 8.6 s of compile instead of 1.1."""
     torch = _torch()
     if mode in (None, "none"):
         return layer_step
+    if cdt:  # inductor's coordinate-descent tuning of its Triton kernels (torch.compile takes mode or options)
+        if mode != "default":
+            raise ValueError("cdt needs mode 'default'")
+        return torch.compile(layer_step, options={"coordinate_descent_tuning": True}, fullgraph=False)
     return torch.compile(layer_step, mode=None if mode == "default" else mode, fullgraph=False)
 
 

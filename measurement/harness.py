@@ -450,8 +450,9 @@ class CompiledBackend:
             dec = state.get("decoder")
             if dec is None:
                 if ctx.compiled is None or ctx.compiled[0] != rc.compile_mode:
-                    ctx.compiled = (rc.compile_mode, compile_layer("default" if rc.compile_mode != "regional-eager"
-                                                                   else "none"))
+                    ctx.compiled = (rc.compile_mode, compile_layer(
+                        "default" if rc.compile_mode != "regional-eager" else "none",
+                        cdt=rc.compile_mode in CDT_MODES))
                 t0 = time.perf_counter()
                 dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
                                    graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES)
@@ -468,9 +469,10 @@ class CompiledBackend:
         return w
 
 
-REGIONAL_MODES = ("regional-graph-fused", "regional-graph", "regional", "regional-eager")
-GRAPH_MODES = ("regional-graph-fused", "regional-graph")   # the step replayed as one CUDA graph
-FUSED_MODES = ("regional-graph-fused",)                    # merged q|k|v and gate|up weights (16-bit layers)
+REGIONAL_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph", "regional", "regional-eager")
+GRAPH_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph")  # one CUDA graph per step
+FUSED_MODES = ("regional-graph-fused", "regional-graph-fused-cdt")  # merged q|k|v and gate|up (16-bit layers)
+CDT_MODES = ("regional-graph-fused-cdt",)  # + inductor coordinate-descent tuning
 
 
 def fuse_model(ctx: ModelContext) -> None:

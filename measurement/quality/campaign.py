@@ -21,7 +21,6 @@ import datetime as _dt
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -118,15 +117,10 @@ def write_csv(rows: list[dict], path: Path):
 
 
 def _git_commit() -> str:
-    try:
-        here = Path(__file__).resolve().parents[2]
-        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if c.returncode == 0:
-            d = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
-            return c.stdout.strip() + ("+dirty" if d.stdout.strip() else "")
-    except Exception:
-        pass
-    return "unknown"
+    """The harness's own rule (``ADVISOR_GIT_COMMIT`` first: a device copy's .git can be stale)."""
+    from ..env import git_commit
+
+    return git_commit()
 
 
 def _version(dist: str) -> str | None:
