@@ -216,7 +216,8 @@ def plain_table(rows: list[dict]) -> str:
 @click.option("--compile-mode", default="regional-graph-fused", show_default=True,
               help="compiled backend: regional-graph-fused (one compiled decoder layer + one CUDA graph per "
                    "step, merged q|k|v and gate|up weights), regional-graph-fused-cdt (plus inductor's coordinate-"
-                   "descent tuning), regional-graph (unmerged), "
+                   "descent tuning), regional-graph-nocompile (merged, CUDA graph, no inductor: for 2:4, whose "
+                   "compile takes ~60 s per shape class), regional-graph (unmerged), "
                    "regional (no graph), or a torch.compile mode of the whole transformers step "
                    "(reduce-overhead, max-autotune, default, none).")
 @click.option("--sweep", "sweep", type=click.Path(dir_okay=False), default=None,

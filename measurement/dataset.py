@@ -75,7 +75,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "compile_mode": ("", "compiled backend: regional-graph (one compiled decoder layer, one CUDA graph per step; "
                          "measurement/decode_graph.py), regional-graph-fused (the same with merged q|k|v and "
                          "gate|up weights of 16-bit layers), regional-graph-fused-cdt (plus inductor "
-                         "coordinate-descent tuning) or a torch.compile mode of the whole transformers step"),
+                         "coordinate-descent tuning), regional-graph-nocompile (merged weights and CUDA graph, "
+                         "no inductor) or a torch.compile mode of the whole transformers step"),
     "capture_s": ("s", "regional-graph: compile (first shape of a model group) + CUDA-graph capture time"),
     "num_layers": ("", "decoder layers after the sparsity method (drop-N removes N)"),
     "method_notes": ("", "what the method code did (kernels, AWQ scales, dropped layers...)"),

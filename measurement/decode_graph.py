@@ -171,7 +171,8 @@ class GraphDecoder:
     ``tok`` (B, 1) long, ``pos`` and ``slot`` (1,) long are static buffers: :meth:`reset` copies the
     start values in, :meth:`step` (or one graph replay) advances them."""
 
-    def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True, fuse: bool = False):
+    def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True, fuse: bool = False,
+                 dynamic_len: bool = False):
         torch = _torch()
         from .apply import decoder_layers
 
@@ -195,6 +196,11 @@ class GraphDecoder:
         self.pos = torch.zeros((1,), dtype=torch.long, device=dev)
         self.slot = torch.zeros((1,), dtype=torch.long, device=dev)
         self.idx = torch.arange(self.L, device=dev)
+        self.dynamic_len = dynamic_len
+        if dynamic_len:  # compile the cache length as a symbol from the first call: no later recompile for it
+            for kc, vc in self.kv:
+                torch._dynamo.maybe_mark_dynamic(kc, 2)
+                torch._dynamo.maybe_mark_dynamic(vc, 2)
         self.layer_fn = layer_fn or layer_step
         none = (None, None, None)
         self.fused = [fuse_projections(L) if fuse else none for L in self.layers]
@@ -213,6 +219,8 @@ class GraphDecoder:
         h = self.embed(self.tok)
         cos, sin = self.rotary(h, self.pos.view(1, 1))
         valid = self.idx <= self.slot
+        if self.dynamic_len:
+            _torch()._dynamo.maybe_mark_dynamic(valid, 0)
         d = self.zero
         for L, (kc, vc), f in zip(self.layers, self.kv, self.fused):
             h, d = self.layer_fn(L, self.rope, h, d, cos, sin, kc, vc, self.slot, valid, f)

@@ -449,13 +449,19 @@ class CompiledBackend:
         with torch.inference_mode():
             dec = state.get("decoder")
             if dec is None:
-                if ctx.compiled is None or ctx.compiled[0] != rc.compile_mode:
+                first = ctx.compiled is None or ctx.compiled[0] != rc.compile_mode
+                if first:
                     ctx.compiled = (rc.compile_mode, compile_layer(
-                        "default" if rc.compile_mode != "regional-eager" else "none",
+                        "none" if rc.compile_mode in UNCOMPILED_MODES else "default",
                         cdt=rc.compile_mode in CDT_MODES))
                 t0 = time.perf_counter()
+                # the reference config (bf16, batch 1, prompt 512) keeps a fully specialized first graph; any
+                # other first config compiles the cache length as a symbol, which saves the recompile that
+                # batch 1 at another prompt length would cost (batch 1 is always specialized by dynamo)
+                ref = rc.precision == "bf16" and rc.sparsity == "dense" and rc.batch == 1 and rc.prompt_len == 512
                 dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
-                                   graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES)
+                                   graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES,
+                                   dynamic_len=first and not ref)
                 dec.reset(state["tok0"], rc.prompt_len, state["kept"])
                 if dec.use_graph:
                     dec.capture()
@@ -469,10 +475,14 @@ class CompiledBackend:
         return w
 
 
-REGIONAL_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph", "regional", "regional-eager")
-GRAPH_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph")  # one CUDA graph per step
-FUSED_MODES = ("regional-graph-fused", "regional-graph-fused-cdt")  # merged q|k|v and gate|up (16-bit layers)
+REGIONAL_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph-nocompile", "regional-graph",
+                  "regional", "regional-eager")
+GRAPH_MODES = ("regional-graph-fused", "regional-graph-fused-cdt", "regional-graph-nocompile",
+               "regional-graph")  # the step replayed as one CUDA graph
+FUSED_MODES = ("regional-graph-fused", "regional-graph-fused-cdt",
+               "regional-graph-nocompile")  # merged q|k|v and gate|up weights (16-bit layers only)
 CDT_MODES = ("regional-graph-fused-cdt",)  # + inductor coordinate-descent tuning
+UNCOMPILED_MODES = ("regional-graph-nocompile", "regional-eager")  # the layer function runs as plain PyTorch ops
 
 
 def fuse_model(ctx: ModelContext) -> None:

@@ -88,7 +88,8 @@ def test_regional_compile_is_shared_by_layers():
         assert frames["ok"] == n  # no recompilation for the other layers or the next positions
 
 
-@pytest.mark.parametrize("mode", ["regional-eager", "regional-graph-fused", "regional-graph-fused-cdt"])
+@pytest.mark.parametrize("mode", ["regional-eager", "regional-graph-fused", "regional-graph-fused-cdt",
+                                  "regional-graph-nocompile"])
 def test_harness_regional_rows(tmp_path, mode):
     rc = dict(model="tiny", backend="compiled", batch=2, prompt_len=16, gen_len=4, trials=2,
               compile_mode=mode)
@@ -97,7 +98,8 @@ def test_harness_regional_rows(tmp_path, mode):
     rows = H.Runner(tmp_path, device="cpu", config_override=tiny_config()).run(cfgs)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r.get("reason") for r in rows]
     assert all(r["compile_mode"] == mode and r["decode_ms_per_token"] > 0 for r in rows)
-    assert all(("weights merged" in (r["method_notes"] or "")) == mode.startswith("regional-graph-fused") for r in rows)
+    merged = mode in H.FUSED_MODES
+    assert all(("weights merged" in (r["method_notes"] or "")) == merged for r in rows)
 
 
 def test_one_dynamic_graph_serves_later_shapes():
@@ -142,3 +144,27 @@ class _Other(torch.nn.Linear):
 
     def __init__(self, lin):
         super().__init__(lin.in_features, lin.out_features, bias=lin.bias is not None)
+
+
+def test_dynamic_length_from_the_first_call():
+    """dynamic_len: the first graph already has a symbolic cache length, so batch 1 at another prompt length
+    reuses it; one more graph (dynamic batch) serves every other shape."""
+    import torch._dynamo
+    from transformers import StaticCache
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    cfg = tiny_config(layers=2)
+    model = build_random(cfg, dtype=torch.float32, device="cpu")
+    fn = compile_layer("default")
+    seen = []
+    with torch.inference_mode():
+        for i, (B, L) in enumerate([(1, 24), (4, 56), (1, 72), (2, 40), (4, 80)]):
+            cache = StaticCache(config=cfg, max_cache_len=L)
+            ids = torch.randint(0, cfg.vocab_size, (B, 8))
+            tok0 = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            dec = GraphDecoder(model, cache, B, layer_fn=fn, graph=False, dynamic_len=i == 0)
+            dec.reset(tok0, 8, 8)
+            dec.step()
+            seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert seen == [1, 2, 2, 2, 2]
