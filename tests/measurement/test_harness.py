@@ -166,3 +166,15 @@ def test_cache_tensors_made_as_on_cuda(tmp_path, monkeypatch):
             _rc(backend="eager", batch=2, prompt_len=32)]
     rows = _runner(tmp_path).run(cfgs)
     assert [r["status"] for r in rows] == ["ok"] * 4, [r.get("reason") for r in rows]
+
+
+def test_slow_prefill_is_timed_once(tmp_path, monkeypatch):
+    """A first prefill slower than SLOW_PREFILL_S is not repeated per trial where the backend can restart
+    decode from its KV; a cache that cannot restart (a quantized one, eager) still repeats it."""
+    monkeypatch.setattr(H, "SLOW_PREFILL_S", 0.0)
+    cfgs = [_rc(backend="compiled", batch=1, prompt_len=16, trials=3, compile_mode="regional-eager"),
+            _rc(backend="eager", kv="kv-int8", batch=1, prompt_len=16, trials=3)]
+    rows = _runner(tmp_path).run(cfgs)
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r.get("reason") for r in rows]
+    assert [len(r["prefill_trials_ms"]) for r in rows] == [1, 3]
+    assert [len(r["decode_trials_ms"]) for r in rows] == [3, 3]
