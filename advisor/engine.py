@@ -200,8 +200,16 @@ def _mark_pareto(feasible: list[Evaluated], objective: str) -> None:
 def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
     p, b = e.prediction, best.prediction
     if objective_value(p, objective) <= objective_value(b, objective):
-        return (f"within {TIE_TOLERANCE:.0%} of the recommendation, which uses fewer methods "
-                f"({_complexity(best.candidate)} vs this one's {_complexity(e.candidate)})")
+        nb, ne = _complexity(best.candidate), _complexity(e.candidate)
+        if nb < ne:
+            return (f"within {TIE_TOLERANCE:.0%} of the recommendation, which uses fewer methods "
+                    f"({nb} vs this one's {ne})")
+        lb = b.quality_loss.value if b.quality_loss else None
+        le = p.quality_loss.value if p.quality_loss else None
+        if lb is not None and le is not None:
+            return (f"within {TIE_TOLERANCE:.0%} of the recommendation, which loses less quality "
+                    f"({lb * 100:.2f}% vs this one's {le * 100:.2f}%)")
+        return f"within {TIE_TOLERANCE:.0%} of the recommendation (a tie; ranked after it)"
     if objective == "throughput":
         r = p.speed.decode_tok_s.value / b.speed.decode_tok_s.value
         why = f"{r:.2f}x the recommendation's throughput"

@@ -29,12 +29,21 @@ TARGETS = ("decode_ms", "prefill_ms", "peak_mem_gb", "j_per_token")
 PRECISIONS = ("fp16", "bf16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "gptq-int4")
 FEATURES = ("log_batch", "log_prompt", "eager", "eager_log_batch", "eager_layers", "sparse24", "drop_frac",
             "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw", "eager_sparse24",
-            "eager_kv_int") + tuple(f"p_{p}" for p in PRECISIONS) + tuple(f"eager_p_{p}" for p in PRECISIONS)
+            "eager_kv_int", "v_unfused", "v_nocompile", "v_cdt") + tuple(f"p_{p}" for p in PRECISIONS) + \
+    tuple(f"eager_p_{p}" for p in PRECISIONS)
+# Compiled-backend variants of the measured rows, relative to the harness's default (regional-graph-fused),
+# which is what a prediction describes (its features are 0): unmerged q|k|v / gate|up weights
+# (regional-graph, regional), layers uncompiled inside the graph (regional-graph-nocompile), inductor
+# coordinate-descent tuning (regional-graph-fused-cdt).
+VARIANTS = {"regional-graph": "v_unfused", "regional": "v_unfused", "regional-graph-nocompile": "v_nocompile",
+            "regional-graph-fused-cdt": "v_cdt"}
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "fitted.json"
 WIDEN = {"gpu": 1.5, "generation": 2.0, "method_arch": 1.5, "size": 1.5, "tp": 1.5}
 
 
-def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: float) -> np.ndarray:
+def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: float,
+             compile_mode: str | None = None) -> np.ndarray:
+    """``compile_mode``: a measured row's compiled-backend variant (VARIANTS); None for a prediction."""
     eager = 1.0 if sc.backend == "eager" else 0.0
     layers = llm.num_hidden_layers - cand.dropped_layers
     row = {
@@ -47,12 +56,35 @@ def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: flo
         "log_params": math.log(llm.published_params_b), "log_util": math.log(max(utilisation, 1e-4)),
         "hopper": 1.0 if gpu.cc[0] == 9 else 0.0, "log_bw": math.log(gpu.mem_bw_gbps / 1000),
     }
+    for v in ("v_unfused", "v_nocompile", "v_cdt"):
+        row[v] = 1.0 if not eager and VARIANTS.get(compile_mode or "") == v else 0.0
     row["eager_sparse24"] = eager * row["sparse24"]
     row["eager_kv_int"] = eager * row["kv_int"]
     for p in PRECISIONS:
         row[f"p_{p}"] = 1.0 if cand.precision == p else 0.0
         row[f"eager_p_{p}"] = eager * row[f"p_{p}"]
     return np.array([row[f] for f in FEATURES])
+
+
+def sparsity_kind(sparsity: str) -> str:
+    """dense, 2:4 (any mask) or drop (any count): what the interval widening asks was measured."""
+    return "2:4" if sparsity.startswith("2:4") else "drop" if sparsity.startswith("drop") else "dense"
+
+
+def _count_models(rows) -> dict:
+    seen: dict = {}
+    for r in rows:
+        seen.setdefault((r[3], r[5], r[1]), set()).add(r[6])
+    return {k: len(v) for k, v in seen.items()}
+
+
+def domain_of(rows: list[tuple]) -> dict:
+    """The training domain from (gpu id, cc major, params_b, precision, sparsity, backend, model id) per row."""
+    return {"gpus": sorted({r[0] for r in rows}), "cc_majors": sorted({r[1] for r in rows}),
+            "method_arch": sorted({(r[3], r[5], r[1]) for r in rows}),
+            "method_arch_models": sorted([list(k), n] for k, n in _count_models(rows).items()),
+            "sparsity_arch": sorted({(sparsity_kind(r[4]), r[5], r[1]) for r in rows}),
+            "max_params_b": max(r[2] for r in rows)}
 
 
 class LinearCorrection:
@@ -81,6 +113,8 @@ class FittedCostModel:
         self.gpus = set(dom["gpus"])
         self.cc_majors = set(dom["cc_majors"])
         self.method_arch = {tuple(x) for x in dom["method_arch"]}
+        self.sparsity_arch = {tuple(x) for x in dom["sparsity_arch"]} if "sparsity_arch" in dom else None
+        self.method_models = {tuple(k): n for k, n in dom.get("method_arch_models", [])}
         self.max_params_b = float(dom["max_params_b"])
         self.snapshot = doc.get("snapshot", "")
 
@@ -97,6 +131,12 @@ class FittedCostModel:
             out.append(("gpu", f"{gpu.id} was never measured"))
         if (cand.precision, sc.backend, gpu.cc[0]) not in self.method_arch:
             out.append(("method_arch", f"{cand.precision} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
+        elif self.method_models.get((cand.precision, sc.backend, gpu.cc[0]), 2) < 2:
+            out.append(("method_arch", f"{cand.precision} with the {sc.backend} backend on sm{gpu.cc[0]}x was "
+                                       "measured on one model only"))
+        elif self.sparsity_arch is not None and (sparsity_kind(cand.sparsity), sc.backend, gpu.cc[0]) not in \
+                self.sparsity_arch:
+            out.append(("method_arch", f"{cand.sparsity} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
         if llm.published_params_b > 1.5 * self.max_params_b:
             out.append(("size", f"{llm.id} is much larger than any measured model ({self.max_params_b:g}B)"))
         if sc.num_gpus > 1:

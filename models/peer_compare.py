@@ -61,10 +61,10 @@ def _measured_rows(cat) -> list[dict]:
     (held out: the row's model was never seen by the correction that predicts it)."""
     from measurement.dataset import load_dataset
 
-    from .fitted import cross_val, design
+    from .fitted import cross_val, design, usable_rows
 
-    df = load_dataset(ok_only=True)
-    X, A, Y, keep = design(df, cat)
+    df = usable_rows(load_dataset(ok_only=True))
+    X, A, Y, keep, _ = design(df, cat)
     sub = df.loc[keep]
     cv = cross_val(X, A, Y, sub["model"].astype(str).to_numpy())["decode_ms"]
     rows = []

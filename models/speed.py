@@ -67,19 +67,21 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
         backend_overhead = backend
     lin_bytes, frac = step.linear_bytes, eff.bw_fraction(cand.precision, backend)
     rows = sc.batch
+    row_factor = 1.0
     if cand.sparsity.startswith("2:4"):
         frac = eff.SPARSE_24["bw"][backend]
         if rows < 16:
             notes.append(f"2:4 kernels need >= 16 rows: batch {rows} is padded to 16")
+        elif backend == "compiled":
+            row_factor = 1.0 + eff.SPARSE_24["row_factor"] * (rows - 16)
     gemv_rows = kern.get("gemv_max_rows")
-    row_factor = 1.0
     if cand.precision in ("awq-int4", "gptq-int4") and backend == "compiled" and rows > 1:
         row_factor = 1.0 + eff.INT4_COMPILED_ROW_FACTOR * (rows - 1)
         notes.append(f"{cand.precision} compiled: the int4 g128 kernel's time grows with the batch (measured)")
     elif gemv_rows is not None and rows > gemv_rows:
         pc = param_counts(llm, cand.dropped_layers)
         lin_bytes += pc.linear * float(kern.get("dequant_bytes_per_weight", 4.0))
-        frac = eff.bw_fraction("bf16", backend)
+        frac = eff.DEQUANT_PATH_BW[backend]
         notes.append(f"{cand.precision}: batch > {gemv_rows} row(s) takes the dequantize + 16-bit GEMM path")
     t_rows = 0.0
     if cand.precision == "int8-wo" and backend == "compiled" and rows > 1:

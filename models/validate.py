@@ -24,7 +24,7 @@ def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict
     alpha = DEFAULT_ALPHA if alpha is None else alpha
     cat = cat or load()
     df = usable_rows(df)
-    X, A, Y, keep = design(df, cat)
+    X, A, Y, keep, meta = design(df, cat)
     sub = df.loc[keep]
     out = {}
     for name, col in SPLITS.items():
@@ -32,7 +32,7 @@ def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict
         if len(set(groups)) < 2:
             out[name] = {"skipped": f"only one {col} in the data"}
             continue
-        cv = cross_val(X, A, Y, groups, alpha, min_groups=2)
+        cv = cross_val(X, A, Y, groups, alpha, min_groups=2, meta=meta)
         out[name] = {"scores": scores(cv), "pairs": cv, "analytical": _analytical_scores(A, Y)}
     return out
 

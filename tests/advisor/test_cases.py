@@ -73,3 +73,21 @@ def test_no_candidate_beats_roofline_in_recommend(cat):
     rec = recommend(Request(gpu="h200", model="llama3.1-8b", batch=8, max_quality_loss=None))
     for e in rec.evaluated:
         assert e.prediction.speed.decode_step_ms.value >= e.prediction.speed.roofline_decode_ms * (1 - 1e-9)
+
+
+def test_tie_messages_name_the_real_tie_break():
+    """A candidate tied with the recommendation says what broke the tie: fewer methods, or less quality
+    loss at the same number of methods (never "fewer methods (1 vs 1)")."""
+    import re
+
+    rec = recommend(Request(gpu="l4", model="llama3.1-8b", max_quality_loss=0.02))
+    tied = [e for e in rec.ranked[1:] if (e.lost_because or "").startswith("within")]
+    assert tied
+    for e in tied:
+        m = re.search(r"fewer methods \((\d+) vs this one's (\d+)\)", e.lost_because)
+        if m:
+            assert int(m.group(1)) < int(m.group(2)), e.lost_because
+        q = re.search(r"loses less quality \(([\d.]+)% vs this one's ([\d.]+)%\)", e.lost_because)
+        if q:
+            assert float(q.group(1)) <= float(q.group(2)), e.lost_because
+        assert m or q or "a tie" in e.lost_because
