@@ -102,8 +102,9 @@ def test_harness_regional_rows(tmp_path, mode):
     assert all(("weights merged" in (r["method_notes"] or "")) == merged for r in rows)
 
 
-def test_one_dynamic_graph_serves_later_shapes():
-    """The first shape is specialized, the second compiles one dynamic graph, later shapes reuse it."""
+def _graphs_after_each(shapes, dynamic_len_first: bool) -> list[int]:
+    """Decode one step at each (batch, cache length) with one compiled layer function; the count of
+    distinct compiled graphs after each."""
     import torch._dynamo
     from transformers import StaticCache
 
@@ -114,15 +115,20 @@ def test_one_dynamic_graph_serves_later_shapes():
     fn = compile_layer("default")
     seen = []
     with torch.inference_mode():
-        for B, L in [(1, 24), (2, 40), (4, 56), (4, 72), (2, 72)]:
+        for i, (B, L) in enumerate(shapes):
             cache = StaticCache(config=cfg, max_cache_len=L)
             ids = torch.randint(0, cfg.vocab_size, (B, 8))
             tok0 = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-            dec = GraphDecoder(model, cache, B, layer_fn=fn, graph=False)
+            dec = GraphDecoder(model, cache, B, layer_fn=fn, graph=False, dynamic_len=dynamic_len_first and i == 0)
             dec.reset(tok0, 8, 8)
             dec.step()
             seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    assert seen == [1, 2, 2, 2, 2]
+    return seen
+
+
+def test_one_dynamic_graph_serves_later_shapes():
+    """The first shape is specialized, the second compiles one dynamic graph, later shapes reuse it."""
+    assert _graphs_after_each([(1, 24), (2, 40), (4, 56), (4, 72), (2, 72)], False) == [1, 2, 2, 2, 2]
 
 
 def test_fusing_skips_quantized_or_sparse_layers():
@@ -148,23 +154,8 @@ class _Other(torch.nn.Linear):
 
 def test_dynamic_length_from_the_first_call():
     """dynamic_len: the first graph already has a symbolic cache length, so batch 1 at another prompt length
-    reuses it; one more graph (dynamic batch) serves every other shape."""
-    import torch._dynamo
-    from transformers import StaticCache
-
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    cfg = tiny_config(layers=2)
-    model = build_random(cfg, dtype=torch.float32, device="cpu")
-    fn = compile_layer("default")
-    seen = []
-    with torch.inference_mode():
-        for i, (B, L) in enumerate([(1, 24), (4, 56), (1, 72), (2, 40), (4, 80)]):
-            cache = StaticCache(config=cfg, max_cache_len=L)
-            ids = torch.randint(0, cfg.vocab_size, (B, 8))
-            tok0 = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-            dec = GraphDecoder(model, cache, B, layer_fn=fn, graph=False, dynamic_len=i == 0)
-            dec.reset(tok0, 8, 8)
-            dec.step()
-            seen.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    assert seen == [1, 2, 2, 2, 2]
+    reuses it; one more graph (dynamic batch) serves every other shape. Without it batch 1 at another
+    length costs a third graph (dynamo specializes a size of 1)."""
+    shapes = [(1, 24), (4, 56), (1, 72), (2, 40), (4, 80)]
+    assert _graphs_after_each(shapes, True) == [1, 2, 2, 2, 2]
+    assert _graphs_after_each(shapes, False) == [1, 2, 3, 3, 3]
