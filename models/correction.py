@@ -81,7 +81,6 @@ def _count_models(rows) -> dict:
 def domain_of(rows: list[tuple]) -> dict:
     """The training domain from (gpu id, cc major, params_b, precision, sparsity, backend, model id) per row."""
     return {"gpus": sorted({r[0] for r in rows}), "cc_majors": sorted({r[1] for r in rows}),
-            "method_arch": sorted({(r[3], r[5], r[1]) for r in rows}),
             "method_arch_models": sorted([list(k), n] for k, n in _count_models(rows).items()),
             "sparsity_arch": sorted({(sparsity_kind(r[4]), r[5], r[1]) for r in rows}),
             "max_params_b": max(r[2] for r in rows)}
@@ -112,9 +111,10 @@ class FittedCostModel:
         dom = doc["domain"]
         self.gpus = set(dom["gpus"])
         self.cc_majors = set(dom["cc_majors"])
-        self.method_arch = {tuple(x) for x in dom["method_arch"]}
+        # (precision, backend, cc major) -> models it was measured on (files fitted before the count: 2)
+        self.method_models = ({tuple(k): n for k, n in dom["method_arch_models"]} if "method_arch_models" in dom
+                              else {tuple(x): 2 for x in dom["method_arch"]})
         self.sparsity_arch = {tuple(x) for x in dom["sparsity_arch"]} if "sparsity_arch" in dom else None
-        self.method_models = {tuple(k): n for k, n in dom.get("method_arch_models", [])}
         self.max_params_b = float(dom["max_params_b"])
         self.snapshot = doc.get("snapshot", "")
 
@@ -124,23 +124,30 @@ class FittedCostModel:
             return cls(json.load(fh), Path(path))
 
     def far_reasons(self, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> list[tuple[str, str]]:
+        return self.far_reasons_of(gpu.id, gpu.cc[0], llm.id, llm.published_params_b, cand.precision,
+                                   cand.sparsity, sc.backend, sc.num_gpus)
+
+    def far_reasons_of(self, gpu_id: str, cc_major: int, model_id: str, params_b: float, precision: str,
+                       sparsity: str, backend: str, num_gpus: int = 1) -> list[tuple[str, str]]:
+        """(kind, reason) for each way the query lies outside the measured domain (kind keys WIDEN)."""
         out = []
-        if gpu.cc[0] not in self.cc_majors:
-            out.append(("generation", f"{gpu.id} is another GPU generation (sm{gpu.cc[0]}x) than any measured"))
-        elif gpu.id not in self.gpus:
-            out.append(("gpu", f"{gpu.id} was never measured"))
-        if (cand.precision, sc.backend, gpu.cc[0]) not in self.method_arch:
-            out.append(("method_arch", f"{cand.precision} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
-        elif self.method_models.get((cand.precision, sc.backend, gpu.cc[0]), 2) < 2:
-            out.append(("method_arch", f"{cand.precision} with the {sc.backend} backend on sm{gpu.cc[0]}x was "
-                                       "measured on one model only"))
-        elif self.sparsity_arch is not None and (sparsity_kind(cand.sparsity), sc.backend, gpu.cc[0]) not in \
-                self.sparsity_arch:
-            out.append(("method_arch", f"{cand.sparsity} never measured with the {sc.backend} backend on sm{gpu.cc[0]}x"))
-        if llm.published_params_b > 1.5 * self.max_params_b:
-            out.append(("size", f"{llm.id} is much larger than any measured model ({self.max_params_b:g}B)"))
-        if sc.num_gpus > 1:
-            out.append(("tp", f"tensor parallelism ({sc.num_gpus} GPUs) was never measured: the single-GPU "
+        arch = f"sm{cc_major}x"
+        if cc_major not in self.cc_majors:
+            out.append(("generation", f"{gpu_id} is another GPU generation ({arch}) than any measured"))
+        elif gpu_id not in self.gpus:
+            out.append(("gpu", f"{gpu_id} was never measured"))
+        n_models = self.method_models.get((precision, backend, cc_major), 0)
+        if n_models == 0:
+            out.append(("method_arch", f"{precision} never measured with the {backend} backend on {arch}"))
+        elif n_models < 2:
+            out.append(("method_arch", f"{precision} with the {backend} backend on {arch} was measured on one "
+                                       "model only"))
+        elif self.sparsity_arch is not None and (sparsity_kind(sparsity), backend, cc_major) not in self.sparsity_arch:
+            out.append(("method_arch", f"{sparsity} never measured with the {backend} backend on {arch}"))
+        if params_b > 1.5 * self.max_params_b:
+            out.append(("size", f"{model_id} is much larger than any measured model ({self.max_params_b:g}B)"))
+        if num_gpus > 1:
+            out.append(("tp", f"tensor parallelism ({num_gpus} GPUs) was never measured: the single-GPU "
                               "efficiency correction is applied to each GPU's share"))
         return out
 

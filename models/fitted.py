@@ -57,9 +57,10 @@ class CorrectionRegressor(BaseEstimator, RegressorMixin):
 
 # The compiled backend the cost model describes is the harness's regional-graph-fused one (one compiled
 # decoder layer with merged q|k|v and gate|up weights, one CUDA graph per step); rows of its variants
-# (unmerged, uncompiled layers, coordinate-descent tuning) are fitted with a feature each (correction.VARIANTS). Rows of the earlier whole-model torch.compile backend stay in the
-# dataset as history, but they measured transformers' static-cache attention (repeated KV heads, full
-# mask), not this backend, so they are not fitted.
+# (unmerged, uncompiled layers, coordinate-descent tuning) are fitted with a feature each
+# (correction.VARIANTS). Rows of the earlier whole-model torch.compile backend stay in the dataset as
+# history, but they measured transformers' static-cache attention (repeated KV heads, full mask), not
+# this backend, so they are not fitted.
 SUPERSEDED_COMPILE_MODES = ("reduce-overhead", "max-autotune", "default", "none")
 
 
@@ -118,30 +119,25 @@ def _groups_cv(groups: np.ndarray, k: int = 5, min_groups: int = 3):
 
 
 def _oof_abs_log_residuals(X, y, groups, alpha: float, min_groups: int) -> np.ndarray:
-    """|log residual| of each row predicted by a model that never saw its group (or fold); NaN where a
-    row could not be predicted."""
+    """|log residual| of each row predicted by a model that never saw its group (or fold)."""
     out = np.full(len(y), np.nan)
     for tr, te in _groups_cv(groups, min_groups=min_groups):
         if tr.sum() < 5 or te.sum() == 0:
             continue
         m = CorrectionRegressor(alpha).fit(X[tr], y[tr])
         out[te] = np.abs(y[te] - m.predict(X[te]))
-    return out
-
-
-def _level_q(r: np.ndarray) -> float:
-    r = r[np.isfinite(r)]
-    if not len(r):
-        return 0.5
-    # split-conformal's finite-sample level: the ceil((n + 1) * 0.9)-th smallest of n residuals
-    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
-    return float(np.quantile(r, level, method="higher"))
+    return out[np.isfinite(out)]
 
 
 def conformal_q(X, y, groups, alpha: float, min_groups: int = 3) -> float:
     """90% quantile of out-of-group |log residuals| (split-conformal on grouped folds). (Separate
     quantiles for eager and compiled rows were tried: held-out decode coverage fell from 84.6% to 80.6%.)"""
-    return _level_q(_oof_abs_log_residuals(X, y, groups, alpha, min_groups))
+    r = _oof_abs_log_residuals(X, y, groups, alpha, min_groups)
+    if not len(r):
+        return 0.5
+    # split-conformal's finite-sample level: the ceil((n + 1) * 0.9)-th smallest of n residuals
+    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
+    return float(np.quantile(r, level, method="higher"))
 
 
 def _widen(meta, tr, te) -> np.ndarray:
@@ -152,19 +148,10 @@ def _widen(meta, tr, te) -> np.ndarray:
                            "domain": domain_of([meta[i] for i in np.flatnonzero(tr)])})
     w = np.ones(int(te.sum()))
     for k, i in enumerate(np.flatnonzero(te)):
-        g, cc, params, prec, spars, backend, _ = meta[i]
-        gpu = _Stub(id=g, cc=(cc, 0))
-        llm = _Stub(id="", published_params_b=params)
-        cand = _Stub(precision=prec, sparsity=spars)
-        sc = _Stub(backend=backend, num_gpus=1)
-        for kind, _ in dom.far_reasons(gpu, llm, cand, sc):
+        g, cc, params, prec, spars, backend, model = meta[i]
+        for kind, _ in dom.far_reasons_of(g, cc, model, params, prec, spars, backend):
             w[k] *= WIDEN[kind]
     return w
-
-
-class _Stub:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3, meta=None) -> dict:
