@@ -425,7 +425,7 @@ class CompiledBackend:
             pos = torch.full((1, 1), rc.prompt_len, dtype=torch.long, device=tok.device)
             if rc.compile_mode != "none" and not getattr(ctx, "compiled_once", False):
                 ctx.compiled_once = True
-                if not (rc.batch == 1 and rc.prompt_len == 512 and rc.precision == "bf16"):
+                if not (_reference_shape(rc) and rc.precision == "bf16"):
                     # one dynamic-shape compile serves every batch size and cache length of this model/method;
                     # the reference config (bf16, batch 1, prompt 512) keeps a fully specialized first graph
                     # and dynamo's automatic-dynamic recompiles once for the other shapes
@@ -460,7 +460,7 @@ class CompiledBackend:
                 # the reference config (bf16, batch 1, prompt 512) keeps a fully specialized first graph; any
                 # other first config compiles the cache length as a symbol, which saves the recompile that
                 # batch 1 at another prompt length would cost (batch 1 is always specialized by dynamo)
-                ref = rc.precision == "bf16" and rc.sparsity == "dense" and rc.batch == 1 and rc.prompt_len == 512
+                ref = rc.precision == "bf16" and rc.sparsity == "dense" and _reference_shape(rc)
                 dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
                                    graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES,
                                    dynamic_len=first and not ref)
@@ -930,11 +930,17 @@ def _f(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _reference_shape(rc: RunConfig) -> bool:
+    """Batch 1, prompt 512: the shape of the issue's reference config, measured first and compiled fully
+    specialized."""
+    return rc.batch == 1 and rc.prompt_len == 512
+
+
 def _order(rc: RunConfig):
     """Compiled first with batch 1 prompt 512 first (the first compiled shape is fully specialized)."""
     # then one that differs in both batch and prompt length, so that the second compile marks both dims
     # dynamic at once and later shapes reuse it
-    return (rc.backend != "compiled", rc.kv != "kv-fp16", not (rc.batch == 1 and rc.prompt_len == 512),
+    return (rc.backend != "compiled", rc.kv != "kv-fp16", not _reference_shape(rc),
             rc.batch == 1 or rc.prompt_len == 512, rc.kv, rc.kv_budget or 0, rc.batch, rc.prompt_len)
 
 
