@@ -66,10 +66,13 @@ def main():
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="How many ranked candidates to show.")
 @click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,
               help="compiled: static cache + CUDA graphs (a tuned deployment); eager: plain transformers.")
+@click.option("--engine", default="vllm", show_default=True,
+              help="Serving engine: vllm, sglang, tensorrt-llm, llama.cpp, transformers (this project's harness), "
+                   "or auto (search the engines too).")
 @click.option("--show-rejected", is_flag=True, help="List every rejected candidate with its reason (--json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min_tokens_per_s, num_gpus, top,
-              backend, show_rejected, as_json):
+              backend, engine, show_rejected, as_json):
     """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
     from .engine import Request, RequestError, recommend as run
     from .service import deploy_commands, speed_model_or_none
@@ -77,13 +80,14 @@ def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min
 
     req = Request(gpu=gpu, model=model, max_quality_loss=parse_fraction(max_ppl_delta), context=context,
                   batch=batch, gen_len=gen_len, objective=objective, min_tok_s=min_tokens_per_s,
-                  num_gpus=num_gpus, top=top, backend=backend)
+                  num_gpus=num_gpus, top=top, backend=backend, engine=engine)
     try:
         sm, sm_note = speed_model_or_none()
         rec = run(req, speed_model=sm)
     except (UnknownProfileError, RequestError, SchemaError) as e:
         _err(str(e))
-    for n in rec.notes + ([sm_note] if sm_note else []):
+    uses_harness = any(e.prediction.engine == "transformers" for e in rec.evaluated)
+    for n in rec.notes + ([sm_note] if sm_note and uses_harness else []):
         click.echo(f"note: {n}", err=True)
     deploy = deploy_commands(rec)
     if as_json:
@@ -97,13 +101,62 @@ def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min
         sys.exit(EXIT_INFEASIBLE)
 
 
+@main.command("predict")
+@click.option("--gpu", required=True, help="GPU id or alias.")
+@click.option("--model", required=True, help="Model id, alias or Hugging Face id.")
+@click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
+@click.option("--precision", default="bf16", show_default=True, help="Weight method id (advisor profiles list methods).")
+@click.option("--sparsity", default="dense", show_default=True)
+@click.option("--kv", default="kv-fp16", show_default=True, help="KV-cache method id.")
+@click.option("--kv-budget", type=click.IntRange(1), default=None, help="Tokens kept per sequence (eviction policies).")
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--prompt-len", type=click.IntRange(1), default=512, show_default=True, help="Prompt tokens.")
+@click.option("--gen-len", type=click.IntRange(1), default=128, show_default=True, help="Generated tokens.")
+@click.option("--num-gpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--split", type=click.Choice(["layer", "row"]), default=None, help="llama.cpp multi-GPU split mode.")
+@click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,
+              help="transformers engine only.")
+@click.option("--json", "as_json", is_flag=True, help="The advisor.predict dict as JSON on stdout.")
+def predict_cmd(gpu, model, engine, precision, sparsity, kv, kv_budget, batch, prompt_len, gen_len, num_gpus, split,
+                backend, as_json):
+    """Predict one pinned configuration (the same dict as advisor.predict)."""
+    from .api import predict
+
+    try:
+        r = predict(model=model, gpu=gpu, engine=engine, precision=precision, sparsity=sparsity, kv=kv, batch=batch,
+                    prompt_len=prompt_len, gen_len=gen_len, num_gpus=num_gpus, kv_budget=kv_budget, backend=backend,
+                    split=split)
+    except ValueError as e:
+        _err(str(e))
+    if as_json:
+        _emit_json(r)
+    else:
+        click.echo(f"{r['model']} on {r['gpu']} x{r['num_gpus']} | {r['engine']} | {r['candidate']}")
+        if not r["supported"]:
+            click.echo(f"not supported: {r['reason']}")
+        else:
+            for k in ("decode_tok_s", "output_tok_s", "tpot_ms", "ttft_ms", "prefill_tok_s", "peak_mem_gb",
+                      "power_w", "j_per_token"):
+                e = r[k]
+                click.echo(f"  {k:14s} {e['value']:10.4g} {e['unit']:8s} [{e['low']:.4g} - {e['high']:.4g}] {e['source']}")
+            for m, e in r["quality"].items():
+                click.echo(f"  quality {m}: {e['value'] * 100:.2f}% [{e['low'] * 100:.2f} - {e['high'] * 100:.2f}] "
+                           f"{e['source']}")
+            if not r["fits"]:
+                click.echo(r["reason"])
+        for n in r["notes"]:
+            click.echo(f"note: {n}", err=True)
+    if not r["supported"] or not r["fits"]:
+        sys.exit(EXIT_INFEASIBLE)
+
+
 @main.group()
 def profiles():
     """Browse the GPU, model and method catalogs."""
 
 
 @profiles.command("list")
-@click.argument("kind", type=click.Choice(["gpus", "models", "methods"]), default="gpus")
+@click.argument("kind", type=click.Choice(["gpus", "models", "methods", "engines"]), default="gpus")
 @click.option("--json", "as_json", is_flag=True)
 def profiles_list(kind, as_json):
     """List GPUS, MODELS or METHODS."""
@@ -118,6 +171,11 @@ def profiles_list(kind, as_json):
         rows = [{"id": m.id, "hf_id": m.hf_id, "family": m.family, "params_b": m.published_params_b,
                  "layers": m.num_hidden_layers, "kv_heads": m.num_key_value_heads,
                  "max_context": m.max_position_embeddings} for m in cat.llms.values()]
+    elif kind == "engines":
+        rows = [{"id": e.id, "name": e.name, "version": e.version, "batching": e.get("batching"),
+                 "parallelism": ",".join(e.get("parallelism")),
+                 "methods": "all (min_cc)" if e.runs_everything else ",".join(e.method_ids())}
+                for e in cat.engines.values()]
     else:
         rows = [{"id": m.id, "kind": m.kind, "name": m.name, "min_cc": m.min_cc,
                  "bytes_per_weight": m.get("bytes_per_weight"), "bytes_per_kv_elem": m.get("bytes_per_kv_elem")}
@@ -144,7 +202,7 @@ def profiles_show(name, as_json):
     from profiles import load
 
     cat = load()
-    for kind, table in (("gpu", cat.gpus), ("model", cat.llms), ("method", cat.methods)):
+    for kind, table in (("gpu", cat.gpus), ("model", cat.llms), ("method", cat.methods), ("engine", cat.engines)):
         try:
             r = cat.resolve(kind, name)
         except UnknownProfileError:

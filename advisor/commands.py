@@ -151,8 +151,11 @@ def register_planning(main: click.Group) -> None:
     @click.option("--max-ppl-delta", default="2%", show_default=True)
     @click.option("--grid-gco2-per-kwh", type=float, default=None,
                   help="Grid carbon intensity (g CO2 / kWh) for the CO2 column; none shown without it.")
+    @click.option("--engine", default="vllm", show_default=True,
+                  help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
     @click.option("--json", "as_json", is_flag=True)
-    def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, as_json):
+    def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, engine,
+             as_json):
         """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
         from profiles import UnknownProfileError
 
@@ -163,7 +166,7 @@ def register_planning(main: click.Group) -> None:
         click.echo(f"note: {note}", err=True)
         req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
                           parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
-                          grid_gco2_per_kwh)
+                          grid_gco2_per_kwh, engine=engine)
         try:
             plans = run(req, speed_model=sm)
         except (UnknownProfileError, RequestError) as e:
@@ -176,16 +179,16 @@ def register_planning(main: click.Group) -> None:
             from .render import console
             t = Table(title=f"{model}: {qps:g} req/s, {prompt_len}+{gen_len} tokens, TTFT p95 <= {req.ttft_p95_s:g} s, "
                             f"TPOT p95 <= {req.tpot_p95_s * 1e3:g} ms", header_style="bold")
-            for col in ("gpu", "method", "conc.", "TP", "replicas", "GPUs", "$/month", "kWh/month", "CO2 kg/mo",
+            for col in ("gpu", "engine", "method", "conc.", "TP", "replicas", "GPUs", "$/month", "kWh/month", "CO2 kg/mo",
                         "TTFT p95 s", "TPOT ms", "link"):
                 t.add_column(col)
             for p in plans:
                 o = p.best
                 if o is None:
                     why = "; ".join(f"{k}: {v}" for k, v in p.blocked.items())
-                    t.add_row(p.gpu, f"[red]infeasible[/] {why[:120]}", *[""] * 10)
+                    t.add_row(p.gpu, "", f"[red]infeasible[/] {why[:120]}", *[""] * 10)
                     continue
-                t.add_row(o.gpu, o.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(o.concurrency), str(o.tp), str(o.replicas), str(o.gpus),
+                t.add_row(o.gpu, o.engine, o.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(o.concurrency), str(o.tp), str(o.replicas), str(o.gpus),
                           f"{o.usd_per_month:,.0f}" if o.usd_per_month is not None else "no price",
                           f"{o.kwh_per_month:,.0f}", f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
                           f"{o.ttft_p95_s:.3g}", f"{o.tpot_s * 1e3:.3g}", o.interconnect)
@@ -204,8 +207,10 @@ def register_planning(main: click.Group) -> None:
                   help="Serving concurrency (halved per GPU until something fits).")
     @click.option("--usd-per-kwh", type=click.FloatRange(min=0), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
+    @click.option("--engine", default="vllm", show_default=True,
+                  help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
     @click.option("--json", "as_json", is_flag=True)
-    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, as_json):
+    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, engine, as_json):
         """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""
         from dataclasses import asdict
 
@@ -217,7 +222,7 @@ def register_planning(main: click.Group) -> None:
         sm, note = speed_model_or_none()
         try:
             rows = run(model, _gpu_list(gpus) or ("all",), parse_fraction(max_ppl_delta), context, gen_len, batch,
-                       usd_per_kwh, sm)
+                       usd_per_kwh, sm, engine=engine)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         click.echo(f"note: {note}", err=True)
@@ -228,13 +233,13 @@ def register_planning(main: click.Group) -> None:
         from rich.table import Table
         t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
                   header_style="bold")
-        for col in ("gpu", "method", "batch", "tok/s", "$/Mtok", "tok/J", "loss %", "list $", "payback mo"):
+        for col in ("gpu", "engine", "method", "batch", "tok/s", "$/Mtok", "tok/J", "loss %", "list $", "payback mo"):
             t.add_column(col)
         for r in rows:
             if r.candidate is None:
-                t.add_row(r.gpu, f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 7)
+                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 7)
                 continue
-            t.add_row(r.gpu, r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
+            t.add_row(r.gpu, r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
                       f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price", f"{r.tokens_per_joule:.3g}",
                       f"{r.quality_loss * 100:.2f}" if r.quality_loss is not None else "?",
                       f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",
@@ -249,8 +254,9 @@ def register_report(main: click.Group) -> None:
     @_model_gpus_quality_context("l4,a100-80g-sxm,h100-sxm", "Comma-separated GPU ids.")
     @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
     @click.option("--out", type=click.Path(dir_okay=False), default="advisor-report.html", show_default=True)
+    @click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
     @click.option("--json", "as_json", is_flag=True, help="Print where the report went, as JSON.")
-    def report(model, gpus, max_ppl_delta, context, batch, out, as_json):
+    def report(model, gpus, max_ppl_delta, context, batch, out, engine, as_json):
         """One self-contained HTML page: Pareto front, roofline per GPU, capacity curves."""
         from pathlib import Path
 
@@ -259,7 +265,8 @@ def register_report(main: click.Group) -> None:
         from .engine import RequestError
         from .report import build_report
         try:
-            page = build_report(model, list(_gpu_list(gpus)), parse_fraction(max_ppl_delta), context, batch)
+            page = build_report(model, list(_gpu_list(gpus)), parse_fraction(max_ppl_delta), context, batch,
+                                engine=engine)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         Path(out).write_text(page, encoding="utf-8")

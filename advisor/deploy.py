@@ -1,32 +1,57 @@
-"""Command lines that deploy a recommended candidate (vLLM where it supports the method, transformers)."""
+"""Launch lines for the chosen engine, built from the engine catalog (profiles/data/engines.yaml).
+
+Each line uses only the option names the catalog lists for that engine version (``args``) and only the
+``--quantization`` values it accepts; what the user must have first (a quantized checkpoint, a GGUF
+file) is returned separately in ``requires``, never inside the command.
+"""
 from __future__ import annotations
 
-from profiles import LLM, Catalog
+from profiles import GPU, LLM, Catalog
+from profiles.engines import arch_of
 
 from models.candidate import Candidate
 
 
-def vllm_command(cat: Catalog, llm: LLM, cand: Candidate, context: int, batch: int, num_gpus: int,
-                 has_bf16: bool = True) -> str | None:
-    """A ``vllm serve`` line, or None where vLLM has no path for one of the methods."""
-    prec = cat.methods[cand.precision]
-    if prec.get("vllm") is None or cand.sparsity != "dense" or cand.kv_budget:
-        return None
-    parts = ["vllm serve", llm.hf_id, f"--max-model-len {context}", f"--max-num-seqs {batch}"]
-    flag = prec.get("vllm")
-    if flag.startswith("--dtype"):
-        parts.append(flag if has_bf16 or "bfloat16" not in flag else "--dtype float16")
-    else:
-        parts.append("--dtype " + ("bfloat16" if has_bf16 else "float16"))
+def launch(cat: Catalog, engine: str, gpu: GPU, llm: LLM, cand: Candidate, context: int, batch: int,
+           num_gpus: int = 1, split: str | None = None) -> dict:
+    """{engine, command, requires}: one command a user can paste, and what it needs first."""
+    eng = cat.engines[engine]
+    arch = arch_of(gpu.cc) if gpu.cc else ""
+    requires: list[str] = []
+    if eng.runs_everything:
+        return {"engine": eng.label, "command": transformers_snippet(cat, llm, cand, bool(gpu.peak_tflops("bf16"))),
+                "requires": requires}
+    m = eng.method_entry(cand.precision)
+    if m.get("requires"):
+        requires.append(m["requires"] + f" ({llm.hf_id})")
+    if cand.dropped_layers:
+        requires.append(f"a checkpoint of {llm.id} with {cand.dropped_layers} decoder layers removed "
+                        "(ShortGPT block influence) and num_hidden_layers set to match")
+    dtype = ""
+    flag = eng.flag(cand.precision, arch)
+    if engine in ("vllm", "sglang"):
+        d16 = "bfloat16" if gpu.peak_tflops("bf16") else "float16"
+        dtype = f"--dtype {d16}" if cand.precision in ("bf16", "fp16") else ""
+        if cand.precision in ("bf16", "fp16"):
+            flag = None
+            dtype = "--dtype float16" if cand.precision == "fp16" or d16 == "float16" else "--dtype bfloat16"
+    model = llm.hf_id
+    ctx_total = context * batch
+    if engine == "llama.cpp":
+        model = f"{llm.id}-{cand.precision.removeprefix('gguf-').upper()}.gguf"
+    cmd = eng.get("launch").format(hf_id=model, dtype=dtype, context=context, batch=batch, gguf=model,
+                                   context_total=ctx_total)
+    parts = [cmd]
+    if flag:
         parts.append(flag)
-    if cand.kv != "kv-fp16":
-        kvflag = cat.methods[cand.kv].get("vllm")
-        if not kvflag:
-            return None
-        parts.append(kvflag)
+    kv = eng.kv_entry(cand.kv) or {}
+    if kv.get("flag"):
+        parts.append(kv["flag"])
+    if kv.get("requires"):
+        requires.append(kv["requires"])
     if num_gpus > 1:
-        parts.append(f"--tensor-parallel-size {num_gpus}")
-    return " ".join(parts)
+        parts.append(eng.get("tp_flag").format(n=num_gpus, split=split or "layer"))
+    return {"engine": eng.label, "command": " ".join(" ".join(parts).split()), "requires": requires}
 
 
 def transformers_snippet(cat: Catalog, llm: LLM, cand: Candidate, has_bf16: bool = True) -> str:
@@ -47,3 +72,8 @@ def transformers_snippet(cat: Catalog, llm: LLM, cand: Candidate, has_bf16: bool
     elif kv.get("transformers"):
         lines.append(f"model.generate(..., {kv.get('transformers')})")
     return "\n".join(lines)
+
+
+def option_names(command: str) -> list[str]:
+    """The option names a command line uses (tokens starting with '-', not negative numbers)."""
+    return [t for t in command.split() if t.startswith("-") and not t.lstrip("-").replace(".", "").isdigit()]

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from profiles import Catalog, load
 
 from models.candidate import Candidate, Scenario
-from models.predict import Prediction, predict
+from models.facade import predict
+from models.predict import Prediction
 from models.quality import QualityModel
-
-from .candidates import enumerate_candidates, hardware_block
+from models.support import engine_block, enumerate_candidates
 
 OBJECTIVES = ("throughput", "latency", "energy", "cost")
 CONSTRAINTS = ("hardware", "memory", "quality", "speed")
@@ -37,6 +37,7 @@ class Request:
     num_gpus: int = 1
     top: int = 5
     backend: str = "compiled"
+    engine: str = "vllm"                    # an engine id, or "auto" to search the engines too
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -99,9 +100,17 @@ def objective_value(p: Prediction, objective: str) -> float | None:
     return p.usd_per_mtok.value if p.usd_per_mtok else None
 
 
+def resolve_engines(cat: Catalog, name: str) -> list[str]:
+    """Engine ids a request searches: one, or every engine for 'auto'."""
+    if str(name).strip().lower() == "auto":
+        return list(cat.engines)
+    return [cat.resolve("engine", name).id]
+
+
 def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Recommendation:
     req.validate()
     cat = cat or load()
+    engines = resolve_engines(cat, req.engine)
     notes = []
     rg = cat.resolve("gpu", req.gpu)
     if rg.note:
@@ -120,15 +129,18 @@ def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Rec
                   backend=req.backend, num_gpus=req.num_gpus)
     quality = QualityModel.from_catalog(cat)
     evaluated, hw_rejected = [], []
-    for cand in enumerate_candidates(cat, llm, req.context):
-        block = hardware_block(cat, gpu, cand)
-        if block:
-            hw_rejected.append((cand, block))
-            continue
-        p = predict(cat, gpu, llm, cand, sc, quality, speed_model)
-        e = Evaluated(p)
-        _apply_constraints(e, req, gpu.memory_gb)
-        evaluated.append(e)
+    for eid in engines:
+        eng = cat.engines[eid]
+        notes.append(f"engine: {eng.name} {eng.version}")
+        for cand in enumerate_candidates(cat, llm, req.context):
+            block = engine_block(cat, eng, gpu, llm, cand, req.num_gpus)
+            if block:
+                hw_rejected.append((cand, f"[{eid}] {block}" if len(engines) > 1 else block))
+                continue
+            p = predict(cat, gpu, llm, cand, sc, eid, quality, speed_model if eng.runs_everything else None)
+            e = Evaluated(p)
+            _apply_constraints(e, req, gpu.memory_gb)
+            evaluated.append(e)
     feasible = [e for e in evaluated if e.rejected_by is None]
     feasible.sort(key=lambda e: (objective_value(e.prediction, req.objective),
                                  e.prediction.quality_loss.value if e.prediction.quality_loss else 1e9))
@@ -140,18 +152,45 @@ def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Rec
     if best:
         for e in feasible[1:]:
             e.lost_because = _why_lost(e, best, req.objective)
+    if best and len(engines) > 1:
+        notes.append(_engine_verdict(feasible, req.objective))
     rec = Recommendation(req, gpu.id, llm.id, notes, evaluated, hw_rejected, best, feasible)
     if not best:
         rec.relaxations = relaxations(rec, cat)
     return rec
 
 
+def _engine_verdict(feasible: list[Evaluated], objective: str) -> str:
+    """Which engine won --engine auto, against the best candidate of each other engine."""
+    best = feasible[0]
+    per = {}
+    for e in feasible:
+        per.setdefault(e.prediction.engine, e)
+    others = [f"{k} best {v.candidate.short} at {_objective_text(v.prediction, objective)}"
+              for k, v in per.items() if k != best.prediction.engine]
+    return (f"engine auto: {best.prediction.engine} won with {best.candidate.short} at "
+            f"{_objective_text(best.prediction, objective)}" + ("; " + "; ".join(others) if others else
+                                                                "; no other engine had a feasible candidate"))
+
+
+def _objective_text(p: Prediction, objective: str) -> str:
+    if objective == "throughput":
+        return f"{p.speed.decode_tok_s.value:.4g} tok/s"
+    if objective == "latency":
+        return f"{p.request_latency_s.value:.3g} s per request"
+    if objective == "energy":
+        return f"{p.j_per_token.value:.3g} J/token"
+    return f"{p.usd_per_mtok.value:.3g} USD/Mtok" if p.usd_per_mtok else "no price"
+
+
 def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
     p = e.prediction
     need = p.memory.per_gpu_gb.value
-    if need > capacity_gb:
+    usable = capacity_gb * p.memory_fraction
+    if need > usable:
         e.rejected_by, e.reason = "memory", (
-            f"needs {need:.1f} GB per GPU > {capacity_gb:g} GB (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
+            f"needs {need:.1f} GB per GPU > {usable:.3g} GB ({p.engine} uses {p.memory_fraction:.0%} of "
+            f"{capacity_gb:g} GB) (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
             f"KV {p.memory.kv_gb / req.num_gpus:.1f}, workspace+overhead "
             f"{p.memory.activations_gb / req.num_gpus + p.memory.overhead_gb:.1f})")
         return
@@ -166,8 +205,11 @@ def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
                 f"({p.quality_loss.detail})")
             return
     if req.min_tok_s is not None and p.speed.per_seq_tok_s.value < req.min_tok_s:
+        ceiling = 1e3 / p.speed.roofline_decode_ms
         e.rejected_by, e.reason = "speed", (
-            f"predicted {p.speed.per_seq_tok_s.value:.1f} tok/s per sequence < {req.min_tok_s:g}")
+            f"predicted {p.speed.per_seq_tok_s.value:.1f} tok/s per sequence < {req.min_tok_s:g} (the memory-"
+            f"bandwidth roofline caps it at {ceiling:.1f}: {p.memory.weights_gb:.1f} GB of weights"
+            f"{' + KV' if p.memory.kv_gb else ''} read per token)")
 
 
 TIE_TOLERANCE = 0.05  # objective values this close count as a tie (far inside any speed interval)

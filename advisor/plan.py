@@ -16,13 +16,12 @@ from profiles import Catalog, load
 
 from models.candidate import Candidate, Scenario
 from models.energy import board_power_w
-from models.memory import predict_memory
+from models.facade import predict
 from models.quality import QualityModel
 from models.serving import serving_latency
-from models.speed import predict_speed
+from models.support import engine_block
 
-from .candidates import hardware_block
-from .engine import RequestError
+from .engine import RequestError, resolve_engines
 
 HOURS_PER_MONTH = 730.0  # 8760 / 12
 CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -43,6 +42,7 @@ class PlanRequest:
     max_quality_loss: float | None = 0.02
     grid_gco2_per_kwh: float | None = None
     backend: str = "compiled"
+    engine: str = "vllm"
 
     def validate(self) -> None:
         if not (self.qps > 0 and math.isfinite(self.qps)):
@@ -73,6 +73,7 @@ class PlanOption:
     slot_utilisation: float
     quality_loss: float | None
     interconnect: str
+    engine: str = "vllm"
     latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py)"
     step_model: str = "analytical"
 
@@ -90,18 +91,17 @@ def _resolve_gpus(cat: Catalog, names) -> list[str]:
     return [cat.resolve("gpu", n).id for n in names]
 
 
-def _plan_candidates(cat: Catalog) -> list[Candidate]:
-    return [Candidate(p.id, "dense", kv) for p in cat.methods_of("precision") for kv in PLAN_KV]
+def _plan_candidates(cat: Catalog, engine: str) -> list[Candidate]:
+    eng = cat.engines[engine]
+    kvs = [k for k in cat.methods if cat.methods[k].kind == "kv" and not cat.methods[k].get("budgets")
+           and (eng.runs_everything and k in PLAN_KV or not eng.runs_everything and eng.kv_entry(k) is not None)]
+    return [Candidate(p.id, "dense", kv) for p in cat.methods_of("precision") for kv in kvs]
 
 
-def _speed_mem(cat, gpu, llm, cand, sc, speed_model):
-    """(speed, memory, label): the fitted cost model where it applies, else the analytical one."""
-    spd, mem = predict_speed(cat, gpu, llm, cand, sc), predict_memory(cat, llm, cand, sc)
-    if speed_model is not None:
-        fitted = speed_model.predict_one(cat, gpu, llm, cand, sc, spd, mem)
-        if fitted is not None:
-            return fitted
-    return spd, mem, "analytical"
+def _speed_mem(cat, gpu, llm, cand, sc, speed_model, engine, quality):
+    """(speed, memory, label, memory fraction) from the one cost-model facade."""
+    p = predict(cat, gpu, llm, cand, sc, engine, quality, speed_model)
+    return p.speed, p.memory, p.speed_model, p.memory_fraction
 
 
 def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list[GpuPlan]:
@@ -113,13 +113,15 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
     if context > llm.max_position_embeddings:
         raise RequestError(f"prompt + generation ({context}) exceeds {llm.id}'s context ({llm.max_position_embeddings})")
     quality = QualityModel.from_catalog(cat)
+    engines = resolve_engines(cat, req.engine)
     out = []
     for gid in _resolve_gpus(cat, req.gpus):
         gpu = cat.gpus[gid]
         gp = GpuPlan(gid, None)
         price = gpu.cloud_usd_per_hour
-        for cand in _plan_candidates(cat):
-            hb = hardware_block(cat, gpu, cand)
+        for engine, cand in ((e, c) for e in engines for c in _plan_candidates(cat, e)):
+            eng = cat.engines[engine]
+            hb = engine_block(cat, eng, gpu, llm, cand)
             if hb:
                 gp.blocked.setdefault("hardware", hb)
                 continue
@@ -128,18 +130,25 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
                 gp.blocked.setdefault("quality", f"{cand.label}: " + (
                     f"loss {loss.value * 100:.2f}% > bound" if loss else "no quality data"))
                 continue
+            sm = speed_model if eng.runs_everything else None
             for tp in TP_DEGREES:
+                if engine_block(cat, eng, gpu, llm, cand, tp):
+                    continue
+                one = None
                 for c in CONCURRENCY:
                     sc = Scenario(c, req.prompt_len, req.gen_len, req.backend, tp)
-                    spd, memb, label = _speed_mem(cat, gpu, llm, cand, sc, speed_model)
+                    spd, memb, label, frac = _speed_mem(cat, gpu, llm, cand, sc, sm, engine, quality)
                     mem = memb.per_gpu_gb.value
-                    if mem > gpu.memory_gb:
+                    if mem > gpu.memory_gb * frac:
                         gp.blocked.setdefault("memory", f"{cand.label} at concurrency {c}, TP {tp}: {mem:.1f} GB > "
-                                                        f"{gpu.memory_gb:g} GB")
+                                                        f"{gpu.memory_gb * frac:.3g} GB usable by {engine}")
                         break  # larger c needs more memory
-                    one = _speed_mem(cat, gpu, llm, cand, Scenario(1, req.prompt_len, req.gen_len, req.backend, tp),
-                                     speed_model)[0]
+                    if one is None:
+                        one = _speed_mem(cat, gpu, llm, cand, Scenario(1, req.prompt_len, req.gen_len, req.backend,
+                                                                       tp), sm, engine, quality)[0]
                     opt = _size_replicas(gpu, cand, sc, req, price, loss.value if loss else None, spd, one, label)
+                    if not isinstance(opt, str):
+                        opt.engine = engine
                     if isinstance(opt, str):
                         gp.blocked.setdefault("latency", opt)
                         continue
@@ -205,11 +214,12 @@ class CompareRow:
     payback_months: float | None
     reason: str | None = None
     speed_model: str | None = None
+    engine: str | None = None
 
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
-            cat: Catalog | None = None) -> list[CompareRow]:
+            cat: Catalog | None = None, engine: str = "vllm") -> list[CompareRow]:
     """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits.
 
     Payback: months of renting at the profile's cloud price that equal the card's list price, less
@@ -225,7 +235,8 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         rec, b = None, batch
         while b >= 1:
             rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
-                                    gen_len=gen_len, batch=b, objective="cost" if price else "throughput"),
+                                    gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
+                                    engine=engine),
                             cat, speed_model)
             if rec.best:
                 break
@@ -247,6 +258,6 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         rows.append(CompareRow(gid, p.candidate.label, b, p.speed.decode_tok_s.value, u.value if u else None,
                                (u.low, u.high) if u else None, 1.0 / p.j_per_token.value,
                                p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
-                               speed_model=p.speed_model))
+                               speed_model=p.speed_model, engine=p.engine))
     rows.sort(key=lambda r: (r.usd_per_mtok is None, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
     return rows

@@ -27,20 +27,22 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
     req = rec.request
     best = rec.best
     console.print(f"[bold]{rec.model_id}[/] on [bold]{rec.gpu_id}[/] x{req.num_gpus} | context {req.context} "
-                  f"(gen {req.gen_len}) | batch {req.batch} | backend {req.backend} | objective {req.objective}"
+                  f"(gen {req.gen_len}) | batch {req.batch} | engine {req.engine}"
+                  + (f" ({req.backend})" if req.engine == "transformers" else "") + f" | objective {req.objective}"
                   + (f" | max quality loss {req.max_quality_loss * 100:.2f}%" if req.max_quality_loss is not None else ""))
     if best is None:
         console.print("[bold red]No feasible candidate.[/]")
     else:
         p = best.prediction
-        console.print(f"\n[bold green]Recommended:[/] [bold]{p.candidate.label}[/]")
+        console.print(f"\n[bold green]Recommended:[/] [bold]{p.candidate.label}[/] on [bold]{p.engine}[/]")
         t = Table(show_header=True, header_style="bold")
         for col in ("metric", "predicted", "~90% interval", "source"):
             t.add_column(col)
         rows = [
             ("decode throughput (tok/s, batch)", _fmt(p.speed.decode_tok_s)),
             ("per-sequence speed (tok/s)", _fmt(p.speed.per_seq_tok_s)),
-            ("prefill latency (ms)", _fmt(p.speed.prefill_ms)),
+            ("prefill latency of one prompt (ms)", _fmt(p.speed.prefill_ms)),
+            ("decode step / TPOT (ms)", _fmt(p.speed.decode_step_ms)),
             ("memory per GPU (GB)", _fmt(p.memory.per_gpu_gb)),
             ("energy (J/token)", _fmt(p.j_per_token)),
             ("cost (USD / M tokens)", _fmt(p.usd_per_mtok)),
@@ -66,7 +68,7 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
             t.add_column(col)
         for e in rec.ranked[1:req.top]:
             p = e.prediction
-            t.add_row(str(e.rank), p.candidate.short, f"{p.speed.decode_tok_s.value:.4g}",
+            t.add_row(str(e.rank), p.candidate.short + (f" [{p.engine}]" if req.engine == "auto" else ""), f"{p.speed.decode_tok_s.value:.4g}",
                       f"{p.speed.prefill_ms.value:.4g}", f"{p.memory.per_gpu_gb.value:.3g}",
                       f"{p.j_per_token.value:.3g}",
                       f"{p.quality_loss.value * 100:.2f}" if p.quality_loss else "?", e.lost_because or "")
@@ -87,9 +89,10 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
         for r in rec.relaxations:
             console.print(f"  - {r}")
     if deploy:
-        console.print("\n[bold]Deploy:[/]")
-        for k, v in deploy.items():
-            console.print(f"[bold]{k}:[/]\n{v}")
+        console.print(f"\n[bold]Deploy ({deploy['engine']}):[/]")
+        console.print(deploy["command"], markup=False, soft_wrap=True)
+        for r in deploy.get("requires") or []:
+            console.print(f"  requires: {r}", markup=False)
 
 
 def _explain_named(rec: Recommendation, console: Console) -> None:

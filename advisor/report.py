@@ -95,13 +95,13 @@ def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
                   "arithmetic intensity, FLOP/byte (log)", "FLOP/s achieved, predicted (log)", body, rng)
 
 
-def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen_len: int) -> str:
+def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen_len: int, engine: str = "vllm") -> str:
     loads = (1, 2, 5, 10, 20, 50, 100)
     series = {}
     for g in gpus:
         ys = []
         for q in loads:
-            p = plan(PlanRequest(model, q, prompt_len, gen_len, gpus=(g,)), cat)[0]
+            p = plan(PlanRequest(model, q, prompt_len, gen_len, gpus=(g,), engine=engine), cat)[0]
             ys.append(p.best.gpus if p.best else None)
         series[g] = ys
     vals = [y for ys in series.values() for y in ys if y]
@@ -118,19 +118,19 @@ def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen
 
 
 def build_report(model: str, gpus: list[str], max_quality_loss: float | None = 0.02, context: int = 4096,
-                 batch: int = 8, cat: Catalog | None = None) -> str:
+                 batch: int = 8, cat: Catalog | None = None, engine: str = "vllm") -> str:
     cat = cat or load()
     llm = cat.llm(model)
     ids = [cat.resolve("gpu", g).id for g in gpus]
     sections = []
     for gid in ids:
         rec = recommend(Request(gpu=gid, model=llm.id, max_quality_loss=max_quality_loss, context=context,
-                                batch=batch), cat)
+                                batch=batch, engine=engine), cat)
         best = rec.best.candidate.label if rec.best else "no feasible candidate"
         sections.append(f'<section><h2>{html.escape(cat.gpus[gid].name)}</h2><p>Recommended at batch {batch}, '
-                        f'context {context}: <b>{html.escape(best)}</b></p>{pareto_svg(rec)}'
+                        f'context {context} on {html.escape(engine)}: <b>{html.escape(best)}</b></p>{pareto_svg(rec)}'
                         f'{roofline_svg(cat, gid, llm.id)}</section>')
-    cap = capacity_svg(cat, llm.id, ids, 1024, 256)
+    cap = capacity_svg(cat, llm.id, ids, 1024, 256, engine=engine)
     css = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
            "svg.chart{margin:0.5em;border:1px solid #ddd}section{margin-bottom:2em}")
     js = ("document.addEventListener('DOMContentLoaded',function(){var n=document.querySelectorAll('svg.chart')"

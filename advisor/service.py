@@ -1,14 +1,14 @@
-"""Glue between the engine and its callers: the speed model to use, deploy commands."""
+"""Glue between the decisions and their callers: the harness speed model to use, launch lines."""
 from __future__ import annotations
 
 from profiles import load
 
-from .deploy import transformers_snippet, vllm_command
+from .deploy import launch
 from .engine import Recommendation
 
 
 def speed_model_or_none():
-    """The fitted cost model if one is available, else None (the analytical model stands).
+    """The fitted harness cost model if one is available, else None (the analytical model stands).
 
     Returns (model_or_None, note for stderr)."""
     try:
@@ -23,10 +23,6 @@ def deploy_commands(rec: Recommendation) -> dict:
         return {}
     cat = load()
     llm, gpu = cat.llms[rec.model_id], cat.gpus[rec.gpu_id]
-    cand = rec.best.candidate
-    has_bf16 = bool(gpu.peak_tflops("bf16"))
-    out = {}
-    v = vllm_command(cat, llm, cand, rec.request.context, rec.request.batch, rec.request.num_gpus, has_bf16)
-    out["vllm"] = v or f"vLLM has no path for {cand.label} in this advisor's catalog: use transformers"
-    out["transformers"] = transformers_snippet(cat, llm, cand, has_bf16)
-    return out
+    p = rec.best.prediction
+    return launch(cat, p.engine, gpu, llm, p.candidate, rec.request.context, rec.request.batch,
+                  rec.request.num_gpus)

@@ -29,6 +29,9 @@ class Prediction:
     tweor: float | None = None
     speed_model: str = "analytical"
     notes: list[str] = field(default_factory=list)
+    engine: str = "transformers"
+    memory_fraction: float = 1.0         # share of the GPU the engine may use (vLLM reserves 0.9)
+    kv_capacity_tokens: float | None = None
 
 
 def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,

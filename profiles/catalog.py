@@ -165,7 +165,12 @@ class Catalog:
         t = _read(self.data_dir / "methods.yaml")
         self.methods = {e["id"]: Method(e["id"], e["kind"], e["name"], e.get("min_cc"), e)
                         for e in schema.check_catalog(t, "methods", schema.METHOD_FIELDS, "methods.yaml")}
+        from .engines import Engine, check_engines
+        en = _read(self.data_dir / "engines.yaml")
+        self.engines = {e["id"]: Engine(e["id"], e["name"], e["version"], e)
+                        for e in check_engines(en, set(self.methods))}
         self._aliases = {
+            "engine": _alias_map(self.engines),
             "gpu": _alias_map(self.gpus),
             "model": _alias_map(self.llms),
             "method": _alias_map(self.methods),
@@ -183,6 +188,8 @@ class Catalog:
             return Resolved(table[key])
         close = difflib.get_close_matches(key, list(table), n=4, cutoff=0.5)
         sugg = sorted({table[c] for c in close}, key=lambda i: close.index(next(c for c in close if table[c] == i)))
+        if kind == "engine":  # few enough to list them all
+            sugg = sugg + [e for e in self.engines if e not in sugg]
         raise UnknownProfileError(kind, name, sugg)
 
     def gpu(self, name: str) -> GPU:
@@ -190,6 +197,13 @@ class Catalog:
 
     def llm(self, name: str) -> LLM:
         return self.llms[self.resolve("model", name).id]
+
+    def engine(self, name: str):
+        return self.engines[self.resolve("engine", name).id]
+
+    @property
+    def default_engine(self) -> str:
+        return next(e.id for e in self.engines.values() if e.get("default"))
 
     def method(self, name: str) -> Method:
         return self.methods[self.resolve("method", name).id]

@@ -88,6 +88,7 @@ METHOD_FIELDS = (
     Field("aliases", (list,), required=False),
     Field("bytes_per_weight", NUM, required=False, nullable=True),
     Field("bytes_per_kv_elem", NUM, required=False, nullable=True),
+    Field("head_bytes_per_weight", NUM, required=False),
     Field("row_scale_bytes", NUM, required=False),
     Field("metadata_bits_per_weight", NUM, required=False),
     Field("drop_fractions", (list,), required=False),

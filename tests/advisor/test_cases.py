@@ -31,7 +31,9 @@ def test_llama31_8b_on_l4_within_2_percent(cat):
 
 
 def test_t4_small_model_throughput_does_not_pick_bnb_int8(cat):
-    rec = recommend(Request(gpu="t4", model="llama3.2-1b", objective="throughput", max_quality_loss=0.02))
+    # bnb-int8 runs on the harness engine (transformers); the published T4 figures are transformers runs
+    rec = recommend(Request(gpu="t4", model="llama3.2-1b", objective="throughput", max_quality_loss=0.02,
+                            engine="transformers"))
     assert rec.best is not None and rec.best.candidate.precision != "bnb-int8"
     bnb = [e for e in rec.evaluated if e.candidate == Candidate("bnb-int8")][0]
     fp16 = [e for e in rec.evaluated if e.candidate == Candidate("fp16")][0]

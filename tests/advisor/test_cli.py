@@ -21,7 +21,7 @@ def test_recommend_json_carries_intervals_and_sources(run):
         e = rec[key]
         assert e["low"] <= e["value"] <= e["high"] and e["source"] in ("analytical", "published", "measured", "fitted")
     assert rec["memory"]["per_gpu_gb"]["value"] <= 24
-    assert d["deploy"]["transformers"]
+    assert d["deploy"]["command"].startswith("vllm serve") and d["deploy"]["engine"].startswith("vllm")
 
 
 def test_unknown_gpu_is_a_clear_error(run):

@@ -23,7 +23,7 @@ def test_plan_meets_targets_and_scales_with_load():
 
 
 def test_plan_uses_tensor_parallelism_when_one_gpu_is_too_small():
-    p = plan(PlanRequest("llama3.1-70b", qps=1, gpus=("h100-sxm",), max_quality_loss=None))[0]
+    p = plan(PlanRequest("llama3.1-70b", qps=1, gpus=("h100-sxm",), max_quality_loss=None, engine="transformers"))[0]
     assert p.best is not None and p.best.tp >= 2 and "nvlink" in p.best.interconnect.lower()
 
 

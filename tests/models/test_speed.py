@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from advisor.candidates import hardware_block
+from models.support import hardware_block
 from models.candidate import Candidate, Scenario
 from models.roofline import compute_dtype, decode_step, prefill_step, roofline_s
 from models.speed import predict_speed

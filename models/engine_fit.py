@@ -1,0 +1,334 @@
+"""Fitting the engine cost model (:mod:`models.engine_speed`) on published and measured engine rows.
+
+Per engine, the kernel efficiencies and fixed costs are a maximum-a-posteriori fit in log space: the
+residuals are ``log(predicted / reported)`` of every row plus a Gaussian prior on each log parameter
+(``engine_speed.PARAM_PRIORS``), so a kernel with few rows stays near physically plausible values.
+Intervals are split-conformal: the 90% quantile of leave-one-source-out |log residuals| per metric group
+(decode, prefill, throughput), widened when a query uses a kernel, or a kernel on an architecture, that no
+row of the engine covers. Validation (:func:`validate_engine`) holds out whole sources and computes each
+held-out source's interval from the other sources only (nested), so its coverage is honest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from profiles import Catalog, load
+from profiles.engines import arch_of
+
+from . import engine_speed as es
+from .candidate import Candidate
+
+PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
+COVERAGE = 0.90
+WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
+KV_OF = {"fp16": "kv-fp16", "bf16": "kv-fp16", "auto": "kv-fp16", "fp8": "kv-fp8", "fp8_e4m3": "kv-fp8",
+         "fp8_e5m2": "kv-fp8", "q8_0": "kv-q8_0", "q4_0": "kv-q4_0", "f16": "kv-fp16"}
+ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
+
+
+@dataclass
+class Design:
+    """The rows of one engine that map to the catalog, as arrays."""
+
+    engine: str
+    a: dict                       # es.arrays fields, one array each
+    metric: np.ndarray
+    batch: np.ndarray
+    prompt: np.ndarray
+    gen: np.ndarray
+    depth: np.ndarray
+    y: np.ndarray                 # reported value
+    kernel: np.ndarray            # kernel id per row
+    source: np.ndarray
+    arch: np.ndarray
+    gpu: np.ndarray
+    kind: np.ndarray              # published / measured
+    index: np.ndarray             # row index in the input frame
+    skipped: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.y)
+
+    def take(self, m: np.ndarray) -> "Design":
+        sub = {k: v[m] for k, v in self.a.items()}
+        return Design(self.engine, sub, *(getattr(self, f)[m] for f in (
+            "metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch", "gpu", "kind", "index")))
+
+
+def _num(v, default=0.0) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
+
+
+def _metric_of(r) -> str:
+    m = str(r["metric"])
+    text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
+    if m == "output_tok_s" and str(r["engine"]) == "llama.cpp" and "batched-bench" in text:
+        return "decode_out_tok_s"
+    return m
+
+
+def design(df, engine: str, cat: Catalog | None = None) -> Design:
+    """Map the rows of ``engine`` to queries; rows naming a GPU, model or method outside the catalog, or a
+    method the engine does not run on that GPU, are counted in ``skipped`` (reason -> rows)."""
+    cat = cat or load()
+    eng = cat.engines[engine]
+    cols = {k: [] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch",
+                            "gpu", "kind", "index")}
+    arrs: dict[str, list] = {}
+    skipped: dict[str, int] = {}
+    sub = df[df["engine"] == engine]
+    for i, r in sub.iterrows():
+        def skip(why):
+            skipped[why] = skipped.get(why, 0) + 1
+        gpu, llm = cat.gpus.get(str(r["gpu"])), cat.llms.get(str(r["model"]))
+        if gpu is None or llm is None or gpu.vendor != "nvidia":
+            skip("GPU or model not in the catalog (or not NVIDIA)")
+            continue
+        prec = str(r["precision"])
+        kv = KV_OF.get(str(r.get("kv_dtype") or "fp16").lower())
+        metric = _metric_of(r)
+        if prec not in cat.methods or kv is None or metric not in es.METRICS:
+            skip("method, KV dtype or metric not modelled")
+            continue
+        arch = arch_of(gpu.cc)
+        if eng.kernel(prec, arch) is None:
+            skip("method not run by the engine on that architecture (catalog)")
+            continue
+        if not eng.runs_kv(kv, arch):
+            kv = "kv-fp16"  # a published row with a KV dtype the catalog does not list: read as 16-bit
+        n = int(_num(r.get("num_gpus"), 1) or 1)
+        split = str(r.get("parallel") or "none")
+        split = {"none": None, "pp": "layer"}.get(split, split)
+        q = es.query(cat, gpu, llm, Candidate(prec, "dense", kv), eng, n, split)
+        prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
+        if metric in ("prefill_tok_s", "ttft_ms") and prompt <= 0:
+            skip("prefill row without a prompt length")
+            continue
+        if es.METRIC_GROUP[metric] == "throughput" and (prompt <= 0 or gen <= 0):
+            skip("throughput row without input/output lengths")
+            continue
+        b = _num(r.get("batch"), 0)
+        if es.METRIC_GROUP[metric] == "throughput":
+            b = es.serving_batch(q, gpu.memory_gb, float(eng.get("memory_fraction", 0.9)), prompt, gen, b or None)
+        for k, v in es.arrays(q).items():
+            arrs.setdefault(k, []).append(v)
+        for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth),
+                     ("y", float(r["value"])), ("kernel", q.kernel), ("source", str(r["source_id"])),
+                     ("arch", arch), ("gpu", gpu.id), ("kind", str(r.get("kind") or "published")), ("index", i)):
+            cols[k].append(v)
+    a = {k: np.asarray(v, float) for k, v in arrs.items()}
+    return Design(engine, a, *(np.asarray(cols[k], dtype=object if k in ("metric", "kernel", "source", "arch",
+                                                                          "gpu", "kind") else float)
+                              for k in cols), skipped=skipped)
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def _layout(kernels) -> list[tuple[str, str | None]]:
+    return [(p, None) for p in es.ENGINE_PARAMS] + [(p, k) for k in kernels for p in es.KERNEL_PARAMS]
+
+
+def _unpack(theta, layout) -> dict:
+    params: dict = {"kernels": {}}
+    for v, (p, k) in zip(theta, layout):
+        if k is None:
+            params[p] = float(math.exp(v))
+        else:
+            params["kernels"].setdefault(k, {})[p] = float(math.exp(v))
+    return params
+
+
+def _row_params(theta, layout, d: Design) -> dict:
+    out = {}
+    for v, (p, k) in zip(theta, layout):
+        if k is None:
+            out[p] = math.exp(v)
+    for p in es.KERNEL_PARAMS:
+        arr = np.full(len(d), es.PARAM_PRIORS[p][0])
+        for v, (pp, k) in zip(theta, layout):
+            if pp == p and k is not None:
+                arr[d.kernel == k] = math.exp(v)
+        out[p] = arr
+    return out
+
+
+def predict_design(params: dict, d: Design) -> np.ndarray:
+    p = {k: params[k] for k in es.ENGINE_PARAMS}
+    for name in es.KERNEL_PARAMS:
+        p[name] = np.array([es.kparams(params, k)[name] for k in d.kernel])
+    return es.metric_values(d.a, p, d.metric, d.batch, d.prompt, d.gen, d.depth)
+
+
+def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
+    """MAP estimate of the engine's parameters on the rows of ``d`` (priors alone when it is empty)."""
+    from scipy.optimize import least_squares
+
+    kernels = sorted(set(d.kernel))
+    layout = _layout(kernels)
+    mu = np.array([math.log(es.PARAM_PRIORS[p][0]) for p, _ in layout])
+    sig = np.array([es.PARAM_PRIORS[p][1] for p, _ in layout])
+    lo = np.array([math.log(es.PARAM_PRIORS[p][2]) for p, _ in layout])
+    hi = np.array([math.log(es.PARAM_PRIORS[p][3]) for p, _ in layout])
+    if not len(d):
+        return _unpack(mu, layout)
+    logy = np.log(d.y)
+    m = d.metric.astype(str)
+
+    def resid(theta):
+        pred = es.metric_values(d.a, _row_params(theta, layout, d), m, d.batch, d.prompt, d.gen, d.depth)
+        r = np.log(np.maximum(pred, 1e-30)) - logy
+        return np.concatenate([r, prior_weight * (theta - mu) / sig])
+
+    sol = least_squares(resid, np.clip(mu, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
+                        max_nfev=200)
+    return _unpack(sol.x, layout)
+
+
+def _groups(d: Design) -> np.ndarray:
+    return np.array([es.METRIC_GROUP[m] for m in d.metric])
+
+
+def loso_log_residuals(d: Design) -> np.ndarray:
+    """log(predicted / reported) of every row from a fit that never saw the row's source (NaN where the
+    source is the only one)."""
+    out = np.full(len(d), np.nan)
+    for s in sorted(set(d.source)):
+        te = d.source == s
+        if te.all():
+            continue
+        pr = fit_params(d.take(~te))
+        out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
+    return out
+
+
+def conformal_q(res: np.ndarray, groups: np.ndarray) -> dict:
+    """Per metric group, the finite-sample 90% quantile of |log residual| (pooled when a group has < 5)."""
+    ok = np.isfinite(res)
+    pooled = _q(np.abs(res[ok])) if ok.sum() >= 5 else 0.7
+    out = {"all": pooled}
+    for g in ("decode", "prefill", "throughput"):
+        r = np.abs(res[ok & (groups == g)])
+        out[g] = _q(r) if len(r) >= 5 else pooled * 1.5
+    return out
+
+
+def _q(r: np.ndarray) -> float:
+    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
+    return float(np.quantile(r, level, method="higher"))
+
+
+def domain_of(d: Design) -> dict:
+    dom: dict = {}
+    for k, a in zip(d.kernel, d.arch):
+        dom.setdefault(k, set()).add(a)
+    return {k: sorted(v) for k, v in dom.items()}
+
+
+def widen_factor(domain: dict, kernel: str, arch: str) -> tuple[float, list[str]]:
+    if kernel not in domain:
+        return WIDEN["kernel"], [f"no {kernel} rows: default kernel efficiencies"]
+    if arch not in domain[kernel]:
+        return WIDEN["kernel_arch"], [f"{kernel} never benchmarked on {arch}"]
+    return 1.0, []
+
+
+# --------------------------------------------------------------------------------------- validation
+def _score(pred, lo, hi, y, groups) -> dict:
+    out = {}
+    for g in ("decode", "prefill", "throughput", "all"):
+        m = np.isfinite(pred) & ((groups == g) if g != "all" else True)
+        if not m.any():
+            continue
+        ape = np.abs(pred[m] - y[m]) / y[m]
+        cover = (lo[m] <= y[m]) & (y[m] <= hi[m])
+        out[g] = {"n": int(m.sum()), "mape": float(ape.mean()), "median_ape": float(np.median(ape)),
+                  "coverage90": float(cover.mean())}
+    return out
+
+
+def validate_engine(d: Design, nested: bool = True) -> dict:
+    """Leave-one-source-out: every row predicted by a fit without its source; its 90% interval from the
+    other sources' own leave-one-source-out residuals (nested), widened by the fold's domain."""
+    groups = _groups(d)
+    pred, lo, hi = (np.full(len(d), np.nan) for _ in range(3))
+    sources = sorted(set(d.source))
+    for s in sources:
+        te = d.source == s
+        if te.all():
+            continue
+        tr = d.take(~te)
+        pr = fit_params(tr)
+        p = predict_design(pr, d.take(te))
+        inner = loso_log_residuals(tr) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
+        q = conformal_q(inner, _groups(tr))
+        dom = domain_of(tr)
+        qq = np.array([q.get(g, q["all"]) * widen_factor(dom, k, a)[0]
+                       for g, k, a in zip(groups[te], d.kernel[te], d.arch[te])])
+        pred[te], lo[te], hi[te] = p, p * np.exp(-qq), p * np.exp(qq)
+    res = {"rows": int(len(d)), "sources": len(sources), "skipped": d.skipped}
+    for kind in ("published", "measured"):
+        m = d.kind == kind
+        if m.any():
+            res[kind] = _score(pred[m], lo[m], hi[m], d.y[m], groups[m])
+    res["all"] = _score(pred, lo, hi, d.y, groups)
+    res["pairs"] = {"pred": pred.tolist(), "true": d.y.tolist(), "metric": d.metric.tolist(),
+                    "source": d.source.tolist(), "gpu": d.gpu.tolist(), "kind": d.kind.tolist()}
+    return res
+
+
+# --------------------------------------------------------------------------------------- ship / load
+def fit_all(df, cat: Catalog | None = None, engines=ENGINES_FITTED) -> dict:
+    """Parameters, interval quantiles and domain of every engine, as the JSON the product loads."""
+    cat = cat or load()
+    doc = {"schema_version": 1, "fitted_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "engines": {}}
+    for e in engines:
+        d = design(df, e, cat)
+        params = fit_params(d)
+        res = loso_log_residuals(d) if len(set(d.source)) > 1 else np.full(len(d), np.nan)
+        snap = hashlib.sha256(df[df["engine"] == e].to_csv(index=False).encode()).hexdigest()[:12]
+        doc["engines"][e] = {"params": params, "q90": conformal_q(res, _groups(d)), "domain": domain_of(d),
+                             "rows": int(len(d)), "sources": sorted(set(d.source)), "snapshot": snap,
+                             "skipped": d.skipped, "gpus": sorted(set(d.gpu))}
+    return doc
+
+
+def save(doc: dict, path: Path = PARAMS_PATH) -> Path:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+_CACHE: dict = {}
+
+
+def load_params(path: Path = PARAMS_PATH) -> dict:
+    """The shipped engine parameters (cached), or priors for every engine when none were fitted."""
+    key = str(path)
+    if key not in _CACHE:
+        if Path(path).exists():
+            _CACHE[key] = json.loads(Path(path).read_text())
+        else:
+            _CACHE[key] = {"schema_version": 1, "engines": {}}
+    return _CACHE[key]
+
+
+if __name__ == "__main__":  # python -m models.engine_fit: refit and write models/data/engine_params.json
+    from measurement.engine_rows import load_engine_rows
+
+    doc = fit_all(load_engine_rows())
+    print(save(doc))
+    for e, v in doc["engines"].items():
+        print(e, v["rows"], "rows,", len(v["sources"]), "sources; q90", {k: round(x, 3) for k, x in v["q90"].items()})

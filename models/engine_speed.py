@@ -1,0 +1,257 @@
+"""Engine cost model: decode step, prefill and serving throughput for vLLM, SGLang, TensorRT-LLM and
+llama.cpp, from the bytes and FLOPs of each step and the engine's kernel efficiencies.
+
+For a batch of ``B`` sequences at mean context ``L`` on ``n`` GPUs (tensor parallel; a llama.cpp layer
+split runs the GPUs one after the other):
+
+    t_weights = W / (n x BW x e_bw[kernel])                 W: bytes of the weights one step reads
+    t_matmul  = B x F / (n x peak[dtype] x e_mm[kernel])    F: matmul FLOPs per token
+    t_linear  = (t_weights^3 + t_matmul^3)^(1/3)            (a soft roofline: the GEMMs near the ridge
+                                                             reach neither asymptote)
+    t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)
+    t_step    = t_linear + t_kv + host_ms + layers x layer_us + allreduce
+
+Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
+and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak, plus causal attention at
+``e_attn``. Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
+``B x OSL / (prefill(B x ISL) + OSL x t_step(B, ISL + OSL / 2))``; when a benchmark lets the engine pick
+``B`` it is the KV capacity (memory left after weights, at the engine's memory fraction) capped at the
+engine's batch limit.
+
+The efficiencies ``e_*`` and fixed costs are fitted on published and measured engine rows
+(:mod:`models.engine_fit`, stored in ``models/data/engine_params.json``); every datasheet figure comes
+from ``profiles/data/gpus.yaml``. A prediction never beats the datasheet roofline (``e_bw`` and ``e_kv``
+are bounded below 1; tested).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from profiles import GPU, LLM, Catalog
+from profiles.engines import Engine, arch_of
+
+from .candidate import Candidate
+from .memory import param_counts
+
+P_SOFT = 3.0
+# Tensor dtype each kernel multiplies in (its peak is the compute roof).
+KERNEL_DTYPE = {
+    "cublas-16": "16", "trt-16": "16", "marlin-int4": "16", "marlin-fp8-wo": "16", "awq-gemm": "16",
+    "exllama-gptq": "16", "bnb": "16", "trt-w4a16": "16", "cutlass-fp8": "fp8", "trt-fp8": "fp8",
+    "cutlass-int8": "int8", "trt-int8-sq": "int8", "trt-nvfp4": "fp4",
+}
+# Tokens per prefill forward (the engine's token budget per step): vLLM V1 max_num_batched_tokens 8192 and
+# SGLang chunked_prefill_size 8192 (their server-argument docs), TensorRT-LLM max_num_tokens 8192
+# (trtllm-serve default), llama.cpp n_ubatch 512 (llama-server / llama-bench default).
+PREFILL_CHUNK = {"vllm": 8192, "sglang": 8192, "tensorrt-llm": 8192, "llama.cpp": 512}
+# Largest batch an engine schedules by default: vLLM max_num_seqs 256 (engine args), SGLang
+# max_running_requests (derived from memory; 2048 taken as a cap), TensorRT-LLM max_batch_size 2048
+# (trtllm-serve / trtllm-bench default), llama.cpp -np slots (1 unless set).
+MAX_BATCH = {"vllm": 256, "sglang": 2048, "tensorrt-llm": 2048, "llama.cpp": 64}
+# Runtime memory an engine holds beside weights and KV: CUDA context, CUDA graphs, activation workspace
+# (assumption, GB per GPU; carried in the memory interval).
+RUNTIME_GB = {"vllm": 1.5, "sglang": 1.5, "tensorrt-llm": 1.5, "llama.cpp": 0.8}
+ALLREDUCE_LATENCY_S = 10e-6
+DEFAULT_LINK_GBPS = 25.0
+
+
+def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
+    """Dense tensor peak (FLOP/s) of ``dtype`` ('16' = bf16 where the GPU has it, else fp16), falling back
+    to the 16-bit peak, then the FP32 figure, where the catalog has no entry."""
+    order = {"16": ("bf16", "fp16"), "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"),
+             "fp4": ("fp4", "fp8", "bf16", "fp16")}[dtype]
+    for d in order:
+        v = gpu.peak_tflops(d)
+        if v:
+            return v * 1e12
+    v = gpu.raw.get("fp32_tflops")
+    if v:
+        return float(v) * 1e12
+    raise ValueError(f"{gpu.id}: no tensor peak recorded")
+
+
+def link_bytes_per_s(gpu: GPU) -> float:
+    g = gpu.interconnect.get("gpu_to_gpu_gbps")
+    return float(g) / 2 * 1e9 if g else DEFAULT_LINK_GBPS * 1e9
+
+
+@dataclass(frozen=True)
+class Work:
+    """Per-model, per-method physics of one step (bytes, FLOPs), independent of the GPU."""
+
+    weight_bytes: float        # read by one decode step (all GPUs together)
+    weights_gb: float          # held in memory
+    flops_per_token: float     # matmul FLOPs per token (projections + lm_head)
+    attn_flops_per_ctx: float  # attention FLOPs per token per token of context (4 x layers x heads x hd)
+    kv_bytes_per_token: float
+    layers: int
+    hidden: int
+
+
+def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
+    pc = param_counts(llm, cand.dropped_layers)
+    prec = cat.methods[cand.precision]
+    bpw = float(prec.get("bytes_per_weight"))
+    sp = cat.methods[cand.sparsity_method]
+    bpw = bpw * float(sp.get("density", 1.0)) + float(sp.get("metadata_bits_per_weight", 0)) / 8
+    head_bpw = float(prec.get("head_bytes_per_weight", 2.0))
+    head = pc.lm_head or pc.embed
+    row_scale = float(prec.get("row_scale_bytes", 0) or 0) * pc.linear_rows
+    read = pc.linear * bpw + row_scale + head * head_bpw + 2.0 * pc.bias_norm
+    embed_bpw = head_bpw if prec.get("head_bytes_per_weight") else 2.0
+    held = pc.linear * bpw + row_scale + pc.embed * embed_bpw + pc.lm_head * head_bpw + 2.0 * pc.bias_norm
+    kv_elem = float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
+    kvb = 2 * pc.layers * llm.num_key_value_heads * llm.head_dim * kv_elem
+    attn = 4.0 * pc.layers * llm.num_attention_heads * llm.head_dim
+    return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size)
+
+
+# Parameters of one engine: efficiencies per kernel and fixed costs (see the module docstring).
+PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
+    "e_bw": (0.70, 0.5, 0.05, 0.97),
+    "e_mm": (0.50, 0.7, 0.02, 0.95),
+    "e_pre": (0.50, 0.7, 0.02, 0.95),
+    "e_kv": (0.60, 0.6, 0.05, 0.97),
+    "e_attn": (0.40, 0.8, 0.02, 0.95),
+    "host_ms": (0.5, 1.5, 0.005, 50.0),
+    "layer_us": (10.0, 1.5, 0.1, 500.0),
+    "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
+}
+KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "layer_us", "pre_fix_ms")
+
+
+def prior_params(kernels) -> dict:
+    out = {k: PARAM_PRIORS[k][0] for k in ENGINE_PARAMS}
+    out["kernels"] = {k: {p: PARAM_PRIORS[p][0] for p in KERNEL_PARAMS} for k in kernels}
+    return out
+
+
+def _soft(a, b):
+    return (a ** P_SOFT + b ** P_SOFT) ** (1.0 / P_SOFT)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One configuration in plain numbers (so that fitting can vectorize over many)."""
+
+    bw: float              # datasheet bytes/s of one GPU
+    peak: float            # FLOP/s of the kernel's dtype, one GPU
+    peak16: float          # FLOP/s of 16-bit (attention)
+    link: float            # bytes/s per direction between GPUs
+    w: Work
+    n: int                 # GPUs
+    split: str             # tp | layer | row
+    engine: str
+    kernel: str
+
+
+def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
+          split: str | None = None) -> Query:
+    kernel = eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
+    dtype = KERNEL_DTYPE.get(kernel, "16")
+    split = split or ("layer" if eng.id == "llama.cpp" else "tp") if num_gpus > 1 else "none"
+    return Query(gpu.mem_bw_gbps * 1e9, dtype_peak_flops(gpu, dtype), dtype_peak_flops(gpu, "16"),
+                 link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel)
+
+
+def kparams(params: dict, kernel: str) -> dict:
+    return params["kernels"].get(kernel) or {p: PARAM_PRIORS[p][0] for p in KERNEL_PARAMS}
+
+
+def row_params(params: dict, kernel: str) -> dict:
+    """The flat parameter set one configuration uses (its kernel's efficiencies + the engine's)."""
+    return {**{k: params[k] for k in ENGINE_PARAMS}, **kparams(params, kernel)}
+
+
+def arrays(q: Query) -> dict:
+    """A query as the plain numbers the vectorized formulas below take (floats or numpy arrays)."""
+    tp = q.n > 1 and q.split != "layer"
+    return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "link": q.link, "W": q.w.weight_bytes,
+            "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
+            "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
+            "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192))}
+
+
+def allreduce_s(a: dict, tokens):
+    n = np.maximum(a["n"], 1.0)
+    msg = tokens * a["hidden"] * 2
+    return a["tp"] * 2 * a["layers"] * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / a["link"])
+
+
+def decode_step_s(a: dict, p: dict, batch, ctx):
+    """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized)."""
+    t_w = a["W"] / (a["div"] * a["bw"] * p["e_bw"])
+    t_c = batch * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
+    t_kv = batch * ctx * a["KVB"] / (a["div"] * a["bw"] * p["e_kv"])
+    t_attn = batch * ctx * a["A"] / (a["div"] * a["peak16"] * p["e_attn"])
+    fixed = p["host_ms"] * 1e-3 + a["layers"] * p["layer_us"] * 1e-6
+    return _soft(t_w, t_c) + t_kv + t_attn + fixed + allreduce_s(a, batch)
+
+
+def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
+    """Seconds to prefill ``batch x prompt`` tokens after ``depth`` cached ones, in the engine's chunks."""
+    tokens = batch * prompt
+    chunks = np.maximum(1.0, np.ceil(tokens / a["chunk"]))
+    t_w = chunks * a["W"] / (a["div"] * a["bw"] * p["e_bw"])
+    t_c = tokens * a["F"] / (a["div"] * a["peak"] * p["e_pre"])
+    t_attn = tokens * (depth + prompt / 2) * a["A"] / (a["div"] * a["peak16"] * p["e_attn"])
+    return _soft(t_w, t_c) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 + allreduce_s(a, tokens)
+
+
+def roofline_decode_s(a: dict, batch, ctx):
+    """Datasheet floor of one decode step: no prediction may be faster."""
+    byts = a["W"] + batch * ctx * a["KVB"]
+    return np.maximum(byts / (a["div"] * a["bw"]), batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
+
+
+def roofline_prefill_s(a: dict, batch, prompt):
+    tokens = batch * prompt
+    return np.maximum(a["W"] / (a["div"] * a["bw"]),
+                      tokens * (a["F"] + prompt / 2 * a["A"]) / (a["div"] * np.maximum(a["peak"], a["peak16"])))
+
+
+def kv_capacity_tokens(q: Query, mem_gb: float, fraction: float) -> float:
+    """Tokens of KV cache that fit beside the weights and the runtime at the engine's memory fraction."""
+    per_gpu = mem_gb * fraction - q.w.weights_gb / q.n - RUNTIME_GB.get(q.engine, 1.5)
+    return max(0.0, per_gpu * 1e9 * q.n / q.w.kv_bytes_per_token)
+
+
+def serving_batch(q: Query, mem_gb: float, fraction: float, prompt: float, gen: float,
+                  concurrency: float | None) -> float:
+    """Concurrency a benchmark ran at, or (where the engine picked it) the KV capacity in requests,
+    capped at the engine's batch limit."""
+    if concurrency:
+        return float(concurrency)
+    cap = kv_capacity_tokens(q, mem_gb, fraction) / (prompt + gen)
+    return float(max(1.0, min(MAX_BATCH.get(q.engine, 256), math.floor(cap))))
+
+
+METRICS = ("tpot_ms", "decode_tok_s", "prefill_tok_s", "ttft_ms", "output_tok_s", "total_tok_s",
+           "request_latency_s", "decode_out_tok_s")
+METRIC_GROUP = {"tpot_ms": "decode", "decode_tok_s": "decode", "prefill_tok_s": "prefill", "ttft_ms": "prefill",
+                "output_tok_s": "throughput", "total_tok_s": "throughput", "request_latency_s": "throughput",
+                "decode_out_tok_s": "throughput"}
+
+
+def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth):
+    """The model's figure for each row's metric (vectorized; ``metric`` an array of METRICS names,
+    ``batch`` the concurrency or the serving batch already resolved). ``decode_out_tok_s``: tokens/s of
+    all sequences over decode steps only (llama-batched-bench's S_TG)."""
+    metric = np.asarray(metric)
+    ctx_dec = depth + prompt + np.maximum(gen, 1) / 2
+    t_dec = decode_step_s(a, p, batch, ctx_dec)
+    t_pre = prefill_s(a, p, batch, prompt, depth)
+    t_pre1 = prefill_s(a, p, 1.0, prompt, depth)
+    t_dec_p = decode_step_s(a, p, batch, prompt + depth)
+    t_round = t_pre + gen * decode_step_s(a, p, batch, prompt + gen / 2)
+    out = batch * gen / t_round
+    return np.select(
+        [metric == "tpot_ms", metric == "decode_tok_s", metric == "prefill_tok_s", metric == "ttft_ms",
+         metric == "output_tok_s", metric == "total_tok_s", metric == "request_latency_s",
+         metric == "decode_out_tok_s"],
+        [t_dec * 1e3, 1.0 / t_dec, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3,
+         out, out * (prompt + gen) / np.maximum(gen, 1), t_round, batch / t_dec], np.nan)

@@ -1,0 +1,126 @@
+"""One stateless entry point for every prediction: ``predict(cat, gpu, llm, cand, sc, engine)``.
+
+recommend, plan, compare, report, the Python API and validate all call it, so one configuration gets the
+same figures in every command. ``engine`` picks the cost model: the serving engines (vLLM, SGLang,
+TensorRT-LLM, llama.cpp) use :mod:`models.engine_speed` with the parameters fitted on published and
+measured engine rows; ``transformers`` (the project's measurement harness) uses the harness cost model
+(analytical roofline x measured efficiencies, corrected by the fitted model when one is given).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from profiles import GPU, LLM, Catalog
+from profiles.engines import arch_of
+
+from . import energy
+from . import engine_speed as es
+from .candidate import Candidate, Scenario
+from .engine_fit import load_params, widen_factor
+from .estimate import Estimate
+from .memory import MemoryBreakdown
+from .predict import Prediction, predict as predict_harness
+from .quality import QualityModel
+from .speed import SpeedPrediction
+
+DEFAULT_Q = 0.7  # log-interval half-width for an engine no row calibrates (x2 either way)
+
+
+def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, engine: str = "transformers",
+            quality: QualityModel | None = None, speed_model=None, split: str | None = None) -> Prediction:
+    """Every figure for one configuration on ``engine`` (call :func:`models.support.engine_block` first:
+    this does not check that the engine runs it)."""
+    eng = cat.engines[engine]
+    if eng.runs_everything:
+        p = predict_harness(cat, gpu, llm, cand, sc, quality, speed_model)
+        p.engine = eng.id
+        return p
+    return _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split)
+
+
+def _est(value, lo, hi, unit, detail) -> Estimate:
+    lo, hi = min(lo, value), max(hi, value)
+    return Estimate(value, lo, hi, unit, "fitted", detail)
+
+
+def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
+    doc = load_params()["engines"].get(eng.id)
+    params = doc["params"] if doc else es.prior_params([])
+    q = es.query(cat, gpu, llm, cand, eng, sc.num_gpus, split)
+    a, p = es.arrays(q), es.row_params(params, q.kernel)
+    notes: list[str] = []
+    B, P, G = float(sc.batch), float(sc.prompt_len), float(sc.gen_len)
+    ctx = P + G / 2
+    t_dec = float(es.decode_step_s(a, p, B, ctx))
+    t_pre = float(es.prefill_s(a, p, 1.0, P))
+    roof_dec = float(es.roofline_decode_s(a, B, ctx))
+    roof_pre = float(es.roofline_prefill_s(a, 1.0, P))
+    t_dec, t_pre = max(t_dec, roof_dec), max(t_pre, roof_pre)
+    arch = arch_of(gpu.cc)
+    if doc:
+        w, why = widen_factor(doc["domain"], q.kernel, arch)
+        qd, qp = doc["q90"].get("decode", DEFAULT_Q) * w, doc["q90"].get("prefill", DEFAULT_Q) * w
+        notes += [f"{eng.id}: {x}" for x in why]
+        if gpu.id not in doc.get("gpus", []):
+            notes.append(f"{eng.id}: no published or measured row on {gpu.id}; efficiencies from other GPUs")
+        detail = (f"{eng.id} cost model (models/engine_speed.py; kernel {q.kernel}; fitted on {doc['rows']} "
+                  f"rows from {len(doc['sources'])} sources)")
+    else:
+        qd = qp = DEFAULT_Q
+        notes.append(f"{eng.id}: no fitted rows; prior kernel efficiencies")
+        detail = f"{eng.id} cost model (priors only)"
+    if q.split == "layer":
+        notes.append(f"llama.cpp layer split over {sc.num_gpus} GPUs: memory pooled, GPUs run one after another")
+    step = _est(t_dec * 1e3, max(roof_dec * 1e3, t_dec * 1e3 * math.exp(-qd)), t_dec * 1e3 * math.exp(qd), "ms", detail)
+    tok = Estimate(B / (step.value / 1e3), B / (step.high / 1e3), B / (step.low / 1e3), "tok/s", "fitted", detail)
+    pre = _est(t_pre * 1e3, max(roof_pre * 1e3, t_pre * 1e3 * math.exp(-qp)), t_pre * 1e3 * math.exp(qp), "ms", detail)
+    util = roof_dec / t_dec
+    spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes)
+    # memory: weights + KV of batch x context + the engine's runtime, per GPU
+    n = sc.num_gpus
+    kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9
+    rt = es.RUNTIME_GB.get(eng.id, 1.5)
+    per = (q.w.weights_gb + kv_gb) / n + rt
+    mem = MemoryBreakdown(q.w.weights_gb, kv_gb, 0.0, rt,
+                          Estimate(per, per - 0.5 * rt, per + 0.5 * rt + 0.05 * per, "GB", "analytical",
+                                   f"weights + KV of batch x context (exact byte counts) + {eng.id} runtime "
+                                   f"(assumption {rt} GB); {eng.id} reserves {eng.get('memory_fraction'):.0%} of "
+                                   f"the GPU and fills the rest with KV blocks"))
+    power = energy.board_power_w(gpu.tdp_w, util, gpu.idle_w) * n
+    jpt = energy.joules_per_token(power, t_dec, sc.batch)
+    rel = energy.REL_ERR + (step.high / step.value - 1)
+    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
+    usd = None
+    price = gpu.cloud_usd_per_hour
+    if price:
+        k = price * n / 3600 * 1e6
+        usd = Estimate(k / tok.value, k / tok.high, k / tok.low, "USD/Mtok", "analytical",
+                       f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date')}) "
+                       "/ predicted decode throughput")
+    qm = quality or QualityModel.from_catalog(cat)
+    loss, parts, missing = qm.predict(llm, cand)
+    dec = step.scale(sc.gen_len * 1e-3, "s")
+    lat = pre.scale(1e-3, "s")
+    req = Estimate(lat.value + dec.value, lat.low + dec.low, lat.high + dec.high, "s", "fitted",
+                   "prefill + gen_len x decode step")
+    out = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=f"engine:{eng.id}")
+    out.engine = eng.id
+    out.memory_fraction = float(eng.get("memory_fraction", 1.0))
+    out.kv_capacity_tokens = es.kv_capacity_tokens(q, gpu.memory_gb, out.memory_fraction)
+    if loss is not None:
+        kept = max(0.0, 1.0 - loss.value)
+        wh = jpt * 1000 / 3600
+        out.eor = energy.eor(kept, wh)
+        out.tweor = energy.tweor(kept, wh, req.value)
+    return out
+
+
+def ttft_ms(p: Prediction) -> Estimate:
+    """Time to first token of one request: its prefill and one decode step."""
+    a, b = p.speed.prefill_ms, p.speed.decode_step_ms
+    return Estimate(a.value + b.value, a.low + b.low, a.high + b.high, "ms", a.source, "prefill + one decode step")
+
+
+__all__ = ["predict", "ttft_ms", "np"]
