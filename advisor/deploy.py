@@ -76,4 +76,7 @@ def transformers_snippet(cat: Catalog, llm: LLM, cand: Candidate, has_bf16: bool
 
 def option_names(command: str) -> list[str]:
     """The option names a command line uses (tokens starting with '-', not negative numbers)."""
-    return [t for t in command.split() if t.startswith("-") and not t.lstrip("-").replace(".", "").isdigit()]
+    toks = command.split()
+    if toks[:2] == ["python", "-m"]:  # the interpreter's own option, not the engine's
+        toks = toks[3:]
+    return [t for t in toks if t.startswith("-") and not t.lstrip("-").replace(".", "").isdigit()]

@@ -267,6 +267,10 @@ def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
     return why + (f" ({extra[0]})" if extra else "")
 
 
+def rec_capacity(cat: Catalog, gpu_id: str) -> float:
+    return cat.gpus[gpu_id].memory_gb
+
+
 def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
     """The nearest change of each constraint that would make some candidate feasible."""
     req = rec.request
@@ -284,6 +288,21 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
                    f"{smallest.prediction.memory.per_gpu_gb.value:.1f} GB per GPU; try --num-gpus "
                    f"{req.num_gpus + 1}, a shorter --context, or a GPU with more memory"
                    + (f" ({', '.join(g.id for g in bigger)})" if bigger else ""))
+    mem_q = [e for e in ev if e.rejected_by == "memory" and (req.max_quality_loss is None or (
+        e.prediction.quality_loss is not None and e.prediction.quality_loss.value <= req.max_quality_loss))]
+    if mem_q:
+        e = min(mem_q, key=lambda e: e.prediction.memory.per_gpu_gb.value)
+        p = e.prediction
+        need, cap = p.memory.per_gpu_gb.value, rec_capacity(cat, rec.gpu_id)
+        frac = need / cap
+        roof = 1e3 / p.speed.roofline_decode_ms
+        out.append(f"memory: the smallest candidate within the quality bound ({e.candidate.label} on {p.engine}) needs "
+                   f"{need:.1f} GB per GPU, {frac:.0%} of the {cap:g} GB card ({p.engine} uses "
+                   f"{p.memory_fraction:.0%})" + (f": an engine memory fraction of {min(0.99, frac + 0.01):.2f} "
+                                                   f"would admit it" if frac < 0.99 else "")
+                   + f", or --num-gpus {req.num_gpus * 2}; it would run at {p.speed.per_seq_tok_s.value:.1f} tok/s "
+                   f"per sequence (interval {p.speed.per_seq_tok_s.low:.1f}-{p.speed.per_seq_tok_s.high:.1f}; the "
+                   f"bandwidth roofline, {p.memory.weights_gb:.1f} GB read per token, caps it at {roof:.1f})")
     q_ok = [e for e in fits if e.rejected_by != "quality"]
     if fits and not q_ok and req.max_quality_loss is not None:
         known = [e for e in fits if e.prediction.quality_loss is not None]

@@ -27,10 +27,12 @@ from .candidate import Candidate
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
 COVERAGE = 0.90
+INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources
 WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
 KV_OF = {"fp16": "kv-fp16", "bf16": "kv-fp16", "auto": "kv-fp16", "fp8": "kv-fp8", "fp8_e4m3": "kv-fp8",
          "fp8_e5m2": "kv-fp8", "q8_0": "kv-q8_0", "q4_0": "kv-q4_0", "f16": "kv-fp16"}
 ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
+_UB = __import__("re").compile(r"micro-?batch size \(-ub\) (\d+)", __import__("re").I)
 
 
 @dataclass
@@ -70,6 +72,23 @@ def _num(v, default=0.0) -> float:
     return default if math.isnan(f) else f
 
 
+# Published precision labels that are one catalog method on the engines (vLLM runs an FP8 checkpoint as
+# weight-only FP8 Marlin on Ampere: the catalog's fp8 on sm80/86).
+PRECISION_OF = {"fp8-wo": "fp8"}
+
+
+def _lookup(cat: Catalog, kind: str, name):
+    """Catalog entry for a row's GPU or model id, through the catalog's aliases (an ambiguous alias takes
+    the catalog's pick); None when unknown."""
+    from profiles import UnknownProfileError
+
+    try:
+        rid = cat.resolve(kind, str(name)).id
+    except UnknownProfileError:
+        return None
+    return (cat.gpus if kind == "gpu" else cat.llms)[rid]
+
+
 def _metric_of(r) -> str:
     m = str(r["metric"])
     text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
@@ -91,11 +110,11 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     for i, r in sub.iterrows():
         def skip(why):
             skipped[why] = skipped.get(why, 0) + 1
-        gpu, llm = cat.gpus.get(str(r["gpu"])), cat.llms.get(str(r["model"]))
+        gpu, llm = _lookup(cat, "gpu", r["gpu"]), _lookup(cat, "model", r["model"])
         if gpu is None or llm is None or gpu.vendor != "nvidia":
             skip("GPU or model not in the catalog (or not NVIDIA)")
             continue
-        prec = str(r["precision"])
+        prec = PRECISION_OF.get(str(r["precision"]), str(r["precision"]))
         kv = KV_OF.get(str(r.get("kv_dtype") or "fp16").lower())
         metric = _metric_of(r)
         if prec not in cat.methods or kv is None or metric not in es.METRICS:
@@ -119,9 +138,17 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             skip("throughput row without input/output lengths")
             continue
         b = _num(r.get("batch"), 0)
+        text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
+        if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
+            skip("latency under a request rate with no stated concurrency")
+            continue
         if es.METRIC_GROUP[metric] == "throughput":
             b = es.serving_batch(q, gpu.memory_gb, float(eng.get("memory_fraction", 0.9)), prompt, gen, b or None)
-        for k, v in es.arrays(q).items():
+        qa = es.arrays(q)
+        ub = _UB.search(str(r.get("notes") or ""))
+        if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward
+            qa["chunk"] = float(ub.group(1))
+        for k, v in qa.items():
             arrs.setdefault(k, []).append(v)
         for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth),
                      ("y", float(r["value"])), ("kernel", q.kernel), ("source", str(r["source_id"])),
@@ -190,7 +217,7 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
         return np.concatenate([r, prior_weight * (theta - mu) / sig])
 
     sol = least_squares(resid, np.clip(mu, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
-                        max_nfev=200)
+                        max_nfev=100)
     return _unpack(sol.x, layout)
 
 
@@ -198,13 +225,15 @@ def _groups(d: Design) -> np.ndarray:
     return np.array([es.METRIC_GROUP[m] for m in d.metric])
 
 
-def loso_log_residuals(d: Design) -> np.ndarray:
+def loso_log_residuals(d: Design, folds: int | None = None) -> np.ndarray:
     """log(predicted / reported) of every row from a fit that never saw the row's source (NaN where the
-    source is the only one)."""
+    source is the only one). ``folds``: hold out sources in that many groups instead of one by one."""
     out = np.full(len(d), np.nan)
-    for s in sorted(set(d.source)):
-        te = d.source == s
-        if te.all():
+    srcs = sorted(set(d.source))
+    groups = [srcs[i::folds] for i in range(folds)] if folds and folds < len(srcs) else [[s] for s in srcs]
+    for grp in groups:
+        te = np.isin(d.source, grp)
+        if te.all() or not te.any():
             continue
         pr = fit_params(d.take(~te))
         out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
@@ -269,7 +298,7 @@ def validate_engine(d: Design, nested: bool = True) -> dict:
         tr = d.take(~te)
         pr = fit_params(tr)
         p = predict_design(pr, d.take(te))
-        inner = loso_log_residuals(tr) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
+        inner = loso_log_residuals(tr, INNER_FOLDS) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
         q = conformal_q(inner, _groups(tr))
         dom = domain_of(tr)
         qq = np.array([q.get(g, q["all"]) * widen_factor(dom, k, a)[0]

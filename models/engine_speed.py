@@ -173,7 +173,8 @@ def arrays(q: Query) -> dict:
     return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "link": q.link, "W": q.w.weight_bytes,
             "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
-            "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192))}
+            "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192)),
+            "pipe": 1.0 if q.n > 1 and not tp else 0.0}
 
 
 def allreduce_s(a: dict, tokens):
@@ -196,10 +197,12 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     """Seconds to prefill ``batch x prompt`` tokens after ``depth`` cached ones, in the engine's chunks."""
     tokens = batch * prompt
     chunks = np.maximum(1.0, np.ceil(tokens / a["chunk"]))
-    t_w = chunks * a["W"] / (a["div"] * a["bw"] * p["e_bw"])
-    t_c = tokens * a["F"] / (a["div"] * a["peak"] * p["e_pre"])
-    t_attn = tokens * (depth + prompt / 2) * a["A"] / (a["div"] * a["peak16"] * p["e_attn"])
-    return _soft(t_w, t_c) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 + allreduce_s(a, tokens)
+    # a layer split pipelines successive chunks through its GPUs (llama.cpp pipeline parallelism)
+    div = np.where(a.get("pipe", 0.0) > 0, np.minimum(a["n"], chunks), a["div"])
+    t_w = chunks * a["W"] / (div * a["bw"] * p["e_bw"])
+    t_c = tokens * a["F"] / (div * a["peak"] * p["e_pre"])
+    t_attn = tokens * (depth + prompt / 2) * a["A"] / (div * a["peak16"] * p["e_attn"])
+    return _soft(t_w, t_c) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 / div + allreduce_s(a, tokens)
 
 
 def roofline_decode_s(a: dict, batch, ctx):

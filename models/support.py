@@ -96,7 +96,8 @@ def engine_block(cat: Catalog, eng: Engine, gpu: GPU, llm: LLM, cand: Candidate,
     if eng.kernel(cand.precision, arch) is None:
         where = eng.archs_of(cand.precision)
         others = [e.id for e in cat.engines.values() if e.id != eng.id and
-                  (e.kernel(cand.precision, arch) or (e.runs_everything and not hardware_block(cat, gpu, cand)))]
+                  (e.kernel(cand.precision, arch) or (e.runs_everything and cand.precision not in
+                                                      (e.get("not_run") or []) and not hardware_block(cat, gpu, cand)))]
         why = (f"{eng.id} {eng.version} runs {cand.precision} on {', '.join(where)} only" if where
                else f"{eng.id} {eng.version} does not run {cand.precision}")
         return (f"{why} ({gpu.name} is {arch}); engines that run it there: "

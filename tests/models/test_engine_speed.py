@@ -1,0 +1,59 @@
+"""The engine cost model: physics bounds, and a fit that recovers known efficiencies."""
+import numpy as np
+import pytest
+
+from models import engine_fit as ef
+from models import engine_speed as es
+from models.candidate import Candidate
+from profiles import load
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load()
+
+
+def test_never_beats_the_roofline_on_any_gpu(cat):
+    for g in cat.gpus.values():
+        if g.vendor != "nvidia":
+            continue
+        eng = cat.engines["vllm"]
+        q = es.query(cat, g, cat.llm("llama3.1-8b"), Candidate("fp16"), eng)
+        a = es.arrays(q)
+        best = {k: es.PARAM_PRIORS[k][3] for k in es.ENGINE_PARAMS + es.KERNEL_PARAMS}
+        best.update(host_ms=0.0, layer_us=0.0, pre_fix_ms=0.0)
+        for b in (1, 8, 64, 256):
+            assert es.decode_step_s(a, best, b, 2048) >= es.roofline_decode_s(a, b, 2048) * 0.999
+
+
+def test_fit_recovers_efficiencies_from_synthetic_rows(cat):
+    eng = cat.engines["vllm"]
+    truth = es.prior_params(["cublas-16"])
+    truth["kernels"]["cublas-16"].update(e_bw=0.82, e_pre=0.6)
+    rows = []
+    for gid in ("h100-sxm", "a100-80g-sxm", "l40s"):
+        q = es.query(cat, cat.gpu(gid), cat.llm("llama3.1-8b"), Candidate("bf16"), eng)
+        a, p = es.arrays(q), es.row_params(truth, q.kernel)
+        for b in (1, 4, 16):
+            rows.append((gid, a, "tpot_ms", b, 512, 128, float(es.decode_step_s(a, p, b, 512 + 64)) * 1e3))
+        rows.append((gid, a, "prefill_tok_s", 1, 4096, 0, 4096 / float(es.prefill_s(a, p, 1, 4096))))
+    arr = {k: np.array([r[1][k] for r in rows], float) for k in rows[0][1]}
+    n = len(rows)
+    d = ef.Design("vllm", arr, np.array([r[2] for r in rows], object), np.array([r[3] for r in rows], float),
+                  np.array([r[4] for r in rows], float), np.array([r[5] for r in rows], float), np.zeros(n),
+                  np.array([r[6] for r in rows], float), np.array(["cublas-16"] * n, object),
+                  np.array([f"s{i % 3}" for i in range(n)], object), np.array(["sm90"] * n, object),
+                  np.array([r[0] for r in rows], object), np.array(["published"] * n, object), np.arange(n))
+    fit = ef.fit_params(d, prior_weight=0.01)
+    assert abs(fit["kernels"]["cublas-16"]["e_bw"] - 0.82) < 0.05
+    pred = ef.predict_design(fit, d)
+    assert np.median(np.abs(pred / d.y - 1)) < 0.03
+    res = ef.validate_engine(d, nested=False)
+    assert res["all"]["all"]["n"] == n
+
+
+def test_widening_for_unseen_kernel_and_arch():
+    dom = {"cublas-16": ["sm90"]}
+    assert ef.widen_factor(dom, "cublas-16", "sm90")[0] == 1.0
+    assert ef.widen_factor(dom, "cublas-16", "sm80")[0] > 1.0
+    assert ef.widen_factor(dom, "marlin-int4", "sm90")[0] > ef.widen_factor(dom, "cublas-16", "sm80")[0]

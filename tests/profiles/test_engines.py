@@ -1,0 +1,44 @@
+"""The engine catalog: schema, citations, and what runs where."""
+import pytest
+
+from profiles import SchemaError, load
+from profiles.engines import ARCHS, check_engines
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return load()
+
+
+def test_every_engine_method_is_cited_and_known(cat):
+    for e in cat.engines.values():
+        if e.runs_everything:
+            continue
+        for mid in e.method_ids():
+            assert mid in cat.methods
+            entry = e.method_entry(mid)
+            assert entry["source"] and set(entry["kernels"]) <= set(ARCHS)
+
+
+def test_schema_refuses_unknown_method_and_keys(cat):
+    doc = {"schema_version": 1, "engines": [dict(cat.engines["vllm"].raw)]}
+    doc["engines"][0] = {**doc["engines"][0], "methods": {"no-such-method": {"kernels": {"sm90": "x"}, "source": "s"}}}
+    with pytest.raises(SchemaError, match="no-such-method"):
+        check_engines(doc, set(cat.methods))
+    doc["engines"][0]["methods"] = {"bf16": {"kernels": {"sm90": "x"}, "source": "s", "speed": 3}}
+    with pytest.raises(SchemaError, match="unknown keys"):
+        check_engines(doc, set(cat.methods))
+
+
+def test_vllm_runs_int4_on_turing_but_fp8_wants_ampere(cat):
+    v = cat.engines["vllm"]
+    assert v.kernel("awq-int4", "sm75") and v.kernel("gptq-int4", "sm75") and v.kernel("w8a8", "sm75")
+    assert v.kernel("fp8", "sm75") is None and v.kernel("fp8", "sm80") == "marlin-fp8-wo"
+    assert v.kernel("fp8", "sm90") == "cutlass-fp8"
+
+
+def test_unknown_engine_lists_the_engines(cat):
+    with pytest.raises(LookupError) as e:
+        cat.engine("vllmm")
+    for eid in cat.engines:
+        assert eid in str(e.value)
