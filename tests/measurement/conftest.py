@@ -1,10 +1,20 @@
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+# The harness tests need torch and transformers; the llama.cpp and dataset tests do not, so only the
+# former are left out where those are missing.
+try:
+    import torch
+    import transformers  # noqa: F401
+except ImportError:
+    torch = None
+    collect_ignore = ["test_apply.py", "test_decode_graph.py", "test_gpu.py", "test_harness.py",
+                      "test_quality_campaign.py"]
 
 
-from measurement.testing import tiny_config  # noqa: E402
+def tiny_config(*a, **k):
+    from measurement.testing import tiny_config as t
+
+    return t(*a, **k)
 
 
 @pytest.fixture

@@ -1,0 +1,611 @@
+"""Device runner: one call = write GGUFs, quantize, measure, each step under a deadline.
+
+    python3 -m measurement.llamacpp.run --plan smoke --budget 330 --out $OUT \
+        --bin /tmp/lcpp/bin --src /tmp/lcpp/src --source-id CALL_ID --commit SHA
+
+Every result is appended to ``$OUT/rows.csv`` the moment it exists; raw llama-bench / batched-bench
+lines go to ``$OUT/raw_bench.jsonl`` (one JSON object a line, with the model, type and arrival time), the
+log to ``$OUT/run.log``, the machine facts to ``$OUT/env.json``.
+
+Files: a producer thread writes each model's F16 GGUF (gguf-py) and quantizes it (llama-quantize) on the
+cores the benchmarks do not use, at most ``--lookahead`` files ahead of the benchmarks and only while the
+disk has room; a file is deleted as soon as no pending step needs it. Benchmarks run pinned to cores
+0-3 (``cpu_job_concurrent`` says whether a producer job was running during the row's measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bench import (Deadline, ModelFacts, RowWriter, batched_rows, energy_between, make_row,
+                    parse_batched_bench_line, parse_llama_bench_record, status_row)
+from .build import BUILD_FLAGS, engine_version_string, version_info
+from .gguf_arch import arch_spec, read_tensor_table
+
+# --------------------------------------------------------------------------------------------- plans
+LB_FULL = {"kind": "lb", "p": [512, 2048, 8192], "n": [128], "d": [0, 4096], "kv": "f16"}
+BB = {"kind": "bb", "npp": 512, "ntg": 128, "npl": [1, 2, 4, 8, 16, 32, 64], "reps": 3, "kv": "f16"}
+
+
+def LB_KV(kv):
+    return {"kind": "lb", "p": [512, 8192], "n": [128], "d": [0, 4096], "kv": kv}
+
+
+ALL_TYPES = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS"]
+
+
+def _model_steps(model, types, bb_types=(), kv_types=(), reps=5):
+    """Priority order inside one model: every type at batch 1, then batches, then KV types."""
+    steps = [(model, q, [dict(LB_FULL, reps=reps)]) for q in types]
+    steps += [(model, q, [dict(BB)]) for q in bb_types]
+    steps += [(model, q, [dict(LB_KV(kv), reps=reps) for kv in ("q8_0", "q4_0")]) for q in kv_types]
+    return steps
+
+
+PLANS = {
+    # call 1: the small models, everything end to end
+    "smoke": (_model_steps("llama3.2-1b", ALL_TYPES, ["F16", "Q4_K_M"], ["F16"])
+              + _model_steps("llama3.2-3b", ALL_TYPES, ["F16", "Q4_K_M", "Q8_0"], ["Q4_K_M"])),
+    # call 2: the 8B, every type at batch 1, then batches, then KV types; a CUDA-graphs-off diagnostic of
+    # the F16 decode; then the 3B if time is left (same vocabulary file)
+    "8b": (_model_steps("llama3.1-8b", ["F16", "Q4_K_M", "Q8_0", "Q4_0", "Q6_K", "Q5_K_M", "IQ4_XS"],
+                        ["F16", "Q4_K_M", "Q8_0", "Q4_0"], ["F16", "Q4_K_M"])
+           + [("llama3.1-8b", "F16", [{"kind": "lb", "p": [0], "n": [128], "d": [0], "kv": "f16", "reps": 5,
+                                       "env": {"GGML_CUDA_DISABLE_GRAPHS": "1"},
+                                       "notes": "diagnostic: GGML_CUDA_DISABLE_GRAPHS=1"}])]
+           + _model_steps("llama3.2-3b", ["F16", "Q4_K_M", "Q8_0", "Q4_0"], ["Q4_K_M"], [], reps=4)),
+    # call 1 (while the engine builds on the device): the 1B end to end, then two other architectures
+    "first": (_model_steps("llama3.2-1b", ALL_TYPES, ["F16", "Q4_K_M"], ["F16"])
+              + _model_steps("qwen2.5-7b", ["F16", "Q4_K_M", "Q8_0", "Q4_0"], ["Q4_K_M"], [], reps=4)
+              + _model_steps("mistral-7b", ["F16", "Q4_K_M", "Q8_0", "Q4_0"], ["Q4_K_M"], [], reps=4)
+              + _model_steps("llama3.2-3b", ALL_TYPES, ["Q4_K_M"], [])),
+    # call 3: the other architectures, interleaved so the slow K-quant quantizations overlap benchmarks
+    "others": [("mistral-7b", "F16", [dict(LB_FULL, reps=4)]),
+               ("llama2-13b", "F16", [dict(LB_FULL, reps=4)]),
+               ("mistral-7b", "Q4_K_M", [dict(LB_FULL, reps=4)]),
+               ("llama2-13b", "Q4_0", [dict(LB_FULL, reps=4)]),
+               ("mistral-7b", "Q4_K_M", [dict(BB)]),
+               ("llama2-13b", "Q4_0", [dict(BB)]),
+               ("mistral-7b", "Q8_0", [dict(LB_FULL, reps=4)]),
+               ("llama2-13b", "Q4_K_M", [dict(LB_FULL, reps=4)]),
+               ("mistral-7b", "Q4_0", [dict(LB_FULL, reps=4)]),
+               ("llama2-13b", "Q8_0", [dict(LB_FULL, reps=4)])],
+}
+
+
+# --------------------------------------------------------------------------------------------- machine
+def sh(cmd, timeout=30):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except Exception as e:  # noqa
+        return f"ERR {e}"
+
+
+def gpu_facts() -> dict:
+    q = sh("nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,power.limit,clocks.max.sm "
+           "--format=csv,noheader")
+    parts = [p.strip() for p in q.split(",")]
+    f = {"gpu_name": parts[0] if parts else "", "gpu_uuid": parts[1] if len(parts) > 1 else "",
+         "driver": parts[2] if len(parts) > 2 else "", "nvidia_smi": q}
+    nv = sh("nvcc --version | tail -2 | head -1")
+    try:
+        import torch
+        f["cuda"] = f"torch {torch.__version__} cuda {torch.version.cuda}; {nv}"
+    except Exception:
+        f["cuda"] = nv
+    return f
+
+
+def measure_peaks(log) -> dict:
+    import torch
+
+    def bench(fn, iters=10, warm=3):
+        for _ in range(warm):
+            fn()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(iters):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(); fn(); b.record(); b.synchronize()
+            ts.append(a.elapsed_time(b) / 1e3)
+        return statistics.median(ts)
+
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    t = bench(lambda: dst.copy_(src), iters=20)
+    bw = 2 * n * 2 / t / 1e9
+    t = bench(lambda: src.sum(dtype=torch.float32), iters=20)
+    rbw = n * 2 / t / 1e9
+    del src, dst
+    M = 8192
+    a = torch.randn(M, M, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(M, M, device="cuda", dtype=torch.bfloat16)
+    t = bench(lambda: a @ b, iters=20)
+    pk = 2 * M ** 3 / t / 1e12
+    del a, b
+    torch.cuda.empty_cache()
+    log(f"peaks: copy {bw:.0f} GB/s (read+write), read-only (sum) {rbw:.0f} GB/s, bf16 matmul {pk:.0f} TFLOP/s")
+    return {"copy_bw_gbps": bw, "peak_tflops_bf16": pk, "read_bw_gbps": rbw}
+
+
+class EnergySampler(threading.Thread):
+    """(time.time(), total energy mJ) every ``period`` s from NVML."""
+
+    def __init__(self, period=0.05):
+        super().__init__(daemon=True)
+        self.period = period
+        self.samples: list[tuple[float, float]] = []
+        self.ok = False
+        self._halt = threading.Event()
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.h = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.nv = pynvml
+            self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h)
+            self.ok = True
+        except Exception:
+            self.ok = False
+
+    def run(self):
+        while self.ok and not self._halt.is_set():
+            try:
+                self.samples.append((time.time(), float(self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h))))
+            except Exception:
+                pass
+            time.sleep(self.period)
+
+    def stop(self):
+        self._halt.set()
+
+    def power(self, t0, t1):
+        e = energy_between(list(self.samples), t0, t1)
+        return e / (t1 - t0) if e is not None and t1 > t0 else None
+
+
+# --------------------------------------------------------------------------------------------- files
+@dataclass
+class FileJob:
+    model: str
+    qtype: str
+    path: Path
+    users: int = 0  # pending consumer steps
+    derived: int = 0  # pending quant jobs from this (F16 only)
+    ready: threading.Event = field(default_factory=threading.Event)
+    status: str = ""  # ok / unsupported / error
+    reason: str = ""
+    seconds: float = 0.0
+    deleted: bool = False
+
+
+class Files:
+    def __init__(self, steps, root: Path, binp: Path, src: Path, log, lookahead=2, prod_cores=None, deadline=None):
+        self.root, self.bin, self.src, self.log = root, binp, src, log
+        self.lookahead, self.prod_cores, self.deadline = lookahead, prod_cores, deadline
+        self.jobs: dict[tuple, FileJob] = {}
+        self._params: dict[str, int] = {}
+        self.order: list[tuple] = []
+        for m, q, _ in steps:
+            k = (m, q)
+            if k not in self.jobs:
+                self.jobs[k] = FileJob(m, q, root / f"{m}-{q}.gguf")
+                self.order.append(k)
+            self.jobs[k].users += 1
+        # F16 of each model first (source of the quants)
+        for m, q in list(self.order):
+            f16 = (m, "F16")
+            if f16 not in self.jobs:
+                self.jobs[f16] = FileJob(m, "F16", root / f"{m}-F16.gguf")
+            if q != "F16":
+                self.jobs[f16].derived += 1
+        prod = []
+        for k in self.order:
+            f16 = (k[0], "F16")
+            if f16 not in prod:
+                prod.append(f16)
+            if k not in prod:
+                prod.append(k)
+        self.prod_order = prod
+        self.consumed = 0  # index into self.order of the step being consumed (files before it used)
+        self.lock = threading.Lock()
+        self.busy = False  # a producer job is running right now
+        self.stop = False
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+
+    def est_bytes(self, m, q):
+        from profiles import load
+        if m not in self._params:
+            self._params[m] = arch_spec(load().llm(m)).n_params
+        n = self._params[m]
+        bpw = {"F16": 16, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K_M": 5.7, "Q4_K_M": 4.9, "Q4_0": 4.6, "IQ4_XS": 4.4}.get(q, 16)
+        return n * bpw / 8
+
+    def _wait_room(self, k):
+        while not self.stop:
+            idx = self.order.index(k) if k in self.order else -1
+            ahead_ok = idx < 0 or idx - self.consumed <= self.lookahead
+            free = shutil.disk_usage(self.root).free
+            need = self.est_bytes(*k) + 3e9
+            if ahead_ok and free >= need:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def _produce(self):
+        from profiles import load
+        cat = load()
+        if self.prod_cores:
+            try:
+                os.sched_setaffinity(0, self.prod_cores)
+            except Exception:
+                pass
+        for k in self.prod_order:
+            job = self.jobs[k]
+            if self.stop:
+                break
+            if not self._wait_room(k):
+                break
+            if self.deadline is not None and self.deadline.remaining() < 20:
+                job.status, job.reason = "error", "deadline before the file was made"
+                job.ready.set()
+                continue
+            t0 = time.time()
+            self.busy = True
+            try:
+                if job.qtype == "F16":
+                    r = self._write_f16(cat, job)
+                else:
+                    r = self._quantize(job)
+                job.status, job.reason = r
+            except Exception as e:
+                job.status, job.reason = "error", f"{type(e).__name__}: {e}"[:300]
+                self.log(traceback.format_exc())
+            finally:
+                self.busy = False
+            job.seconds = time.time() - t0
+            self.log(f"file {k}: {job.status} {job.reason} in {job.seconds:.1f}s"
+                     + (f", {job.path.stat().st_size / 1e9:.2f} GB" if job.path.exists() else ""))
+            job.ready.set()
+            if job.qtype != "F16":
+                self._derived_done(job.model)
+            self._maybe_delete(job)
+
+    def _write_f16(self, cat, job):
+        sys.path.insert(0, str(self.src / "gguf-py"))
+        from .gguf_arch import write_gguf
+        spec = arch_spec(cat.llm(job.model))
+        tmp = job.path.with_suffix(".tmp")
+        info = write_gguf(spec, tmp, self.src / "models")
+        tmp.rename(job.path)
+        return "ok", f"gguf-py wrote {info['params'] / 1e9:.3f}B params in {info['seconds']}s"
+
+    def _quantize(self, job):
+        f16 = self.jobs[(job.model, "F16")]
+        f16.ready.wait()
+        qbin = self.bin / "llama-quantize"
+        while not qbin.exists() and not self.stop and (self.deadline is None or self.deadline.remaining() > 20):
+            time.sleep(1)  # the build may still be running
+        if f16.status != "ok":
+            return "error", f"no F16 source: {f16.reason}"
+        n = len(self.prod_cores) if self.prod_cores else (os.cpu_count() or 4)
+        tmp = job.path.with_suffix(".tmp")
+        cmd = [str(self.bin / "llama-quantize"), str(f16.path), str(tmp), job.qtype, str(n)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        tail = (p.stdout + p.stderr)[-1500:]
+        if p.returncode != 0 or not tmp.exists():
+            tmp.unlink(missing_ok=True)
+            low = tail.lower()
+            st = "unsupported" if ("imatrix" in low or "importance matrix" in low or "invalid" in low) else "error"
+            return st, f"llama-quantize rc={p.returncode}: " + " ".join(tail.split()[-40:])
+        tmp.rename(job.path)
+        return "ok", f"llama-quantize {job.qtype} nthreads={n}"
+
+    def _derived_done(self, model):
+        with self.lock:
+            f16 = self.jobs[(model, "F16")]
+            f16.derived -= 1
+        self._maybe_delete(f16)
+
+    def release(self, k):
+        with self.lock:
+            self.jobs[k].users -= 1
+        self._maybe_delete(self.jobs[k])
+
+    def _maybe_delete(self, job):
+        with self.lock:
+            if job.users <= 0 and job.derived <= 0 and not job.deleted and job.ready.is_set():
+                job.deleted = True
+                if job.path.exists():
+                    job.path.unlink()
+                    self.log(f"deleted {job.path.name}")
+
+
+# --------------------------------------------------------------------------------------------- facts
+def model_facts(path: Path, model: str, qtype: str) -> ModelFacts:
+    from profiles import load
+    llm = load().llm(model)
+    spec = arch_spec(llm)
+    tt = read_tensor_table(path)["tensors"]
+    tb = sum(t["bytes"] for t in tt.values())
+    eb = tt["token_embd.weight"]["bytes"]
+    hd = llm.head_dim or llm.hidden_size // llm.num_attention_heads
+    return ModelFacts(model=model, qtype=qtype, file_bytes=path.stat().st_size, tensor_bytes=tb, embd_bytes=eb,
+                      tied=spec.tied, n_params=spec.n_params, block_params=spec.layer_params,
+                      head_params=spec.output_params, layers=llm.num_hidden_layers, heads=llm.num_attention_heads,
+                      head_dim=hd, kv_heads=llm.num_key_value_heads)
+
+
+def estimate_s(bench: dict, f: ModelFacts, bw=4.0e12, peak=5e14) -> float:
+    """Rough seconds for one benchmark invocation (load + all repetitions + warm-up)."""
+    load = 4 + f.file_bytes / 4e9
+    tg_tok_s = 0.6 * bw / f.weight_bytes_read
+    pp_tok_s = 0.5 * peak / (2 * f.block_params)
+    if bench["kind"] == "lb":
+        runs = bench.get("reps", 5) + 1
+        t = 0.0
+        for d in bench["d"]:
+            for p in bench["p"]:
+                t += runs * p / pp_tok_s * (1 + d / 8192)
+            for n in bench["n"]:
+                t += runs * n / tg_tok_s * (1 + d / 16384)
+            t += d / pp_tok_s
+        return load + t
+    tot = 0.0
+    for pl in bench["npl"]:
+        tot += pl * bench["npp"] / pp_tok_s + bench["ntg"] * (f.weight_bytes_read / (0.6 * bw)) * (1 + pl / 16)
+    return load + 2 + tot * bench["reps"]
+
+
+# --------------------------------------------------------------------------------------------- runner
+class Runner:
+    def __init__(self, a):
+        self.a = a
+        self.out = Path(a.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.logf = open(self.out / "run.log", "a")
+        self.rows = RowWriter(self.out / "rows.csv")
+        self.rawf = open(self.out / "raw_bench.jsonl", "a")
+        self.deadline = Deadline(a.budget, reserve_s=a.reserve)
+        self.bin, self.src = Path(a.bin), Path(a.src)
+        ncpu = os.cpu_count() or 8
+        self.bench_cores = set(range(0, min(4, ncpu)))
+        self.prod_cores = set(range(min(4, ncpu - 1), ncpu)) or None
+        self.counts = {}
+
+    def log(self, msg):
+        line = f"[{self.deadline.elapsed():7.1f}s] {msg}"
+        print(line, flush=True)
+        self.logf.write(line + "\n")
+        self.logf.flush()
+
+    def raw(self, obj):
+        self.rawf.write(json.dumps(obj) + "\n")
+        self.rawf.flush()
+
+    def emit(self, row):
+        self.rows.write(row)
+        k = (row["model"], row["gguf_type"], row["status"])
+        self.counts[k] = self.counts.get(k, 0) + 1
+
+    def ctx_for(self, model, qtype, command):
+        c = dict(self.ctx)
+        c.update(model=model, qtype=qtype, command=command)
+        return c
+
+    def run_proc(self, cmd, timeout, on_line, env=None):
+        """Run pinned to the bench cores; on_line(line, t_arrival) for each stdout line; returns (rc, tail)."""
+        self.log("$ " + " ".join(f"{k}={v}" for k, v in (env or {}).items()) + " " + " ".join(cmd))
+        errp = Path("/tmp/lcpp_proc_stderr.txt")
+        with open(errp, "w") as ef:
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=ef, text=True, bufsize=1,
+                                 env=dict(os.environ, **(env or {})),
+                                 preexec_fn=lambda: os.sched_setaffinity(0, self.bench_cores))
+            timer = threading.Timer(timeout, p.kill)
+            timer.start()
+            try:
+                for line in p.stdout:
+                    on_line(line, time.time())
+                rc = p.wait()
+            finally:
+                timer.cancel()
+        err = errp.read_text(errors="replace")
+        self.logf.write(err[-4000:] + "\n")
+        self.logf.flush()
+        timed_out = rc in (-9, 137) and self.deadline.remaining() >= 0
+        return rc, err[-1500:], timed_out
+
+    def run_lb(self, job, facts, bench):
+        reps = bench.get("reps", 5)
+        kv = bench["kv"]
+        cmd = [str(self.bin / "llama-bench"), "-m", str(job.path), "-p", ",".join(map(str, bench["p"])),
+               "-n", ",".join(map(str, bench["n"])), "-d", ",".join(map(str, bench["d"])), "-r", str(reps + 1),
+               "-fa", "1", "-ngl", "99", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)), "-o", "jsonl"]
+        env = bench.get("env") or {}
+        command = (" ".join(f"{k}={v}" for k, v in env.items()) + " llama-bench "
+                   + " ".join(cmd[3:]).replace(str(job.path), job.path.name)).strip()
+        ctx = self.ctx_for(job.model, job.qtype, command)
+        if bench.get("notes"):
+            ctx["notes"] = "random weights; flash attention on; -ngl 99; " + bench["notes"]
+        got = [0]
+
+        def on_line(line, t):
+            line = line.strip()
+            if not line.startswith("{"):
+                return
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                return
+            self.raw({"tool": "llama-bench", "model": job.model, "qtype": job.qtype, "t_arrival": t,
+                      "source_id": self.a.source_id, "record": rec})
+            cpu_job = self.files.busy
+            for m in parse_llama_bench_record(rec):
+                pw = self.energy.power(t - m.window_s, t) if self.energy.ok and m.window_s > 0.2 else None
+                self.emit(make_row(m, facts, ctx, avg_power_w=pw, cpu_job=cpu_job))
+                got[0] += 1
+
+        est = estimate_s(bench, facts)
+        rc, tail, to = self.run_proc(cmd, self.deadline.timeout_for(est), on_line, env=env)
+        if rc != 0:
+            st = "does_not_fit" if ("out of memory" in tail.lower() or "failed to allocate" in tail.lower()) else "error"
+            self.emit(status_row(ctx, st, f"llama-bench rc={rc}{' (timeout)' if to else ''} after {got[0]} rows: "
+                                 + " ".join(tail.split()[-30:])))
+        self.log(f"  llama-bench {job.model} {job.qtype} kv={kv}: {got[0]} rows rc={rc}")
+
+    def run_bb(self, job, facts, bench):
+        kv = bench["kv"]
+        npl = bench["npl"] * bench["reps"]
+        ctx_len = max(bench["npl"]) * (bench["npp"] + bench["ntg"])
+        cmd = [str(self.bin / "llama-batched-bench"), "-m", str(job.path), "-c", str(ctx_len), "-b", "2048",
+               "-ub", "512", "-npp", str(bench["npp"]), "-ntg", str(bench["ntg"]), "-npl", ",".join(map(str, npl)),
+               "-ngl", "99", "-fa", "on", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)),
+               "--output-format", "jsonl"]
+        command = "llama-batched-bench " + " ".join(cmd[3:]).replace(str(job.path), job.path.name)
+        ctx = self.ctx_for(job.model, job.qtype, command)
+        recs = []
+
+        def on_line(line, t):
+            r = parse_batched_bench_line(line)
+            if not r:
+                return
+            r["t_arrival"] = t
+            r["power_tg"] = self.energy.power(t - r["t_tg"], t) if self.energy.ok and r["t_tg"] > 0.2 else None
+            r["power_pp"] = (self.energy.power(t - r["t"], t - r["t_tg"])
+                             if self.energy.ok and r["t"] - r["t_tg"] > 0.2 else None)
+            r["cpu_job"] = self.files.busy
+            recs.append(r)
+            self.raw({"tool": "llama-batched-bench", "model": job.model, "qtype": job.qtype,
+                      "source_id": self.a.source_id, "record": r})
+
+        est = estimate_s(bench, facts)
+        rc, tail, to = self.run_proc(cmd, self.deadline.timeout_for(est), on_line)
+        n = self.write_bb_rows(recs, facts, ctx, kv)
+        if rc != 0:
+            st = "does_not_fit" if ("out of memory" in tail.lower() or "failed to allocate" in tail.lower()) else "error"
+            self.emit(status_row(ctx, st, f"llama-batched-bench rc={rc}{' (timeout)' if to else ''} after "
+                                 f"{len(recs)} records: " + " ".join(tail.split()[-30:])))
+        self.log(f"  batched-bench {job.model} {job.qtype}: {len(recs)} records -> {n} rows rc={rc}")
+
+    def write_bb_rows(self, recs, facts, ctx, kv):
+        n = 0
+        for m in batched_rows(recs, kv=kv):
+            self.emit(make_row(m, facts, ctx))
+            n += 1
+        return n
+
+    def main(self):
+        a = self.a
+        self.log(f"plan {a.plan}, budget {a.budget}s, out {self.out}")
+        info = version_info(self.src)
+        g = gpu_facts()
+        now = dt.datetime.now(dt.timezone.utc)
+        self.ctx = {"engine_version": engine_version_string(info), "build_flags": a.build_flags or BUILD_FLAGS,
+                    "source_id": a.source_id, "commit": a.commit, "date": now.strftime("%Y-%m-%d"),
+                    "date_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **{k: g.get(k, "") for k in
+                                                                       ("gpu_name", "gpu_uuid", "driver", "cuda")}}
+        steps = PLANS[a.plan]
+        if a.models:
+            steps = [s for s in steps if s[0] in a.models.split(",")]
+        root = Path(a.models_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        self.files = Files(steps, root, self.bin, self.src, self.log, lookahead=a.lookahead,
+                           prod_cores=self.prod_cores, deadline=self.deadline)
+        self.files.thread.start()
+        self.energy = EnergySampler()
+        self.energy.start()
+        try:
+            self.ctx.update(measure_peaks(self.log))
+        except Exception as e:
+            self.log(f"peaks failed: {e}")
+        env = dict(self.ctx, versions=info, disk_free_gb=shutil.disk_usage(root).free / 1e9, nvml_energy=self.energy.ok,
+                   ncpu=os.cpu_count(), nvidia_smi=g.get("nvidia_smi"), plan=a.plan)
+        (self.out / "env.json").write_text(json.dumps(env, indent=1))
+        self.wait_for_bin()
+        if not (self.bin / "llama-bench").exists():
+            self.log(f"no engine binaries at {self.bin}: nothing measured")
+            self.emit(status_row(self.ctx_for("", "", "build"), "error", "engine build missing or failed"))
+            steps = []
+        pending = list(enumerate(steps))
+        while pending:
+            if self.deadline.remaining() < a.reserve + 10:
+                self.log(f"deadline: stop with {len(pending)} steps left: {[p[1][:2] for p in pending]}")
+                break
+            # the first step in priority order whose file is ready (or failed)
+            pick = next((p for p in pending if self.files.jobs[p[1][:2]].ready.is_set()), None)
+            if pick is None:
+                time.sleep(0.2)
+                continue
+            pending.remove(pick)
+            i, (model, qtype, benches) = pick
+            k = (model, qtype)
+            job = self.files.jobs[k]
+            self.files.consumed = max(self.files.consumed, self.files.order.index(k))
+            try:
+                if job.status != "ok":
+                    for b in benches:
+                        ctx = self.ctx_for(model, qtype, f"llama-quantize {qtype}")
+                        self.emit(status_row(ctx, job.status, job.reason,
+                                             metric="decode_tok_s" if b["kind"] == "lb" else "output_tok_s"))
+                    continue
+                facts = model_facts(job.path, model, qtype)
+                for b in benches:
+                    est = estimate_s(b, facts)
+                    if not self.deadline.allows(est):
+                        self.log(f"deadline: skip {k} {b['kind']} kv={b['kv']} (est {est:.0f}s, "
+                                 f"left {self.deadline.remaining():.0f}s)")
+                        continue
+                    t0 = time.time()
+                    (self.run_lb if b["kind"] == "lb" else self.run_bb)(job, facts, b)
+                    self.log(f"  took {time.time() - t0:.1f}s (est {est:.0f}s); left {self.deadline.remaining():.0f}s")
+            except Exception as e:
+                self.log(traceback.format_exc())
+                self.emit(status_row(self.ctx_for(model, qtype, "runner"), "error", f"{type(e).__name__}: {e}"))
+            finally:
+                self.files.release(k)
+        self.files.stop = True
+        self.energy.stop()
+        self.summary()
+
+    def wait_for_bin(self):
+        lb = self.bin / "llama-bench"
+        while not lb.exists() and self.deadline.remaining() > 30:
+            time.sleep(1)
+
+    def summary(self):
+        self.log(f"rows written: {self.rows.n}")
+        for (m, q, s), n in sorted(self.counts.items()):
+            self.log(f"  {m:14s} {q:8s} {s:12s} {n}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plan", required=True, choices=sorted(PLANS))
+    ap.add_argument("--models", default="")
+    ap.add_argument("--budget", type=float, required=True)
+    ap.add_argument("--reserve", type=float, default=12.0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--src", required=True)
+    ap.add_argument("--models-dir", default="/tmp/lcpp_models")
+    ap.add_argument("--source-id", default="")
+    ap.add_argument("--commit", default="")
+    ap.add_argument("--build-flags", default="")
+    ap.add_argument("--lookahead", type=int, default=4)
+    a = ap.parse_args(argv)
+    Runner(a).main()
+
+
+if __name__ == "__main__":
+    main()
