@@ -56,14 +56,16 @@ def register(main: click.Group) -> None:
     @click.option("--engine", default=None,
                   help="Validate the engine cost model of vllm, sglang, tensorrt-llm or llama.cpp on its published "
                        "and measured rows, held out by source (instead of the harness model).")
+    @click.option("--hold-out", "hold_out", type=click.Choice(["source", "model"]), default="source",
+                  show_default=True, help="With --engine: hold out whole sources, or whole models.")
     @click.option("--json", "as_json", is_flag=True)
-    def validate(extra, plots, engine, as_json):
+    def validate(extra, plots, engine, hold_out, as_json):
         """Leave-one-GPU/model/method-out errors and interval coverage; error on published figures."""
         import json as _json
         from pathlib import Path
 
         if engine is not None:
-            _validate_engine(engine, as_json)
+            _validate_engine(engine, as_json, hold_out)
             return
 
         from models.validate import held_out, published_errors, svg_scatter
@@ -101,8 +103,8 @@ def register(main: click.Group) -> None:
         click.echo(f"plots: {plots}/")
 
 
-def _validate_engine(engine: str, as_json: bool) -> None:
-    """advisor validate --engine X: leave-one-source-out errors and nested 90% interval coverage."""
+def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
+    """advisor validate --engine X: leave-one-source-out (or -model-out) errors and nested 90% coverage."""
     import json as _json
 
     from profiles import UnknownProfileError, load
@@ -121,10 +123,11 @@ def _validate_engine(engine: str, as_json: bool) -> None:
     click.echo(f"validating {eid}: one fit per held-out source, nested interval folds (minutes for large sets)",
                err=True)
     d = design(load_engine_rows(), eid)
-    res = validate_engine(d)
+    res = validate_engine(d, by=by)
     res.pop("pairs")
     res["engine"] = eid
-    res["held_out_by"] = "source (leave-one-source-out); intervals from the other sources only (nested)"
+    res["held_out_by"] = (f"{by} (leave-one-{by}-out: every row of the group leaves the fit); intervals from the "
+                          f"other groups only (nested)")
     res["peers"] = _peer_note()
     if as_json:
         click.echo(_json.dumps(res, indent=2))

@@ -53,6 +53,7 @@ class Design:
     gpu: np.ndarray
     kind: np.ndarray              # published / measured
     index: np.ndarray             # row index in the input frame
+    model: np.ndarray = None      # catalog model id
     skipped: dict = field(default_factory=dict)
 
     def __len__(self):
@@ -61,7 +62,8 @@ class Design:
     def take(self, m: np.ndarray) -> "Design":
         sub = {k: v[m] for k, v in self.a.items()}
         return Design(self.engine, sub, *(getattr(self, f)[m] for f in (
-            "metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch", "gpu", "kind", "index")))
+            "metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch", "gpu", "kind", "index")),
+            model=None if self.model is None else self.model[m])
 
 
 def _num(v, default=0.0) -> float:
@@ -103,7 +105,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     cat = cat or load()
     eng = cat.engines[engine]
     cols = {k: [] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch",
-                            "gpu", "kind", "index")}
+                            "gpu", "kind", "index", "model")}
     arrs: dict[str, list] = {}
     skipped: dict[str, int] = {}
     sub = df[df["engine"] == engine]
@@ -152,47 +154,76 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             arrs.setdefault(k, []).append(v)
         for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth),
                      ("y", float(r["value"])), ("kernel", q.kernel), ("source", str(r["source_id"])),
-                     ("arch", arch), ("gpu", gpu.id), ("kind", str(r.get("kind") or "published")), ("index", i)):
+                     ("arch", arch), ("gpu", gpu.id), ("kind", str(r.get("kind") or "published")), ("index", i),
+                     ("model", llm.id)):
             cols[k].append(v)
     a = {k: np.asarray(v, float) for k, v in arrs.items()}
-    return Design(engine, a, *(np.asarray(cols[k], dtype=object if k in ("metric", "kernel", "source", "arch",
-                                                                          "gpu", "kind") else float)
-                              for k in cols), skipped=skipped)
+    obj = ("metric", "kernel", "source", "arch", "gpu", "kind", "model")
+    c = {k: np.asarray(v, dtype=object if k in obj else float) for k, v in cols.items()}
+    return Design(engine, a, *(c[k] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source",
+                                              "arch", "gpu", "kind", "index")), skipped=skipped, model=c["model"])
 
 
 # ---------------------------------------------------------------------------------------------- fitting
-def _layout(kernels) -> list[tuple[str, str | None]]:
-    return [(p, None) for p in es.ENGINE_PARAMS] + [(p, k) for k in kernels for p in es.KERNEL_PARAMS]
+ARCH_PARAMS = ("e_bw", "e_pre", "layer_us", "r_gemm")   # per (kernel, GPU) offsets around the kernel's values
+ARCH_SIGMA, ARCH_BOUND = 0.7, 1.5    # prior sd and bound of a log offset
+
+
+def _layout(kernels, kernel_archs=()) -> list[tuple]:
+    return ([(p, None, None) for p in es.ENGINE_PARAMS] + [(p, k, None) for k in kernels for p in es.KERNEL_PARAMS]
+            + [(p, k, a) for k, a in kernel_archs for p in ARCH_PARAMS])
 
 
 def _unpack(theta, layout) -> dict:
-    params: dict = {"kernels": {}}
-    for v, (p, k) in zip(theta, layout):
+    params: dict = {"kernels": {}, "arch": {}}
+    for v, (p, k, a) in zip(theta, layout):
         if k is None:
             params[p] = float(math.exp(v))
-        else:
+        elif a is None:
             params["kernels"].setdefault(k, {})[p] = float(math.exp(v))
+        else:
+            params["arch"].setdefault(f"{k}@{a}", {})[p] = float(math.exp(v))
     return params
 
 
-def _row_params(theta, layout, d: Design) -> dict:
-    out = {}
-    for v, (p, k) in zip(theta, layout):
-        if k is None:
-            out[p] = math.exp(v)
-    for p in es.KERNEL_PARAMS:
-        arr = np.full(len(d), es.PARAM_PRIORS[p][0])
-        for v, (pp, k) in zip(theta, layout):
-            if pp == p and k is not None:
-                arr[d.kernel == k] = math.exp(v)
-        out[p] = arr
+def _row_params(theta, layout, d: Design, _idx: dict | None = None) -> dict:
+    """Per-row parameter arrays for the rows of ``d`` (vectorized gathers; ``_idx`` from :func:`_index`)."""
+    ix = _idx or _index(layout, d)
+    th = np.exp(np.asarray(theta, float))
+    out = {p: th[i] for p, i in ix["engine"].items()}
+    for p, (slots, rows) in ix["kernel"].items():
+        vals = np.append(th[slots], es.PARAM_PRIORS[p][0])  # last: a kernel with no slot
+        out[p] = vals[rows]
+    for p, (slots, rows) in ix["pair"].items():
+        mult = np.append(th[slots], 1.0)
+        out[p] = np.minimum(out[p] * mult[rows], es.PARAM_PRIORS[p][3])
     return out
 
 
+def _index(layout, d: Design) -> dict:
+    eng = {p: i for i, (p, k, a) in enumerate(layout) if k is None}
+    kernels = sorted({k for _, k, a in layout if k is not None and a is None})
+    kpos = {k: j for j, k in enumerate(kernels)}
+    krow = np.array([kpos.get(k, len(kernels)) for k in d.kernel], int)
+    kern = {}
+    for p in es.KERNEL_PARAMS:
+        slots = np.array([next(i for i, x in enumerate(layout) if x == (p, k, None)) for k in kernels], int)
+        kern[p] = (slots, krow)
+    pairs = sorted({(k, a) for _, k, a in layout if a is not None})
+    ppos = {pa: j for j, pa in enumerate(pairs)}
+    prow = np.array([ppos.get((k, g), len(pairs)) for k, g in zip(d.kernel, d.gpu)], int)
+    pair = {}
+    for p in ARCH_PARAMS:
+        slots = np.array([next(i for i, x in enumerate(layout) if x == (p, k, a)) for k, a in pairs], int)
+        pair[p] = (slots, prow)
+    return {"engine": eng, "kernel": kern, "pair": pair}
+
+
 def predict_design(params: dict, d: Design) -> np.ndarray:
+    rows = [es.row_params(params, k, g) for k, g in zip(d.kernel, d.gpu)]
     p = {k: params[k] for k in es.ENGINE_PARAMS}
     for name in es.KERNEL_PARAMS:
-        p[name] = np.array([es.kparams(params, k)[name] for k in d.kernel])
+        p[name] = np.array([r[name] for r in rows])
     return es.metric_values(d.a, p, d.metric, d.batch, d.prompt, d.gen, d.depth)
 
 
@@ -201,23 +232,25 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
     from scipy.optimize import least_squares
 
     kernels = sorted(set(d.kernel))
-    layout = _layout(kernels)
-    mu = np.array([math.log(es.PARAM_PRIORS[p][0]) for p, _ in layout])
-    sig = np.array([es.PARAM_PRIORS[p][1] for p, _ in layout])
-    lo = np.array([math.log(es.PARAM_PRIORS[p][2]) for p, _ in layout])
-    hi = np.array([math.log(es.PARAM_PRIORS[p][3]) for p, _ in layout])
+    layout = _layout(kernels, sorted(set(zip(d.kernel, d.gpu))))
+    mu = np.array([0.0 if a else math.log(es.PARAM_PRIORS[p][0]) for p, _, a in layout])
+    sig = np.array([ARCH_SIGMA if a else es.PARAM_PRIORS[p][1] for p, _, a in layout])
+    lo = np.array([-ARCH_BOUND if a else math.log(es.PARAM_PRIORS[p][2]) for p, _, a in layout])
+    hi = np.array([ARCH_BOUND if a else math.log(es.PARAM_PRIORS[p][3]) for p, _, a in layout])
     if not len(d):
         return _unpack(mu, layout)
     logy = np.log(d.y)
     m = d.metric.astype(str)
 
+    idx = _index(layout, d)
+
     def resid(theta):
-        pred = es.metric_values(d.a, _row_params(theta, layout, d), m, d.batch, d.prompt, d.gen, d.depth)
+        pred = es.metric_values(d.a, _row_params(theta, layout, d, idx), m, d.batch, d.prompt, d.gen, d.depth)
         r = np.log(np.maximum(pred, 1e-30)) - logy
         return np.concatenate([r, prior_weight * (theta - mu) / sig])
 
     sol = least_squares(resid, np.clip(mu, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
-                        max_nfev=100)
+                        max_nfev=int(__import__("os").environ.get("ADVISOR_FIT_NFEV", 100)))
     return _unpack(sol.x, layout)
 
 
@@ -225,14 +258,19 @@ def _groups(d: Design) -> np.ndarray:
     return np.array([es.METRIC_GROUP[m] for m in d.metric])
 
 
-def loso_log_residuals(d: Design, folds: int | None = None) -> np.ndarray:
+def _group(d: Design, by: str) -> np.ndarray:
+    return d.model if by == "model" else d.source
+
+
+def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source") -> np.ndarray:
     """log(predicted / reported) of every row from a fit that never saw the row's source (NaN where the
     source is the only one). ``folds``: hold out sources in that many groups instead of one by one."""
     out = np.full(len(d), np.nan)
-    srcs = sorted(set(d.source))
+    key = _group(d, by)
+    srcs = sorted(set(key))
     groups = [srcs[i::folds] for i in range(folds)] if folds and folds < len(srcs) else [[s] for s in srcs]
     for grp in groups:
-        te = np.isin(d.source, grp)
+        te = np.isin(key, grp)
         if te.all() or not te.any():
             continue
         pr = fit_params(d.take(~te))
@@ -285,26 +323,30 @@ def _score(pred, lo, hi, y, groups) -> dict:
     return out
 
 
-def validate_engine(d: Design, nested: bool = True) -> dict:
-    """Leave-one-source-out: every row predicted by a fit without its source; its 90% interval from the
-    other sources' own leave-one-source-out residuals (nested), widened by the fold's domain."""
+def validate_engine(d: Design, nested: bool = True, by: str = "source", score=None) -> dict:
+    """Leave-one-group-out (``by`` source or model): every row predicted by a fit without its group; its 90%
+    interval from the other groups' own held-out residuals (nested), widened by the fold's domain.
+    ``score``: a mask of the rows to hold out and score (all rows still train the other folds)."""
     groups = _groups(d)
     pred, lo, hi = (np.full(len(d), np.nan) for _ in range(3))
-    sources = sorted(set(d.source))
+    key = _group(d, by)
+    score = np.ones(len(d), bool) if score is None else np.asarray(score, bool)
+    sources = sorted(set(key[score]))
     for s in sources:
-        te = d.source == s
-        if te.all():
+        te = (key == s) & score
+        if (key == s).all():
             continue
-        tr = d.take(~te)
+        tr = d.take(key != s)
         pr = fit_params(tr)
         p = predict_design(pr, d.take(te))
-        inner = loso_log_residuals(tr, INNER_FOLDS) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
+        inner = loso_log_residuals(tr, INNER_FOLDS, by) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
         q = conformal_q(inner, _groups(tr))
         dom = domain_of(tr)
         qq = np.array([q.get(g, q["all"]) * widen_factor(dom, k, a)[0]
                        for g, k, a in zip(groups[te], d.kernel[te], d.arch[te])])
         pred[te], lo[te], hi[te] = p, p * np.exp(-qq), p * np.exp(qq)
-    res = {"rows": int(len(d)), "sources": len(sources), "skipped": d.skipped}
+    res = {"rows": int(len(d)), "sources": len(set(d.source)), "held_out_groups": len(sources), "by": by,
+           "skipped": d.skipped}
     for kind in ("published", "measured"):
         m = d.kind == kind
         if m.any():

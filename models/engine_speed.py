@@ -4,12 +4,13 @@ llama.cpp, from the bytes and FLOPs of each step and the engine's kernel efficie
 For a batch of ``B`` sequences at mean context ``L`` on ``n`` GPUs (tensor parallel; a llama.cpp layer
 split runs the GPUs one after the other):
 
-    t_weights = W / (n x BW x e_bw[kernel])                 W: bytes of the weights one step reads
+    t_weights = W / (n x BW x e_bw[kernel] x (r_gemm if B > 1))   W: bytes of the weights one step reads
     t_matmul  = B x F / (n x peak[dtype] x e_mm[kernel])    F: matmul FLOPs per token
     t_linear  = (t_weights^3 + t_matmul^3)^(1/3)            (a soft roofline: the GEMMs near the ridge
                                                              reach neither asymptote)
-    t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)
-    t_step    = t_linear + t_kv + host_ms + layers x layer_us + allreduce
+    t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)   (decode attention reads the KV cache)
+    t_step    = t_linear + t_kv + host_ms + layers x (layer_us x (hidden/4096)^layer_exp + B x seq_us)
+                + allreduce
 
 Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
 and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak, plus causal attention at
@@ -42,6 +43,10 @@ KERNEL_DTYPE = {
     "cublas-16": "16", "trt-16": "16", "marlin-int4": "16", "marlin-fp8-wo": "16", "awq-gemm": "16",
     "exllama-gptq": "16", "bnb": "16", "trt-w4a16": "16", "cutlass-fp8": "fp8", "trt-fp8": "fp8",
     "cutlass-int8": "int8", "trt-int8-sq": "int8", "trt-nvfp4": "fp4",
+    # llama.cpp: F16 through cuBLAS with FP16 accumulation (ggml-cuda's CUBLAS_COMPUTE_16F path), the
+    # quantized types through MMQ on int8 tensor cores
+    "ggml-f16": "fp16acc", "ggml-q8_0": "int8", "ggml-q6_k": "int8", "ggml-q5_k": "int8", "ggml-q4_k": "int8",
+    "ggml-q4_0": "int8", "ggml-iq4_xs": "int8",
 }
 # Tokens per prefill forward (the engine's token budget per step): vLLM V1 max_num_batched_tokens 8192 and
 # SGLang chunked_prefill_size 8192 (their server-argument docs), TensorRT-LLM max_num_tokens 8192
@@ -54,6 +59,10 @@ MAX_BATCH = {"vllm": 256, "sglang": 2048, "tensorrt-llm": 2048, "llama.cpp": 64}
 # Runtime memory an engine holds beside weights and KV: CUDA context, CUDA graphs, activation workspace
 # (assumption, GB per GPU; carried in the memory interval).
 RUNTIME_GB = {"vllm": 1.5, "sglang": 1.5, "tensorrt-llm": 1.5, "llama.cpp": 0.8}
+# Rows a matrix-vector kernel serves before a GEMM takes over; each row re-does the dequantization:
+# llama.cpp's MMVQ takes up to 8 (ggml/src/ggml-cuda/mmvq.cuh, MMVQ_MAX_BATCH_SIZE); Marlin and the other
+# engines' GEMMs dequantize a tile once for all rows (1).
+GEMV_ROWS = {"llama.cpp": 8}
 ALLREDUCE_LATENCY_S = 10e-6
 DEFAULT_LINK_GBPS = 25.0
 
@@ -61,7 +70,7 @@ DEFAULT_LINK_GBPS = 25.0
 def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
     """Dense tensor peak (FLOP/s) of ``dtype`` ('16' = bf16 where the GPU has it, else fp16), falling back
     to the 16-bit peak, then the FP32 figure, where the catalog has no entry."""
-    order = {"16": ("bf16", "fp16"), "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"),
+    order = {"16": ("bf16", "fp16"), "fp16acc": ("fp16_acc16", "fp16", "bf16"), "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"),
              "fp4": ("fp4", "fp8", "bf16", "fp16")}[dtype]
     for d in order:
         v = gpu.peak_tflops(d)
@@ -71,6 +80,13 @@ def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
     if v:
         return float(v) * 1e12
     raise ValueError(f"{gpu.id}: no tensor peak recorded")
+
+
+def cuda_core_flops(gpu: GPU) -> float:
+    """FP32 (non-tensor) FLOP/s: what dequantization and small kernels run on; an eighth of the 16-bit
+    tensor peak where the catalog has no FP32 figure."""
+    v = gpu.raw.get("fp32_tflops")
+    return float(v) * 1e12 if v else dtype_peak_flops(gpu, "16") / 8
 
 
 def link_bytes_per_s(gpu: GPU) -> float:
@@ -89,6 +105,7 @@ class Work:
     kv_bytes_per_token: float
     layers: int
     hidden: int
+    weights: float = 0.0       # weights one decode step reads (count)
 
 
 def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
@@ -106,7 +123,8 @@ def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
     kv_elem = float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
     kvb = 2 * pc.layers * llm.num_key_value_heads * llm.head_dim * kv_elem
     attn = 4.0 * pc.layers * llm.num_attention_heads * llm.head_dim
-    return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size)
+    return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size,
+                float(pc.linear + head))
 
 
 # Parameters of one engine: efficiencies per kernel and fixed costs (see the module docstring).
@@ -114,14 +132,18 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "e_bw": (0.70, 0.5, 0.05, 0.97),
     "e_mm": (0.50, 0.7, 0.02, 0.95),
     "e_pre": (0.50, 0.7, 0.02, 0.95),
+    "r_gemm": (0.85, 0.5, 0.2, 1.0),      # weight streaming of the multi-sequence kernel relative to batch 1
+    "c_dq": (2.0, 2.0, 0.01, 100.0),      # CUDA-core FLOPs per weight per GEMV row (the FMA, plus dequantization)
     "e_kv": (0.60, 0.6, 0.05, 0.97),
     "e_attn": (0.40, 0.8, 0.02, 0.95),
-    "host_ms": (0.5, 1.5, 0.005, 50.0),
+    "host_ms": (0.3, 0.7, 0.005, 50.0),   # per-step host/launch cost with CUDA graphs: tenths of a ms
     "layer_us": (10.0, 1.5, 0.1, 500.0),
+    "seq_us": (0.5, 2.0, 0.001, 100.0),
+    "layer_exp": (0.5, 0.7, 0.01, 2.0),   # the per-layer cost grows as (hidden / 4096) ** layer_exp   # per sequence per layer per step (row-wise small kernels)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
 }
-KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "layer_us", "pre_fix_ms")
+KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms")
 
 
 def prior_params(kernels) -> dict:
@@ -130,8 +152,9 @@ def prior_params(kernels) -> dict:
     return out
 
 
-def _soft(a, b):
-    return (a ** P_SOFT + b ** P_SOFT) ** (1.0 / P_SOFT)
+def _soft(a, b, c=0.0):
+    """(a^3 + b^3 + c^3)^(1/3): a soft maximum (P_SOFT = 3)."""
+    return np.cbrt(a * a * a + b * b * b + c * c * c)
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,7 @@ class Query:
     bw: float              # datasheet bytes/s of one GPU
     peak: float            # FLOP/s of the kernel's dtype, one GPU
     peak16: float          # FLOP/s of 16-bit (attention)
+    fp32: float            # FLOP/s of the CUDA cores
     link: float            # bytes/s per direction between GPUs
     w: Work
     n: int                 # GPUs
@@ -155,29 +179,37 @@ def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gp
     dtype = KERNEL_DTYPE.get(kernel, "16")
     split = split or ("layer" if eng.id == "llama.cpp" else "tp") if num_gpus > 1 else "none"
     return Query(gpu.mem_bw_gbps * 1e9, dtype_peak_flops(gpu, dtype), dtype_peak_flops(gpu, "16"),
-                 link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel)
+                 cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel)
 
 
 def kparams(params: dict, kernel: str) -> dict:
-    return params["kernels"].get(kernel) or {p: PARAM_PRIORS[p][0] for p in KERNEL_PARAMS}
+    k = params["kernels"].get(kernel) or {}
+    return {p: k.get(p, PARAM_PRIORS[p][0]) for p in KERNEL_PARAMS}
 
 
-def row_params(params: dict, kernel: str) -> dict:
-    """The flat parameter set one configuration uses (its kernel's efficiencies + the engine's)."""
-    return {**{k: params[k] for k in ENGINE_PARAMS}, **kparams(params, kernel)}
+def row_params(params: dict, kernel: str, gpu: str | None = None) -> dict:
+    """The flat parameter set one configuration uses: the engine's, its kernel's efficiencies, and the
+    kernel's offset on this GPU where rows there fitted one (bounded like the efficiency)."""
+    out = {**{k: params.get(k, PARAM_PRIORS[k][0]) for k in ENGINE_PARAMS}, **kparams(params, kernel)}
+    for p, f in (params.get("arch") or {}).get(f"{kernel}@{gpu}", {}).items():
+        out[p] = min(out[p] * f, PARAM_PRIORS[p][3])
+    return out
 
 
 def arrays(q: Query) -> dict:
     """A query as the plain numbers the vectorized formulas below take (floats or numpy arrays)."""
     tp = q.n > 1 and q.split != "layer"
-    return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "link": q.link, "W": q.w.weight_bytes,
+    return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "fp32": q.fp32, "NW": q.w.weights,
+            "link": q.link, "W": q.w.weight_bytes,
             "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192)),
-            "pipe": 1.0 if q.n > 1 and not tp else 0.0}
+            "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": float(GEMV_ROWS.get(q.engine, 1))}
 
 
 def allreduce_s(a: dict, tokens):
+    if not np.any(a["tp"]):
+        return 0.0
     n = np.maximum(a["n"], 1.0)
     msg = tokens * a["hidden"] * 2
     return a["tp"] * 2 * a["layers"] * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / a["link"])
@@ -185,12 +217,15 @@ def allreduce_s(a: dict, tokens):
 
 def decode_step_s(a: dict, p: dict, batch, ctx):
     """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized)."""
-    t_w = a["W"] / (a["div"] * a["bw"] * p["e_bw"])
+    # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well
+    multi = np.where(np.asarray(batch) > 1, p["r_gemm"], 1.0)
+    t_w = a["W"] / (a["div"] * a["bw"] * p["e_bw"] * multi)
     t_c = batch * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
+    t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * a["KVB"] / (a["div"] * a["bw"] * p["e_kv"])
-    t_attn = batch * ctx * a["A"] / (a["div"] * a["peak16"] * p["e_attn"])
-    fixed = p["host_ms"] * 1e-3 + a["layers"] * p["layer_us"] * 1e-6
-    return _soft(t_w, t_c) + t_kv + t_attn + fixed + allreduce_s(a, batch)
+    width = (a["hidden"] / 4096.0) ** p["layer_exp"]
+    fixed = p["host_ms"] * 1e-3 + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6
+    return _soft(t_w, t_c, t_dq) + t_kv + fixed + allreduce_s(a, batch)
 
 
 def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
@@ -202,7 +237,8 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     t_w = chunks * a["W"] / (div * a["bw"] * p["e_bw"])
     t_c = tokens * a["F"] / (div * a["peak"] * p["e_pre"])
     t_attn = tokens * (depth + prompt / 2) * a["A"] / (div * a["peak16"] * p["e_attn"])
-    return _soft(t_w, t_c) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 / div + allreduce_s(a, tokens)
+    t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])
+    return _soft(t_w, t_c, t_dq) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 / div + allreduce_s(a, tokens)
 
 
 def roofline_decode_s(a: dict, batch, ctx):

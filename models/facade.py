@@ -49,7 +49,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     doc = load_params()["engines"].get(eng.id)
     params = doc["params"] if doc else es.prior_params([])
     q = es.query(cat, gpu, llm, cand, eng, sc.num_gpus, split)
-    a, p = es.arrays(q), es.row_params(params, q.kernel)
+    a, p = es.arrays(q), es.row_params(params, q.kernel, gpu.id)
     notes: list[str] = []
     B, P, G = float(sc.batch), float(sc.prompt_len), float(sc.gen_len)
     ctx = P + G / 2

@@ -69,10 +69,28 @@ def _kind(metric: str) -> str:
 
 
 def fit_with_interval(rows, alpha: float = 1.0, coverage: float = 0.9):
-    """The fitted regressor and the ``coverage`` quantile of leave-one-source-out |log residual|."""
+    """The fitted regressor and the ``coverage`` quantile of leave-one-source-out |log residual| (cached
+    by the content of the rows: the leave-one-source-out loop is the slow part)."""
+    from profiles import cache
+
     rows = [r for r in rows if r.size_b or r.family == "small"]
     if len(rows) < 20:
         return None, None
+    key = cache.digest(repr([(sorted(_feats(r).items()), r.loss, r.cite) for r in rows]), str(alpha), str(coverage))
+    hit = cache.get("quality-fit", key)
+    if hit is not None:
+        m = QualityRegressor(alpha)
+        m.columns_, m.mean_, m.coef_ = hit["columns"], hit["mean"], np.array(hit["coef"])
+        m.index_ = {c: i for i, c in enumerate(m.columns_)}
+        m.methods_ = {tuple(x) for x in hit["methods"]}
+        return m, hit["q"]
+    m, q = _fit_with_interval(rows, alpha, coverage)
+    cache.put("quality-fit", key, {"columns": m.columns_, "mean": float(m.mean_), "coef": m.coef_.tolist(),
+                                   "methods": sorted(m.methods_), "q": q})
+    return m, q
+
+
+def _fit_with_interval(rows, alpha: float, coverage: float):
     sources = sorted({r.cite for r in rows})
     res = []
     for s in sources:

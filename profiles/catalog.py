@@ -28,8 +28,17 @@ class UnknownProfileError(LookupError):
 
 
 def _read(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_Loader)
+    """A YAML catalog, parsed once per content (profiles.cache keeps the parse as JSON)."""
+    from . import cache
+
+    raw = Path(path).read_bytes()
+    key = cache.digest(raw)
+    hit = cache.get("yaml", key)
+    if hit is not None:
+        return hit
+    doc = yaml.load(raw.decode("utf-8"), Loader=_Loader)
+    cache.put("yaml", key, doc)
+    return doc
 
 
 @dataclass(frozen=True)

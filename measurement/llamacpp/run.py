@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -110,16 +109,7 @@ def gpu_facts() -> dict:
 def measure_peaks(log) -> dict:
     import torch
 
-    def bench(fn, iters=10, warm=3):
-        for _ in range(warm):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); fn(); b.record(); b.synchronize()
-            ts.append(a.elapsed_time(b) / 1e3)
-        return statistics.median(ts)
+    from measurement.roofline import _bench as bench  # the harness's timing loop (CUDA events, median)
 
     n = 1 << 30
     src = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()

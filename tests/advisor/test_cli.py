@@ -84,3 +84,27 @@ def test_core_commands_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_validate_engine_refuses_unknown_and_harness_engines(run):
+    r = run("validate", "--engine", "vlm")
+    assert r.exit_code == 2 and "vllm" in r.stderr
+    r = run("validate", "--engine", "transformers")
+    assert r.exit_code == 2 and "without --engine" in r.stderr
+
+
+def test_predict_command_json_and_unsupported_exit(run):
+    r = run("predict", "--gpu", "h100-sxm", "--model", "llama3.1-8b", "--engine", "vllm", "--precision", "fp8", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["supported"] and d["tpot_ms"]["unit"] == "ms"
+    r = run("predict", "--gpu", "t4", "--model", "llama3.1-8b", "--engine", "tensorrt-llm", "--precision", "awq-int4")
+    assert r.exit_code == 3 and "vllm" in r.stdout
+
+
+def test_recommend_engine_auto_names_the_winner(run):
+    r = run("recommend", "--gpu", "rtx4090", "--model", "llama3.1-8b", "--engine", "auto", "--max-ppl-delta", "3%",
+            "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert any(n.startswith("engine auto:") for n in d["notes"])
