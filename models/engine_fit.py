@@ -32,6 +32,7 @@ WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
 KV_OF = {"fp16": "kv-fp16", "bf16": "kv-fp16", "auto": "kv-fp16", "fp8": "kv-fp8", "fp8_e4m3": "kv-fp8",
          "fp8_e5m2": "kv-fp8", "q8_0": "kv-q8_0", "q4_0": "kv-q4_0", "f16": "kv-fp16"}
 ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
+_RUNNING = __import__("re").compile(r"avg running batch ([0-9.]+)")
 _UB = __import__("re").compile(r"micro-?batch size \(-ub\) (\d+)", __import__("re").I)
 
 
@@ -141,6 +142,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             continue
         b = _num(r.get("batch"), 0)
         text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
+        run = _RUNNING.search(text)
+        if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
+            b = float(run.group(1))
         if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
             skip("latency under a request rate with no stated concurrency")
             continue

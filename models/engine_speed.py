@@ -138,7 +138,7 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "e_attn": (0.40, 0.8, 0.02, 0.95),
     "host_ms": (0.3, 0.7, 0.005, 50.0),   # per-step host/launch cost with CUDA graphs: tenths of a ms
     "layer_us": (10.0, 1.5, 0.1, 500.0),
-    "seq_us": (0.5, 2.0, 0.001, 100.0),
+    "seq_us": (0.05, 2.0, 0.0001, 100.0),
     "layer_exp": (0.5, 0.7, 0.01, 2.0),   # the per-layer cost grows as (hidden / 4096) ** layer_exp   # per sequence per layer per step (row-wise small kernels)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
 }
