@@ -111,11 +111,13 @@ def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str =
         sm = load_default()[0]
     p = _predict(cat, g, llm, cand, sc, eid, None, sm, split)
     s = p.speed
-    tpot = s.decode_step_ms
+    tpot, pre = s.decode_step_ms, s.prefill_ms
     out.update({
         "decode_tok_s": _e(s.per_seq_tok_s),
         "output_tok_s": _e(s.decode_tok_s),
-        "prefill_tok_s": _e(s.prefill_ms.scale(1e-3, "s")) | {},
+        "prefill_tok_s": {"value": prompt_len / (pre.value / 1e3), "low": prompt_len / (pre.high / 1e3),
+                          "high": prompt_len / (pre.low / 1e3), "unit": "tok/s", "source": pre.source,
+                          "detail": pre.detail},
         "ttft_ms": _e(ttft_ms(p)),
         "tpot_ms": _e(tpot),
         "peak_mem_gb": _e(p.memory.per_gpu_gb),
@@ -126,10 +128,6 @@ def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str =
         "notes": list(s.notes),
         "cost_model": p.speed_model,
     })
-    pre = s.prefill_ms
-    out["prefill_tok_s"] = {"value": prompt_len / (pre.value / 1e3), "low": prompt_len / (pre.high / 1e3),
-                            "high": prompt_len / (pre.low / 1e3), "unit": "tok/s", "source": pre.source,
-                            "detail": pre.detail}
     usable = g.memory_gb * p.memory_fraction
     out["fits"] = p.memory.per_gpu_gb.value <= usable
     if not out["fits"]:

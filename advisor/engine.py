@@ -267,10 +267,6 @@ def _why_lost(e: Evaluated, best: Evaluated, objective: str) -> str:
     return why + (f" ({extra[0]})" if extra else "")
 
 
-def rec_capacity(cat: Catalog, gpu_id: str) -> float:
-    return cat.gpus[gpu_id].memory_gb
-
-
 def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
     """The nearest change of each constraint that would make some candidate feasible."""
     req = rec.request
@@ -293,7 +289,7 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
     if mem_q:
         e = min(mem_q, key=lambda e: e.prediction.memory.per_gpu_gb.value)
         p = e.prediction
-        need, cap = p.memory.per_gpu_gb.value, rec_capacity(cat, rec.gpu_id)
+        need, cap = p.memory.per_gpu_gb.value, cat.gpus[rec.gpu_id].memory_gb
         frac = need / cap
         roof = 1e3 / p.speed.roofline_decode_ms
         out.append(f"memory: the smallest candidate within the quality bound ({e.candidate.label} on {p.engine}) needs "

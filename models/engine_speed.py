@@ -36,6 +36,7 @@ from profiles.engines import Engine, arch_of
 
 from .candidate import Candidate
 from .memory import param_counts
+from .speed import ALLREDUCE_LATENCY_S, link_bytes_per_s
 
 P_SOFT = 3.0
 # Tensor dtype each kernel multiplies in (its peak is the compute roof).
@@ -63,8 +64,6 @@ RUNTIME_GB = {"vllm": 1.5, "sglang": 1.5, "tensorrt-llm": 1.5, "llama.cpp": 0.8}
 # llama.cpp's MMVQ takes up to 8 (ggml/src/ggml-cuda/mmvq.cuh, MMVQ_MAX_BATCH_SIZE); Marlin and the other
 # engines' GEMMs dequantize a tile once for all rows (1).
 GEMV_ROWS = {"llama.cpp": 8}
-ALLREDUCE_LATENCY_S = 10e-6
-DEFAULT_LINK_GBPS = 25.0
 
 
 def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
@@ -87,11 +86,6 @@ def cuda_core_flops(gpu: GPU) -> float:
     tensor peak where the catalog has no FP32 figure."""
     v = gpu.raw.get("fp32_tflops")
     return float(v) * 1e12 if v else dtype_peak_flops(gpu, "16") / 8
-
-
-def link_bytes_per_s(gpu: GPU) -> float:
-    g = gpu.interconnect.get("gpu_to_gpu_gbps")
-    return float(g) / 2 * 1e9 if g else DEFAULT_LINK_GBPS * 1e9
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from profiles import GPU, LLM, Catalog
 from profiles.engines import arch_of
 
@@ -21,7 +19,7 @@ from .candidate import Candidate, Scenario
 from .engine_fit import load_params, widen_factor
 from .estimate import Estimate
 from .memory import MemoryBreakdown
-from .predict import Prediction, predict as predict_harness
+from .predict import Prediction, assemble, predict as predict_harness
 from .quality import QualityModel
 from .speed import SpeedPrediction
 
@@ -92,28 +90,10 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     jpt = energy.joules_per_token(power, t_dec, sc.batch)
     rel = energy.REL_ERR + (step.high / step.value - 1)
     j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
-    usd = None
-    price = gpu.cloud_usd_per_hour
-    if price:
-        k = price * n / 3600 * 1e6
-        usd = Estimate(k / tok.value, k / tok.high, k / tok.low, "USD/Mtok", "analytical",
-                       f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date')}) "
-                       "/ predicted decode throughput")
-    qm = quality or QualityModel.from_catalog(cat)
-    loss, parts, missing = qm.predict(llm, cand)
-    dec = step.scale(sc.gen_len * 1e-3, "s")
-    lat = pre.scale(1e-3, "s")
-    req = Estimate(lat.value + dec.value, lat.low + dec.low, lat.high + dec.high, "s", "fitted",
-                   "prefill + gen_len x decode step")
-    out = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=f"engine:{eng.id}")
+    out = assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, f"engine:{eng.id}")
     out.engine = eng.id
     out.memory_fraction = float(eng.get("memory_fraction", 1.0))
     out.kv_capacity_tokens = es.kv_capacity_tokens(q, gpu.memory_gb, out.memory_fraction)
-    if loss is not None:
-        kept = max(0.0, 1.0 - loss.value)
-        wh = jpt * 1000 / 3600
-        out.eor = energy.eor(kept, wh)
-        out.tweor = energy.tweor(kept, wh, req.value)
     return out
 
 
@@ -123,4 +103,4 @@ def ttft_ms(p: Prediction) -> Estimate:
     return Estimate(a.value + b.value, a.low + b.low, a.high + b.high, "ms", a.source, "prefill + one decode step")
 
 
-__all__ = ["predict", "ttft_ms", "np"]
+__all__ = ["predict", "ttft_ms"]

@@ -52,6 +52,13 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
             j = speed_model.correct_energy(jpt) or j
             jpt = j.value
             power = jpt * sc.batch / (spd.decode_step_ms.value / 1e3)
+    return assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, used)
+
+
+def assemble(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, mem: MemoryBreakdown,
+             spd: SpeedPrediction, power: float, j: Estimate, quality: QualityModel | None, used: str) -> Prediction:
+    """The figures every cost model derives the same way from speed, memory and energy: cost per token,
+    quality, request latency, EOR and TWEOR."""
     price = gpu.cloud_usd_per_hour
     usd = None
     if price:
@@ -69,7 +76,7 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
     p = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=used)
     if loss is not None:
         kept = max(0.0, 1.0 - loss.value)
-        wh = jpt * 1000 / 3600  # Wh per 1,000 generated tokens
+        wh = j.value * 1000 / 3600  # Wh per 1,000 generated tokens
         p.eor = energy.eor(kept, wh)
         p.tweor = energy.tweor(kept, wh, req.value)
     return p

@@ -34,7 +34,7 @@ class SpeedPrediction:
     notes: list[str] = field(default_factory=list)
 
 
-def _link_bytes_per_s(gpu: GPU) -> float:
+def link_bytes_per_s(gpu: GPU) -> float:
     """Per-direction link bandwidth: the profiles quote bidirectional totals (PCIe x16, NVLink)."""
     g = gpu.interconnect.get("gpu_to_gpu_gbps")
     return float(g) / 2 * 1e9 if g else DEFAULT_LINK_GBPS * 1e9
@@ -44,7 +44,7 @@ def _allreduce_s(gpu: GPU, llm: LLM, layers: int, tokens: int, n: int) -> float:
     if n <= 1:
         return 0.0
     msg = tokens * llm.hidden_size * 2
-    return 2 * layers * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / _link_bytes_per_s(gpu))
+    return 2 * layers * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / link_bytes_per_s(gpu))
 
 
 def _eager_host_factor(cand: Candidate) -> float:
