@@ -165,6 +165,7 @@ class Measured:
     location: str
     power_w: float | None = None  # average GPU power over the measured window (NVML energy counter)
     cpu_job: bool = False  # a CPU-heavy job (quantization) ran on other cores meanwhile
+    split: str = "none"  # llama.cpp --split-mode: none (one GPU), layer or row
 
 
 def parse_llama_bench_record(rec: dict, location: str = "llama-bench") -> list[Measured]:
@@ -183,11 +184,13 @@ def parse_llama_bench_record(rec: dict, location: str = "llama-bench") -> list[M
     kept_ns = ns[1:] if len(ns) > 1 else ns
     window = sum(kept_ns) / 1e9 if kept_ns else 0.0
     kv = str(rec.get("type_k", "f16"))
+    split = str(rec.get("split_mode", "none"))
+    where = f" -sm {split}" if split != "none" else ""
     if n_p:
         return [Measured("prefill_tok_s", val, 1, n_p, None, d, kv, len(kept), kept, window, n_p * len(kept),
-                         f"{location} pp{n_p}" + (f" @ d{d}" if d else ""))]
+                         f"{location} pp{n_p}" + (f" @ d{d}" if d else "") + where, split=split)]
     return [Measured("decode_tok_s", val, 1, None, n_g, d, kv, len(kept), kept, window, n_g * len(kept),
-                     f"{location} tg{n_g}" + (f" @ d{d}" if d else ""))]
+                     f"{location} tg{n_g}" + (f" @ d{d}" if d else "") + where, split=split)]
 
 
 def parse_llama_bench_output(text: str) -> list[dict]:
@@ -234,7 +237,8 @@ def parse_batched_bench_output(text: str) -> list[dict]:
     return [r for r in (parse_batched_bench_line(x) for x in text.splitlines()) if r]
 
 
-def batched_rows(records: list[dict], kv: str = "f16", location: str = "llama-batched-bench") -> list[Measured]:
+def batched_rows(records: list[dict], kv: str = "f16", location: str = "llama-batched-bench",
+                 split: str = "none") -> list[Measured]:
     """Group repeated (pp, tg, pl) records; median after dropping each configuration's first run.
 
     Gives prefill_tok_s (all prompts), output_tok_s (all sequences) and decode_tok_s (per sequence).
@@ -257,13 +261,13 @@ def batched_rows(records: list[dict], kv: str = "f16", location: str = "llama-ba
         ttg = med([float(r["t_tg"]) for r in kept_r])
         ppw, tgw = med([r.get("power_pp") for r in kept_r]), med([r.get("power_tg") for r in kept_r])
         cpu = any(bool(r.get("cpu_job")) for r in kept_r)
-        loc = f"{location} npp{pp} ntg{tg} npl{pl}"
+        loc = f"{location} npp{pp} ntg{tg} npl{pl}" + (f" -sm {split}" if split != "none" else "")
         out.append(Measured("prefill_tok_s", spp, pl, pp, None, 0, kv, len(kept_pp), kept_pp, tpp, pl * pp, loc,
-                            ppw, cpu))
+                            ppw, cpu, split))
         out.append(Measured("output_tok_s", stg, pl, pp, tg, 0, kv, len(kept_tg), kept_tg, ttg, pl * tg, loc,
-                            tgw, cpu))
+                            tgw, cpu, split))
         out.append(Measured("decode_tok_s", stg / pl, pl, pp, tg, 0, kv, len(kept_tg), [x / pl for x in kept_tg],
-                            ttg, pl * tg, loc, tgw, cpu))
+                            ttg, pl * tg, loc, tgw, cpu, split))
     return out
 
 
@@ -275,8 +279,9 @@ def make_row(m: Measured, facts: ModelFacts | None, ctx: dict, *, avg_power_w: f
     avg_power_w = m.power_w if avg_power_w is None else avg_power_w
     cpu_job = m.cpu_job if cpu_job is None else cpu_job
     row = {c: "" for c in COLUMNS}
-    row.update(engine="llama.cpp", engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=1,
-               parallel="none", model=ctx.get("model", facts.model if facts else ""),
+    n_gpus = gpus_used(m.split, int(ctx.get("n_gpus", 1) or 1))
+    row.update(engine="llama.cpp", engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=n_gpus,
+               parallel=m.split if n_gpus > 1 else "none", model=ctx.get("model", facts.model if facts else ""),
                precision=precision_id(ctx.get("qtype", facts.qtype if facts else "")),
                kv_dtype=KV_NAMES.get(m.kv, m.kv), batch=m.batch, prompt_len=m.prompt_len if m.prompt_len else "",
                gen_len=m.gen_len if m.gen_len else "", depth=m.depth, metric=m.metric,
@@ -299,8 +304,9 @@ def make_row(m: Measured, facts: ModelFacts | None, ctx: dict, *, avg_power_w: f
                    model_params=facts.n_params, weight_bytes_read=int(facts.weight_bytes_read))
         bw, pk = ctx.get("copy_bw_gbps"), ctx.get("peak_tflops_bf16")
         if bw and pk and status == "ok" and m.value:
-            rv = roofline(facts, m.metric, m.batch, m.prompt_len or 0, m.gen_len or 0, m.depth, m.kv, bw, pk,
-                          ubatch=int(ctx.get("ubatch", 512)))
+            # n GPUs: their aggregate bandwidth and matmul rate (a bound for both split modes)
+            rv = roofline(facts, m.metric, m.batch, m.prompt_len or 0, m.gen_len or 0, m.depth, m.kv,
+                          bw * n_gpus, pk * n_gpus, ubatch=int(ctx.get("ubatch", 512)))
             row["roofline_value"] = _r(rv)
             frac = m.value / rv
             row["roofline_frac"] = _r(frac, 4)
@@ -311,6 +317,11 @@ def make_row(m: Measured, facts: ModelFacts | None, ctx: dict, *, avg_power_w: f
         rate = m.value * (m.batch if m.metric == "decode_tok_s" else 1)
         row["j_per_token"] = _r(avg_power_w / rate, 5)
     return row
+
+
+def gpus_used(split: str, visible: int) -> int:
+    """GPUs a llama.cpp run uses: one with ``-sm none``, every visible one otherwise."""
+    return 1 if split in ("none", "", None) else max(1, visible)
 
 
 def status_row(ctx: dict, status: str, reason: str, metric: str = "", **fields) -> dict:

@@ -1,6 +1,6 @@
 #!/bin/bash
 # One llama.cpp measurement call on the GPU machine (issue 12).
-# usage: bash measurement/llamacpp/device.sh PLAN BUDGET_S SOURCE_ID COMMIT [PACK_DIR]
+# usage: [PRE='cmd'] bash measurement/llamacpp/device.sh PLAN BUDGET_S SOURCE_ID COMMIT [PACK_DIR]
 #
 # PACK_DIR (default .llamacpp/pack, carried) holds src.tar.xz (the pruned llama.cpp tree, made by
 # `python -m measurement.llamacpp.build prepare`; needed to build) or rt.tar.xz (only gguf-py, the
@@ -41,9 +41,14 @@ else
       && echo "packed $(( $(date +%s) - T0 ))s: $(ls -la $OUT/bin.tar.xz.* | awk '{print $5}' | tr '\n' ' ')" \
       || { echo "BUILD FAILED"; tail -30 "$W/build.log"; } ) &
 fi
+WAIT=()
+if [ -n "${PRE:-}" ]; then  # GPU work beside the build and the GGUF writing (the 2-GPU call: the harness TP sweep)
+  rm -f "$W/pre.done"; WAIT=(--wait-file "$W/pre.done")
+  ( echo "PRE: $PRE"; bash -c "$PRE"; echo "PRE done $(( $(date +%s) - T0 ))s"; touch "$W/pre.done" ) &
+fi
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
 python3 -m measurement.llamacpp.run --plan "$PLAN" --budget "$LEFT" --out "$OUT" --bin "$W/ready" --src "$W/src" \
-  --source-id "$SID" --commit "$COMMIT"
+  --source-id "$SID" --commit "$COMMIT" "${WAIT[@]}"
 wait
 [ -f "$W/build.log" ] && { echo "--- build.log tail"; tail -5 "$W/build.log"; } >> "$OUT/run.log"
 python3 - "$OUT/rows.csv" <<'EOF'

@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench import (Deadline, ModelFacts, RowWriter, batched_rows, energy_between, make_row,
+from .bench import (Deadline, ModelFacts, RowWriter, batched_rows, energy_between, gpus_used, make_row,
                     parse_batched_bench_line, parse_llama_bench_record, status_row)
 from .build import BUILD_FLAGS, engine_version_string, version_info
 from .gguf_arch import arch_spec, read_tensor_table
@@ -41,6 +41,8 @@ def LB_KV(kv):
     return {"kind": "lb", "p": [512, 8192], "n": [128], "d": [0, 4096], "kv": kv}
 
 
+LB_SPLIT = {"kind": "lb", "p": [512, 2048], "n": [128], "d": [0], "kv": "f16", "reps": 3,
+            "sm": ["none", "layer", "row"]}
 ALL_TYPES = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "IQ4_XS"]
 
 
@@ -80,6 +82,10 @@ PLANS = {
                ("llama2-13b", "Q4_K_M", [dict(LB_FULL, reps=4)]),
                ("mistral-7b", "Q4_0", [dict(LB_FULL, reps=4)]),
                ("llama2-13b", "Q8_0", [dict(LB_FULL, reps=4)])],
+    # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
+    "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
+               for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
+                            ("qwen2.5-14b", "F16"), ("llama3.1-8b", "Q8_0"))],
 }
 
 
@@ -96,7 +102,8 @@ def gpu_facts() -> dict:
            "--format=csv,noheader")
     parts = [p.strip() for p in q.split(",")]
     f = {"gpu_name": parts[0] if parts else "", "gpu_uuid": parts[1] if len(parts) > 1 else "",
-         "driver": parts[2] if len(parts) > 2 else "", "nvidia_smi": q}
+         "driver": parts[2] if len(parts) > 2 else "", "nvidia_smi": q,
+         "n_gpus": max(1, len([x for x in q.splitlines() if x.strip()]))}
     nv = sh("nvcc --version | tail -2 | head -1")
     try:
         import torch
@@ -131,38 +138,44 @@ def measure_peaks(log) -> dict:
 
 
 class EnergySampler(threading.Thread):
-    """(time.time(), total energy mJ) every ``period`` s from NVML."""
+    """(time.time(), total energy mJ) of every GPU every ``period`` s from NVML."""
 
     def __init__(self, period=0.05):
         super().__init__(daemon=True)
         self.period = period
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[list[tuple[float, float]]] = []  # per GPU index
         self.ok = False
         self._halt = threading.Event()
         try:
             import pynvml
             pynvml.nvmlInit()
-            self.h = pynvml.nvmlDeviceGetHandleByIndex(0)
             self.nv = pynvml
-            self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h)
-            self.ok = True
+            self.hs = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+            for h in self.hs:
+                self.nv.nvmlDeviceGetTotalEnergyConsumption(h)
+            self.samples = [[] for _ in self.hs]
+            self.ok = bool(self.hs)
         except Exception:
             self.ok = False
 
     def run(self):
         while self.ok and not self._halt.is_set():
-            try:
-                self.samples.append((time.time(), float(self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h))))
-            except Exception:
-                pass
+            for i, h in enumerate(self.hs):
+                try:
+                    self.samples[i].append((time.time(), float(self.nv.nvmlDeviceGetTotalEnergyConsumption(h))))
+                except Exception:
+                    pass
             time.sleep(self.period)
 
     def stop(self):
         self._halt.set()
 
-    def power(self, t0, t1):
-        e = energy_between(list(self.samples), t0, t1)
-        return e / (t1 - t0) if e is not None and t1 > t0 else None
+    def power(self, t0, t1, n_gpus: int = 1):
+        """Average W of GPUs 0..n_gpus-1 together between t0 and t1."""
+        es = [energy_between(list(s), t0, t1) for s in self.samples[:n_gpus]]
+        if not es or any(e is None for e in es) or t1 <= t0:
+            return None
+        return sum(es) / (t1 - t0)
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -343,7 +356,7 @@ def estimate_s(bench: dict, f: ModelFacts, bw=4.0e12, peak=5e14) -> float:
     tg_tok_s = 0.6 * bw / f.weight_bytes_read
     pp_tok_s = 0.5 * peak / (2 * f.block_params)
     if bench["kind"] == "lb":
-        runs = bench.get("reps", 5) + 1
+        runs = (bench.get("reps", 5) + 1) * len(bench.get("sm", ["none"]))
         t = 0.0
         for d in bench["d"]:
             for p in bench["p"]:
@@ -421,7 +434,8 @@ class Runner:
         kv = bench["kv"]
         cmd = [str(self.bin / "llama-bench"), "-m", str(job.path), "-p", ",".join(map(str, bench["p"])),
                "-n", ",".join(map(str, bench["n"])), "-d", ",".join(map(str, bench["d"])), "-r", str(reps + 1),
-               "-fa", "1", "-ngl", "99", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)), "-o", "jsonl"]
+               "-fa", "1", "-ngl", "99", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)),
+               "-sm", ",".join(bench.get("sm", ["none"])), "-o", "jsonl"]
         env = bench.get("env") or {}
         command = (" ".join(f"{k}={v}" for k, v in env.items()) + " llama-bench "
                    + " ".join(cmd[3:]).replace(str(job.path), job.path.name)).strip()
@@ -442,7 +456,8 @@ class Runner:
                       "source_id": self.a.source_id, "record": rec})
             cpu_job = self.files.busy
             for m in parse_llama_bench_record(rec):
-                pw = self.energy.power(t - m.window_s, t) if self.energy.ok and m.window_s > 0.2 else None
+                n = gpus_used(m.split, self.ctx.get("n_gpus", 1))
+                pw = self.energy.power(t - m.window_s, t, n) if self.energy.ok and m.window_s > 0.2 else None
                 self.emit(make_row(m, facts, ctx, avg_power_w=pw, cpu_job=cpu_job))
                 got[0] += 1
 
@@ -461,7 +476,8 @@ class Runner:
         cmd = [str(self.bin / "llama-batched-bench"), "-m", str(job.path), "-c", str(ctx_len), "-b", "2048",
                "-ub", "512", "-npp", str(bench["npp"]), "-ntg", str(bench["ntg"]), "-npl", ",".join(map(str, npl)),
                "-ngl", "99", "-fa", "on", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)),
-               "--output-format", "jsonl"]
+               "-sm", bench.get("sm", "none"), "--output-format", "jsonl"]
+        n_gpu = gpus_used(bench.get("sm", "none"), self.ctx.get("n_gpus", 1))
         command = "llama-batched-bench " + " ".join(cmd[3:]).replace(str(job.path), job.path.name)
         ctx = self.ctx_for(job.model, job.qtype, command)
         recs = []
@@ -471,8 +487,8 @@ class Runner:
             if not r:
                 return
             r["t_arrival"] = t
-            r["power_tg"] = self.energy.power(t - r["t_tg"], t) if self.energy.ok and r["t_tg"] > 0.2 else None
-            r["power_pp"] = (self.energy.power(t - r["t"], t - r["t_tg"])
+            r["power_tg"] = self.energy.power(t - r["t_tg"], t, n_gpu) if self.energy.ok and r["t_tg"] > 0.2 else None
+            r["power_pp"] = (self.energy.power(t - r["t"], t - r["t_tg"], n_gpu)
                              if self.energy.ok and r["t"] - r["t_tg"] > 0.2 else None)
             r["cpu_job"] = self.files.busy
             recs.append(r)
@@ -481,16 +497,16 @@ class Runner:
 
         est = estimate_s(bench, facts)
         rc, tail, to = self.run_proc(cmd, self.deadline.timeout_for(est), on_line)
-        n = self.write_bb_rows(recs, facts, ctx, kv)
+        n = self.write_bb_rows(recs, facts, ctx, kv, bench.get("sm", "none"))
         if rc != 0:
             st = "does_not_fit" if ("out of memory" in tail.lower() or "failed to allocate" in tail.lower()) else "error"
             self.emit(status_row(ctx, st, f"llama-batched-bench rc={rc}{' (timeout)' if to else ''} after "
                                  f"{len(recs)} records: " + " ".join(tail.split()[-30:])))
         self.log(f"  batched-bench {job.model} {job.qtype}: {len(recs)} records -> {n} rows rc={rc}")
 
-    def write_bb_rows(self, recs, facts, ctx, kv):
+    def write_bb_rows(self, recs, facts, ctx, kv, split="none"):
         n = 0
-        for m in batched_rows(recs, kv=kv):
+        for m in batched_rows(recs, kv=kv, split=split):
             self.emit(make_row(m, facts, ctx))
             n += 1
         return n
@@ -503,8 +519,8 @@ class Runner:
         now = dt.datetime.now(dt.timezone.utc)
         self.ctx = {"engine_version": engine_version_string(info), "build_flags": a.build_flags or BUILD_FLAGS,
                     "source_id": a.source_id, "commit": a.commit, "date": now.strftime("%Y-%m-%d"),
-                    "date_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **{k: g.get(k, "") for k in
-                                                                       ("gpu_name", "gpu_uuid", "driver", "cuda")}}
+                    "date_utc": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "n_gpus": g.get("n_gpus", 1),
+                    **{k: g.get(k, "") for k in ("gpu_name", "gpu_uuid", "driver", "cuda")}}
         steps = PLANS[a.plan]
         if a.models:
             steps = [s for s in steps if s[0] in a.models.split(",")]
@@ -515,6 +531,10 @@ class Runner:
         self.files.thread.start()
         self.energy = EnergySampler()
         self.energy.start()
+        if a.wait_file:  # the GPUs belong to another sweep until it writes this file
+            while not Path(a.wait_file).exists() and self.deadline.remaining() > a.reserve + 30:
+                time.sleep(1)
+            self.log(f"{a.wait_file}: {'present' if Path(a.wait_file).exists() else 'absent'}; GPUs ours")
         try:
             self.ctx.update(measure_peaks(self.log))
         except Exception as e:
@@ -593,6 +613,7 @@ def main(argv=None):
     ap.add_argument("--commit", default="")
     ap.add_argument("--build-flags", default="")
     ap.add_argument("--lookahead", type=int, default=4)
+    ap.add_argument("--wait-file", default="", help="write files at once, but touch no GPU until this file exists")
     a = ap.parse_args(argv)
     Runner(a).main()
 
