@@ -651,9 +651,13 @@ class Bench:
             self.barrier()
 
     def close(self):
+        """Flush and leave without destroy_process_group: after collectives were captured in CUDA graphs it
+        can hang in ncclCommDestroy (pytorch/pytorch#115388), which cost the first 2-GPU call its TP run."""
         self.barrier()
-        if self.dist is not None:
-            self.dist.destroy_process_group()
+        if self.rank == 0:
+            self.fh.flush()
+            self.logf.flush()
+        _torch().cuda.synchronize()
 
 
 def _driver():
@@ -696,6 +700,8 @@ def main(argv=None):
     finally:
         b.log(f"done in {time.time() - b.t0:.0f}s")
         b.close()
+    if b.world > 1:
+        os._exit(0)
     return 0
 
 
