@@ -574,8 +574,9 @@ class Bench:
                 def step():
                     dec.forward(ids, pos, caches, slot)
             self.barrier()
-            ms = _events_ms(step, 30)
-            # energy window of >= 0.5 s of replays
+            ms = [max(x) for x in zip(*self.gather(_events_ms(step, 30)))]
+            # energy window of >= 0.5 s of replays; every rank must replay the same count (the collectives
+            # in the graph pair up across ranks), so n comes from the gathered times
             n = max(20, int(0.5 / max(statistics.median(ms) / 1000, 1e-5)))
             self.barrier()
             torch.cuda.synchronize()
@@ -586,7 +587,6 @@ class Bench:
             e1, t1 = self.energy.read_j(), time.time()
             pw = (e1 - e0) / (t1 - t0) if e0 is not None and e1 is not None and t1 > t0 else None
             pws = self.gather(pw)
-            ms = [max(x) for x in zip(*self.gather(ms))]
             med = statistics.median(ms)
             kvb = B * ctx * plan.kv_bytes_per_token()
             flops = 2 * plan.matmul_params * B + B * 4 * ctx * plan.layers * plan.q_heads * plan.head_dim
