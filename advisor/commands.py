@@ -58,12 +58,18 @@ def register(main: click.Group) -> None:
                        "and measured rows, held out by source (instead of the harness model).")
     @click.option("--hold-out", "hold_out", type=click.Choice(["source", "model"]), default="source",
                   show_default=True, help="With --engine: hold out whole sources, or whole models.")
+    @click.option("--multi-gpu", "multi_gpu", is_flag=True,
+                  help="Validate the multi-GPU cost model (all-reduce, tensor-parallel decode) on the measured "
+                       "multi-GPU rows, held out by TP size and by model.")
     @click.option("--json", "as_json", is_flag=True)
-    def validate(extra, plots, engine, hold_out, as_json):
+    def validate(extra, plots, engine, hold_out, multi_gpu, as_json):
         """Leave-one-GPU/model/method-out errors and interval coverage; error on published figures."""
         import json as _json
         from pathlib import Path
 
+        if multi_gpu:
+            _validate_multi_gpu(as_json)
+            return
         if engine is not None:
             _validate_engine(engine, as_json, hold_out)
             return
@@ -101,6 +107,29 @@ def register(main: click.Group) -> None:
         click.echo("(the analytical model's eager-host, KV-read and KV-dequant constants were derived from these rows, "
                    "so its figure is not held out; the fitted figures are)")
         click.echo(f"plots: {plots}/")
+
+
+def _validate_multi_gpu(as_json: bool) -> None:
+    """advisor validate --multi-gpu: the TP decode model held out by TP size and by model."""
+    import json as _json
+
+    from models.tp_model import validate as tp_validate
+    res = tp_validate()
+    if as_json:
+        click.echo(_json.dumps(res, indent=2))
+        return
+    ar = res["allreduce"]
+    click.echo(f"all-reduce: {ar['alpha_us']:.2f} us + ring bytes / {ar['busbw_gbps']:.0f} GB/s "
+               f"(n={ar['rows']}, in-sample median APE {ar['median_ape'] * 100:.1f}%)")
+    for split in ("leave_one_num_gpus_out", "leave_one_model_out"):
+        r = res["decode"][split]
+        a = r["all"]
+        click.echo(f"decode step, {split.replace('_', '-')}: n={a['n']} median APE {a['median_ape'] * 100:.1f}%  "
+                   f"MAPE {a['mape'] * 100:.1f}%  90% coverage {a['coverage90'] * 100:.0f}%")
+        for g, sc in r["groups"].items():
+            click.echo(f"  {g:14s} n={sc['n']:3d}  median APE {sc['median_ape'] * 100:5.1f}%  "
+                       f"coverage {sc['coverage90'] * 100:5.1f}%  interval x/{sc['interval_factor']:.2f}")
+    click.echo(f"rows: {', '.join(res['rows']['sources'])} (random weights, H200 x1 and x2, NVLink)")
 
 
 def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:

@@ -17,9 +17,21 @@ from .estimate import Estimate
 from .memory import PREFILL_CHUNK_TOKENS, param_counts
 from .roofline import StepCost, compute_dtype, decode_step, peak_flops, prefill_step, roofline_s
 
-# Tensor-parallel all-reduce latency per call (assumption, order of NCCL small-message latency).
-ALLREDUCE_LATENCY_S = 10e-6
 DEFAULT_LINK_GBPS = 25.0  # PCIe 4.0 x16 practical, when a profile lacks interconnect figures
+
+
+def _allreduce_constants() -> tuple[float, float]:
+    """(latency s per all-reduce, achieved fraction of the datasheet per-direction link bandwidth), fitted
+    on the all-reduce rows measured on 2 H200s over NVLink (models/data/allreduce.json, written by
+    ``python -m models.tp_model``). Applying that fraction to PCIe and other NVLink generations is an
+    assumption: no all-reduce was measured there."""
+    import json
+    from pathlib import Path
+    d = json.loads((Path(__file__).resolve().parent / "data" / "allreduce.json").read_text())
+    return float(d["alpha_s"]), float(d["link_efficiency"])
+
+
+ALLREDUCE_LATENCY_S, LINK_EFFICIENCY = _allreduce_constants()
 
 
 @dataclass
@@ -35,9 +47,10 @@ class SpeedPrediction:
 
 
 def link_bytes_per_s(gpu: GPU) -> float:
-    """Per-direction link bandwidth: the profiles quote bidirectional totals (PCIe x16, NVLink)."""
+    """Achieved per-direction link bandwidth of a ring all-reduce: the profiles quote bidirectional totals
+    (PCIe x16, NVLink), halved, times the measured LINK_EFFICIENCY."""
     g = gpu.interconnect.get("gpu_to_gpu_gbps")
-    return float(g) / 2 * 1e9 if g else DEFAULT_LINK_GBPS * 1e9
+    return (float(g) / 2 if g else DEFAULT_LINK_GBPS) * 1e9 * LINK_EFFICIENCY
 
 
 def _allreduce_s(gpu: GPU, llm: LLM, layers: int, tokens: int, n: int) -> float:
