@@ -230,10 +230,18 @@ def plain_table(rows: list[dict]) -> str:
               help="Seconds after which no new config starts (resume later to finish).")
 @click.option("--import-dataset", "import_dataset", is_flag=True,
               help="Append the rows to measurement/data/measurements.csv afterwards.")
+@click.option("--gpus", default=None,
+              help="Spread the sweep over these GPUs of this machine, one worker process each (e.g. 0,1,2,3); "
+                   "with --ray alone, the GPUs the local Ray cluster declares.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="Spread the sweep over the GPUs of a Ray cluster: --ray ADDRESS, or --ray alone for a local "
+                   "cluster (needs `pip install ray`). One task per GPU; rows stream back into --out.")
+@click.option("--fake-backend", is_flag=True, hidden=True, help="Tests: made-up rows instead of the harness.")
 @click.option("--dry-run", is_flag=True, help="Validate and list the configs, run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Rows as JSON on stdout.")
 def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_len, gen_len, weights, backend, trials,
-                    compile_mode, sweep, out, launcher, time_budget, import_dataset, dry_run, as_json):
+                    compile_mode, sweep, out, launcher, time_budget, import_dataset, gpus, ray_address, fake_backend,
+                    dry_run, as_json):
     """Measure speed, memory and energy of models x methods on this machine's GPU."""
     from rich.console import Console
 
@@ -286,7 +294,29 @@ def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_le
         import os
 
         os.environ.setdefault("ADVISOR_PEAKS_FILE", str(out_dir / "machine_peaks.json"))
-        if launcher == "subprocess":
+        backend_impl = "fake" if fake_backend else "harness"
+        if ray_address is not None:
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise click.UsageError("--ray needs Ray: pip install ray (or use --gpus on one machine)") from None
+            from .scheduler import run_ray
+
+            try:
+                n_local = len(_csv(gpus)) if gpus and ray_address == "local" else None  # declared GPUs
+                res = run_ray(configs, out_dir, ray_address, backend=backend_impl, num_gpus=n_local, on_row=on_row)
+            except RuntimeError as e:
+                raise click.UsageError(str(e)) from None
+            err.print(f"ray: {res['workers']} tasks, {res['written']} rows written, {res['duplicates']} duplicates skipped")
+        elif gpus:
+            from .scheduler import run_local
+
+            ids = _csv(gpus)
+            if not all(re.fullmatch(r"\d+", g) for g in ids):
+                raise click.BadParameter(f"'{gpus}': GPU ids are integers, e.g. 0,1", param_hint="--gpus")
+            res = run_local(configs, out_dir, ids, backend=backend_impl, on_row=on_row)
+            err.print(f"{res['workers']} workers, {res['written']} rows written, {res['duplicates']} duplicates skipped")
+        elif launcher == "subprocess":
             from .harness import SubprocessLauncher
 
             SubprocessLauncher(out_dir, deadline=deadline, on_row=on_row).run(configs)
