@@ -133,10 +133,10 @@ def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str =
     if not out["fits"]:
         out["reason"] = (f"does not fit: needs {p.memory.per_gpu_gb.value:.1f} GB per GPU > {usable:.3g} GB usable "
                          f"({eng.id} uses {p.memory_fraction:.0%} of {g.memory_gb:g} GB)")
-    q = p.quality_loss
-    metric = (p.quality_parts[0].metric if p.quality_parts else None)
-    out["quality"] = {metric or "quality_loss": {**_e(q), "unit": "fraction"}} if q is not None else {}
-    if p.quality_missing:
-        out["notes"].append("quality: no published or measured figure for "
-                            + ", ".join(c[1] for c in p.quality_missing))
+    from .serialize import quality_dict
+    out["quality"] = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")}
+                      for k, v in quality_dict(p).items()}
+    for k, v in out["quality"].items():
+        if v["value"] is None:
+            out["notes"].append(f"quality {k} unknown: no published, transferred or measured figure")
     return out

@@ -21,18 +21,36 @@ def _err(msg: str, code: int = EXIT_BAD_INPUT):
 
 
 def parse_fraction(text: str | None, name: str = "--max-ppl-delta") -> float | None:
-    """'2%' -> 0.02, '0.02' -> 0.02. A bare number >= 1 is refused as ambiguous."""
+    """A relative bound as a fraction: '2%' -> 0.02, '0.02' -> 0.02, '2' -> 0.02 (a bare number >= 1 is read as
+    percent, and said so on stderr). Negative or over 100% is refused."""
     if text is None or str(text).strip().lower() in ("none", "off"):
         return None
     s = str(text).strip()
     try:
-        if s.endswith("%"):
-            return float(s[:-1]) / 100
-        v = float(s)
+        v = float(s[:-1]) / 100 if s.endswith("%") else float(s)
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a number: use e.g. 2% or 0.02", param_hint=name) from None
-    if v >= 1:
-        raise click.BadParameter(f"'{text}' is ambiguous: write {v:g}% or {v / 100:g}", param_hint=name)
+    if v != v or v < 0:
+        raise click.BadParameter(f"'{text}': accepted 0% to 100% (e.g. 2% or 0.02)", param_hint=name)
+    if not s.endswith("%") and v >= 1:
+        click.echo(f"note: {name} {s} read as {v:g}%", err=True)
+        v = v / 100
+    if v > 1:
+        raise click.BadParameter(f"'{text}': accepted 0% to 100% (e.g. 2% or 0.02)", param_hint=name)
+    return v
+
+
+def parse_points(text: str | None, name: str) -> float | None:
+    """A drop in points of a 0-100 score: '1', '1.5', '1pt'. None / 'none' -> no bound."""
+    if text is None or str(text).strip().lower() in ("none", "off"):
+        return None
+    s = str(text).strip().lower().removesuffix("points").removesuffix("pts").removesuffix("pt").strip()
+    try:
+        v = float(s)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a number of points (e.g. 1 or 1.5)", param_hint=name) from None
+    if v != v or not 0 <= v <= 100:
+        raise click.BadParameter(f"'{text}': accepted 0 to 100 points", param_hint=name)
     return v
 
 
@@ -51,9 +69,15 @@ def main():
 @click.option("--gpu", required=True, help="GPU id or alias (advisor profiles list gpus).")
 @click.option("--model", required=True, help="Model id, alias or Hugging Face id.")
 @click.option("--max-ppl-delta", "max_ppl_delta", default="2%", show_default=True,
-              help="Largest acceptable relative quality loss: 2% or 0.02 (perplexity increase; task-score drop "
-                   "where only task scores are published). 'none' ranks without a quality bound (candidates "
-                   "with unknown quality then compete too).")
+              help="Largest relative perplexity increase (WikiText-2, else C4): 2%, 0.02 or 2 (a bare number >= 1 "
+                   "is percent). 'none' removes the bound. A candidate with no perplexity figure is unknown, not "
+                   "passing.")
+@click.option("--max-accuracy-drop", "max_accuracy_drop", default=None,
+              help="Largest task-accuracy drop in points (MMLU, Open LLM average, zero-shot average), e.g. 1.")
+@click.option("--max-longctx-drop", "max_longctx_drop", default=None,
+              help="Largest long-context score drop in points (LongBench, needle), e.g. 1.")
+@click.option("--allow-unknown-quality", is_flag=True,
+              help="Admit candidates whose bounded quality figure is unknown (with a note).")
 @click.option("--context", type=click.IntRange(2), default=4096, show_default=True,
               help="Tokens per sequence, prompt and generated together.")
 @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True, help="Generated tokens per sequence.")
@@ -71,8 +95,8 @@ def main():
                    "or auto (search the engines too).")
 @click.option("--show-rejected", is_flag=True, help="List every rejected candidate with its reason (--json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min_tokens_per_s, num_gpus, top,
-              backend, engine, show_rejected, as_json):
+def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, allow_unknown_quality, context, gen_len,
+              batch, objective, min_tokens_per_s, num_gpus, top, backend, engine, show_rejected, as_json):
     """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
     from .engine import Request, RequestError, recommend as run
     from .service import deploy_commands, speed_model_or_none
@@ -80,7 +104,10 @@ def recommend(gpu, model, max_ppl_delta, context, gen_len, batch, objective, min
 
     req = Request(gpu=gpu, model=model, max_quality_loss=parse_fraction(max_ppl_delta), context=context,
                   batch=batch, gen_len=gen_len, objective=objective, min_tok_s=min_tokens_per_s,
-                  num_gpus=num_gpus, top=top, backend=backend, engine=engine)
+                  num_gpus=num_gpus, top=top, backend=backend, engine=engine,
+                  max_accuracy_drop=parse_points(max_accuracy_drop, "--max-accuracy-drop"),
+                  max_longctx_drop=parse_points(max_longctx_drop, "--max-longctx-drop"),
+                  allow_unknown_quality=allow_unknown_quality)
     try:
         sm, sm_note = speed_model_or_none()
         rec = run(req, speed_model=sm)
@@ -140,8 +167,12 @@ def predict_cmd(gpu, model, engine, precision, sparsity, kv, kv_budget, batch, p
                 e = r[k]
                 click.echo(f"  {k:14s} {e['value']:10.4g} {e['unit']:8s} [{e['low']:.4g} - {e['high']:.4g}] {e['source']}")
             for m, e in r["quality"].items():
-                click.echo(f"  quality {m}: {e['value'] * 100:.2f}% [{e['low'] * 100:.2f} - {e['high'] * 100:.2f}] "
-                           f"{e['source']}")
+                if e["value"] is None:
+                    click.echo(f"  quality {m:13s} unknown (no row supports it)")
+                    continue
+                u = "%" if e["unit"] == "%" else " pt"
+                click.echo(f"  quality {m:13s} {e['value']:.2f}{u} [{e['low']:.2f} - {e['high']:.2f}] {e['kind']}: "
+                           f"{e['source'][:100]}")
             if not r["fits"]:
                 click.echo(r["reason"])
         for n in r["notes"]:

@@ -56,17 +56,23 @@ def register(main: click.Group) -> None:
     @click.option("--engine", default=None,
                   help="Validate the engine cost model of vllm, sglang, tensorrt-llm or llama.cpp on its published "
                        "and measured rows, held out by source (instead of the harness model).")
-    @click.option("--hold-out", "hold_out", type=click.Choice(["source", "model"]), default="source",
-                  show_default=True, help="With --engine: hold out whole sources, or whole models.")
+    @click.option("--hold-out", "hold_out", type=click.Choice(["source", "model", "paper"]), default="source",
+                  show_default=True, help="With --engine: hold out whole sources, or whole models. With --quality: "
+                                          "whole papers (source = paper), or whole models.")
+    @click.option("--quality", "quality", is_flag=True,
+                  help="Validate the quality cost model on the published rows, held out by paper (or model).")
     @click.option("--multi-gpu", "multi_gpu", is_flag=True,
                   help="Validate the multi-GPU cost model (all-reduce, tensor-parallel decode) on the measured "
                        "multi-GPU rows, held out by TP size and by model.")
     @click.option("--json", "as_json", is_flag=True)
-    def validate(extra, plots, engine, hold_out, multi_gpu, as_json):
+    def validate(extra, plots, engine, hold_out, quality, multi_gpu, as_json):
         """Leave-one-GPU/model/method-out errors and interval coverage; error on published figures."""
         import json as _json
         from pathlib import Path
 
+        if quality:
+            _validate_quality("model" if hold_out == "model" else "paper", as_json)
+            return
         if multi_gpu:
             _validate_multi_gpu(as_json)
             return
@@ -107,6 +113,31 @@ def register(main: click.Group) -> None:
         click.echo("(the analytical model's eager-host, KV-read and KV-dequant constants were derived from these rows, "
                    "so its figure is not held out; the fitted figures are)")
         click.echo(f"plots: {plots}/")
+
+
+def _validate_quality(by: str, as_json: bool) -> None:
+    """advisor validate --quality: held-out MAE (points) and 90% coverage per method family and quantity."""
+    import json as _json
+
+    from profiles import load
+
+    from models.quality_validate import held_out
+    res = held_out(load(), by)
+    res["held_out_by"] = by
+    if as_json:
+        click.echo(_json.dumps(res, indent=2))
+        return
+    click.echo(f"quality, leave-one-{by}-out (lookup rules; points: of relative perplexity increase for ppl_delta)")
+    for kind, fams in res.items():
+        if kind == "held_out_by":
+            continue
+        meta = fams.get("_predicted_of", {})
+        click.echo(f"{kind}: {meta.get('predicted', 0)} of {meta.get('rows', 0)} rows predicted")
+        for f, sc in fams.items():
+            if f.startswith("_"):
+                continue
+            click.echo(f"  {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
+                       f"{sc['coverage90'] * 100:5.1f}%  ({', '.join(sc['rules'])})")
 
 
 def _validate_multi_gpu(as_json: bool) -> None:

@@ -38,6 +38,19 @@ class Request:
     top: int = 5
     backend: str = "compiled"
     engine: str = "vllm"                    # an engine id, or "auto" to search the engines too
+    max_accuracy_drop: float | None = None  # task-accuracy drop, points of a 0-100 score
+    max_longctx_drop: float | None = None   # long-context score drop, points
+    allow_unknown_quality: bool = False     # admit a candidate whose gated quality figure is unknown
+
+    def quality_bounds(self) -> list[tuple[str, float, str]]:
+        """(kind, bound, option) for every quality bound asked."""
+        out = []
+        for kind, v, opt in (("ppl_delta", self.max_quality_loss, "--max-ppl-delta"),
+                             ("accuracy_drop", self.max_accuracy_drop, "--max-accuracy-drop"),
+                             ("longctx_drop", self.max_longctx_drop, "--max-longctx-drop")):
+            if v is not None:
+                out.append((kind, v, opt))
+        return out
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -49,8 +62,11 @@ class Request:
         if self.gen_len >= self.context:
             raise RequestError(f"--gen-len ({self.gen_len}) must be smaller than --context ({self.context}), "
                                "which counts prompt and generated tokens together")
-        if self.max_quality_loss is not None and not (0 <= self.max_quality_loss < 10):
-            raise RequestError(f"--max-ppl-delta must be between 0% and 1000%, got {self.max_quality_loss:.4g}")
+        if self.max_quality_loss is not None and not (0 <= self.max_quality_loss <= 1):
+            raise RequestError(f"--max-ppl-delta must be between 0% and 100%, got {self.max_quality_loss * 100:.4g}%")
+        for name, v in (("--max-accuracy-drop", self.max_accuracy_drop), ("--max-longctx-drop", self.max_longctx_drop)):
+            if v is not None and not (0 <= v <= 100):
+                raise RequestError(f"{name} must be between 0 and 100 points, got {v:.4g}")
         if self.min_tok_s is not None and self.min_tok_s <= 0:
             raise RequestError(f"--min-tokens-per-s must be positive, got {self.min_tok_s}")
         if self.backend not in ("compiled", "eager"):
@@ -194,15 +210,25 @@ def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
             f"KV {p.memory.kv_gb / req.num_gpus:.1f}, workspace+overhead "
             f"{p.memory.activations_gb / req.num_gpus + p.memory.overhead_gb:.1f})")
         return
-    if req.max_quality_loss is not None:
-        if p.quality_loss is None:
-            missing = ", ".join(c[1] for c in p.quality_missing)
-            e.rejected_by, e.reason = "quality", f"no published or measured quality result for {missing}"
+    for kind, bound, opt in req.quality_bounds():
+        est, _, missing = p.quality.get(kind, (None, [], []))
+        unit = "%" if kind == "ppl_delta" else " points"
+        k = 100 if kind == "ppl_delta" else 1
+        small = est is not None and est.source == "measured"  # only this project's tiny trained model
+        if est is None or small:
+            has = [q for q, (x, _, _) in p.quality.items() if x is not None and x.source != "measured"]
+            why = (f"{kind} unknown: no published or transferred figure for "
+                   f"{', '.join(c[1] for c in missing) if missing else est.detail}"
+                   + (" (only measured on this project's small trained model, which does not carry to "
+                      f"{req.model})" if small else "") + (f"; it has {', '.join(has)}" if has else ""))
+            if req.allow_unknown_quality:
+                p.notes.append(f"admitted by --allow-unknown-quality: {why}")
+                continue
+            e.rejected_by, e.reason = "quality", why + "; --allow-unknown-quality admits it"
             return
-        if p.quality_loss.value > req.max_quality_loss:
+        if est.value > bound:
             e.rejected_by, e.reason = "quality", (
-                f"predicted quality loss {p.quality_loss.value * 100:.2f}% > {req.max_quality_loss * 100:.2f}% "
-                f"({p.quality_loss.detail})")
+                f"predicted {kind} {est.value * k:.2f}{unit} > {opt} {bound * k:.2f}{unit} ({est.detail})")
             return
     if req.min_tok_s is not None and p.speed.per_seq_tok_s.value < req.min_tok_s:
         ceiling = 1e3 / p.speed.roofline_decode_ms

@@ -29,7 +29,9 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
     console.print(f"[bold]{rec.model_id}[/] on [bold]{rec.gpu_id}[/] x{req.num_gpus} | context {req.context} "
                   f"(gen {req.gen_len}) | batch {req.batch} | engine {req.engine}"
                   + (f" ({req.backend})" if req.engine == "transformers" else "") + f" | objective {req.objective}"
-                  + (f" | max quality loss {req.max_quality_loss * 100:.2f}%" if req.max_quality_loss is not None else ""))
+                  + (f" | max ppl delta {req.max_quality_loss * 100:.2f}%" if req.max_quality_loss is not None else "")
+                  + (f" | max accuracy drop {req.max_accuracy_drop:g} pt" if req.max_accuracy_drop is not None else "")
+                  + (f" | max long-context drop {req.max_longctx_drop:g} pt" if req.max_longctx_drop is not None else ""))
     if best is None:
         console.print("[bold red]No feasible candidate.[/]")
     else:
@@ -46,8 +48,12 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
             ("memory per GPU (GB)", _fmt(p.memory.per_gpu_gb)),
             ("energy (J/token)", _fmt(p.j_per_token)),
             ("cost (USD / M tokens)", _fmt(p.usd_per_mtok)),
-            ("quality loss (%)", _fmt(p.quality_loss, 100)),
         ]
+        for kind, (est, _, _) in p.quality.items():
+            label = {"ppl_delta": "perplexity increase (%)", "accuracy_drop": "task-accuracy drop (points)",
+                     "longctx_drop": "long-context drop (points)"}[kind]
+            rows.append((label, _fmt(est, 100 if kind == "ppl_delta" else 1) if est is not None
+                         else ("unknown", "", "no row supports it")))
         for name, (v, iv, src) in rows:
             t.add_row(name, v, iv, src)
         if p.eor is not None:
@@ -58,7 +64,7 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
                       f"(predicted {p.speed.decode_step_ms.value:.3g}); quality: {p.quality_loss.detail if p.quality_loss else 'n/a'}[/]")
         for c in p.quality_parts:
             if c.rule != "reference":
-                console.print(f"[dim]  {c.component[1]}: {c.loss * 100:+.2f}% ({c.rule}, {c.metric}) from "
+                console.print(f"[dim]  perplexity, {c.component[1]}: {c.loss * 100:+.2f}% ({c.rule}, {c.metric}) from "
                               f"{'; '.join(c.cites)[:300]}[/]")
         for n in p.speed.notes:
             console.print(f"[dim]  note: {n}[/]")

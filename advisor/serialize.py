@@ -6,6 +6,33 @@ from dataclasses import asdict
 from .engine import Evaluated, Recommendation
 
 
+QUALITY_UNITS = {"ppl_delta": ("%", 100.0), "accuracy_drop": ("points", 1.0), "longctx_drop": ("points", 1.0)}
+
+
+def quality_dict(p) -> dict:
+    """Every quality quantity of a Prediction: kind -> {value, low, high, unit, source, kind, metric, detail,
+    citations}; ``value`` None (kind ``unknown``) where no row supports it. ``kind``: published (the exact
+    model, method and metric), transferred (same method on other models, a size law or a monotone bound),
+    measured (this project's small-model campaign), reference (16-bit dense: 0 by definition), unknown."""
+    out = {}
+    for kind, (est, parts, missing) in p.quality.items():
+        unit, k = QUALITY_UNITS[kind]
+        if est is None:
+            out[kind] = {"value": None, "low": None, "high": None, "unit": unit, "source": None, "kind": "unknown",
+                         "metric": None, "detail": "no figure for " + ", ".join(c[1] for c in missing),
+                         "citations": []}
+            continue
+        nonzero = [c for c in parts if c.rule not in ("reference", "within-budget")]
+        label = "reference" if not nonzero else est.source
+        within = sorted({x for c in parts if c.rule == "within-budget" for x in c.cites})
+        out[kind] = {"value": est.value * k, "low": est.low * k, "high": est.high * k, "unit": unit,
+                     "source": "; ".join(sorted({x for c in nonzero for x in c.cites}) + within)
+                     or "16-bit dense reference",
+                     "kind": label, "metric": ", ".join(sorted({c.metric for c in nonzero})) or None,
+                     "detail": est.detail, "citations": sorted({x for c in nonzero for x in c.cites})}
+    return out
+
+
 def prediction_dict(e: Evaluated) -> dict:
     p = e.prediction
     return {
@@ -32,6 +59,7 @@ def prediction_dict(e: Evaluated) -> dict:
             {"component": list(c.component), "loss": c.loss, "low": c.low, "high": c.high, "rule": c.rule,
              "metric": c.metric, "citations": list(c.cites)} for c in p.quality_parts],
         "quality_missing": [list(c) for c in p.quality_missing],
+        "quality": quality_dict(p),
         "eor_per_wh": p.eor,
         "tweor": p.tweor,
         "notes": p.speed.notes,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-SOURCES = ("measured", "published", "analytical", "fitted")
+SOURCES = ("measured", "published", "analytical", "fitted", "transferred")  # transferred: same method, other models (quality)
 
 
 @dataclass(frozen=True)

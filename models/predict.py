@@ -32,6 +32,9 @@ class Prediction:
     engine: str = "transformers"
     memory_fraction: float = 1.0         # share of the GPU the engine may use (vLLM reserves 0.9)
     kv_capacity_tokens: float | None = None
+    # every quality quantity: kind -> (Estimate or None, parts, components with no figure of that kind);
+    # quality_loss / quality_parts / quality_missing above are the perplexity one (ppl_delta)
+    quality: dict = field(default_factory=dict)
 
 
 def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
@@ -68,12 +71,13 @@ def assemble(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, me
                        f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date')}) "
                        "/ predicted decode throughput")
     q = quality or QualityModel.from_catalog(cat)
-    loss, parts, missing = q.predict(llm, cand)
+    allq = q.predict_all(llm, cand, context=sc.prompt_len + sc.gen_len)
+    loss, parts, missing = allq["ppl_delta"]
     lat = spd.prefill_ms.scale(1e-3, "s")
     dec = spd.decode_step_ms.scale(sc.gen_len * 1e-3, "s")
     req = Estimate(lat.value + dec.value, lat.low + dec.low, lat.high + dec.high, "s", spd.decode_step_ms.source,
                    "prefill + gen_len x decode step")
-    p = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=used)
+    p = Prediction(cand, mem, spd, power, j, usd, loss, parts, missing, req, speed_model=used, quality=allq)
     if loss is not None:
         kept = max(0.0, 1.0 - loss.value)
         wh = j.value * 1000 / 3600  # Wh per 1,000 generated tokens

@@ -43,8 +43,51 @@ METRIC_RANK = {"wikitext2_ppl": 0, "c4_ppl": 1, "pg19_ppl": 2, "longbench_avg": 
                "openllm_v1_avg": 7, "zeroshot5_avg_acc": 8, "zeroshot4_avg_acc": 8, "gsm8k": 8, "needle_acc": 9}
 SCORE_METRICS = {"longbench_avg", "mmlu", "openllm_v1_avg", "zeroshot5_avg_acc", "zeroshot4_avg_acc",
                  "gsm8k", "needle_acc"}
+# The three quality quantities (issue 11): a relative perplexity increase (fraction), a task-accuracy
+# drop and a long-context score drop (both in points of the 0-100 score). Rows of one never answer another.
+PPL, ACC, LONG = "ppl_delta", "accuracy_drop", "longctx_drop"
+KINDS = (PPL, ACC, LONG)
+LONGCTX_METRICS = {"longbench_avg", "needle_acc", "ruler_avg", "ruler"}
+ACCURACY_METRICS = {"mmlu", "openllm_v1_avg", "zeroshot5_avg_acc", "zeroshot4_avg_acc", "zeroshot7_avg_acc", "gsm8k",
+                    "cmmlu", "laco13_avg", "hellaswag", "mmlu_nsub10", "openllm_v1_subset_avg", "humaneval_python_en",
+                    "humaneval_python_cn"}
+
+
+def metric_kind(metric: str) -> str | None:
+    """ppl_delta | accuracy_drop | longctx_drop, or None for rows that are not quality (throughput...)."""
+    m = metric.lower()
+    if m.endswith("_ppl") or m in ("ppl", "ppl_decode"):
+        return PPL
+    if m in LONGCTX_METRICS:
+        return LONG
+    if m in ACCURACY_METRICS:
+        return ACC
+    return None
+
+
+def _half_unit(x) -> float:
+    """Half a unit in the last printed place of a published figure (8.3 -> 0.05; 62 -> 0.5)."""
+    t = repr(float(x)) if not isinstance(x, str) else x
+    if "e" in t.lower():
+        return 0.0
+    dec = len(t.split(".")[1].rstrip("0")) if "." in t else 0
+    return 0.5 * 10 ** (-dec)
+
+
+def row_loss(kind: str, baseline: float, value: float, exact: bool = False) -> tuple[float, float, float]:
+    """(loss, low, high) of one published pair; low/high carry +/- half a unit in the last printed place on
+    both figures (WikiText-2 8.3 vs 8.2 is 0.0-2.4%, not 1.2%). ppl_delta: relative increase (fraction);
+    score kinds: points dropped."""
+    b, v = float(baseline), float(value)
+    hb, hv = (0.0, 0.0) if exact else (_half_unit(baseline), _half_unit(value))
+    if kind == PPL:
+        return (v - b) / b, (v - hv) / (b + hb) - 1, (v + hv) / max(b - hb, 1e-9) - 1
+    return b - v, (b - hb) - (v + hv), (b + hb) - (v - hv)
+
+
 LLAMA3_SENSITIVE = {"awq-int4", "gptq-int4", "rtn-int4", "bnb-nf4", "w8a8"}
 LLAMA3_FACTOR = 2.0
+EVICTION = {"streamingllm", "snapkv", "pyramidkv"}
 SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"
 
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
@@ -64,6 +107,9 @@ class Row:
     cite: str
     source: str            # published | measured
     notes: str = ""
+    kind: str = PPL        # ppl_delta | accuracy_drop | longctx_drop
+    lo: float | None = None  # loss bounds from the printed precision of the figures
+    hi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +179,8 @@ def rows_from_published(raw: list[dict]) -> list[Row]:
         if r.get("kind") == "claim" or r.get("baseline") in (None, 0):
             continue
         metric = r["metric"]
-        if metric not in METRIC_RANK and metric not in SCORE_METRICS and not metric.endswith("_ppl"):
+        kind = metric_kind(metric)
+        if kind is None:
             continue
         comp = _component(r)
         if comp is None or "naive" in str(r.get("notes", "")).lower()[:40]:
@@ -145,9 +192,9 @@ def rows_from_published(raw: list[dict]) -> list[Row]:
                 continue
             budget = round(frac * 1000)  # per-mille of layers dropped, compared like a budget
         cite = f"{r['paper']}, {r.get('table') or ''} ({r['url']})"
+        loss, lo, hi = row_loss(kind, r["baseline"], r["value"])
         out.append(Row(_base_model(r["model"]), _family_of(r["model"]), _size_of(r["model"]), comp, budget,
-                       metric, _loss(float(r["baseline"]), float(r["value"]), bool(r["higher_is_better"])),
-                       cite, "published", f"{r['paper']} {r.get('notes', '')}"))
+                       metric, loss, cite, "published", f"{r['paper']} {r.get('notes', '')}", kind, lo, hi))
     return out
 
 
@@ -164,9 +211,11 @@ def rows_from_small_model(path: Path = SMALL_MODEL_CSV) -> list[Row]:
             if comp is None:
                 continue
             budget = int(float(r["kv_budget"])) if r.get("kv_budget") else None
+            lo = float(r["delta_ci95_lo"]) if r.get("delta_ci95_lo") else float(r["delta_rel"])
+            hi = float(r["delta_ci95_hi"]) if r.get("delta_ci95_hi") else float(r["delta_rel"])
             out.append(Row(r["model"], "small", _size_of(r["model"]), comp, budget, r["metric"], float(r["delta_rel"]),
                            f"measured on {r['model']} trained here ({r.get('gpu', '')}, {r.get('date_utc', '')})",
-                           "measured"))
+                           "measured", "", PPL, lo, hi))
     return out
 
 
@@ -207,35 +256,114 @@ class QualityModel:
     """Looks up and combines component losses; see the module docstring for the rules."""
 
     def __init__(self, published: list[Row], measured: list[Row] | None = None, prefers: dict | None = None,
-                 learn: bool = True):
+                 learn: bool = True, catalog: Catalog | None = None):
         self.published = published
+        self.published_ppl = [r for r in published if r.kind == PPL]
         self.measured = measured or []
         self.prefers = prefers or {}
+        self.catalog = catalog
+        self._raw_cache: dict = {}
         self.fitted, self.fitted_q90 = (None, None)
-        if learn:
+        if learn:  # perplexity rows only: a task score is another quantity
             from .quality_fit import fit_with_interval
-            self.fitted, self.fitted_q90 = fit_with_interval(self.published + self.measured)
+            self.fitted, self.fitted_q90 = fit_with_interval(self.published_ppl + self.measured)
 
     @classmethod
     def from_catalog(cls, cat: Catalog) -> "QualityModel":
         return _cached(cat)
 
-    def component(self, llm: LLM, comp: tuple, budget: int | None = None) -> ComponentLoss | None:
+    def component(self, llm: LLM, comp: tuple, budget: int | None = None, kind: str = PPL,
+                  context: int | None = None) -> ComponentLoss | None:
+        """The component's loss of quantity ``kind``, monotone by construction (:meth:`_envelope`)."""
         if comp[0] == "precision" and comp[1] in BASE_PRECISIONS or comp[0] == "kv" and comp[1] in BASE_KV \
                 or comp == ("sparsity", "dense"):
             return ComponentLoss(comp, 0.0, 0.0, 0.0, "reference", "-", ("16-bit dense reference",))
-        rows = _preferred([r for r in self.published if r.component == comp], self.prefers.get(comp[1]))
+        if comp[0] == "kv" and comp[1] in EVICTION and budget and context is not None and context <= budget:
+            return ComponentLoss(comp, 0.0, 0.0, 0.0, "within-budget", "-",
+                                 (f"eviction keeps every token while the context ({context}) fits the budget ({budget})",))
+        return self._envelope(llm, comp, budget, kind)
+
+    def _envelope(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+        """Monotone by construction: the largest loss among this (model, method, budget) and every one it
+        must not beat: a larger model of the same family, a method of the same quality chain with more
+        bits, a milder budget (more KV tokens kept; fewer layers dropped)."""
+        own = self._raw(llm, comp, budget, kind)
+        best, via = own, None
+        for mid, c, b in self._dominators(llm, comp, budget):
+            x = self._raw(self.catalog.llm(mid), c, b, kind)
+            if x is not None and (best is None or x.loss > best.loss + 1e-12):
+                best, via = x, (mid, c, b)
+        if best is None or via is None:
+            return best
+        note = (f"raised to {via[1][1]}" + (f" at budget {via[2]}" if via[2] is not None else "") +
+                f" on {via[0]} ({best.loss:.4g}): a {'larger model' if via[0] != llm.id else 'milder setting'} "
+                "may not lose more (monotone order)")
+        # the interval keeps this model's own evidence (its low end) and reaches the raised figure's high end
+        low = min(own.low, best.loss) if own else best.low
+        return ComponentLoss(comp, best.loss, min(low, best.loss), max(best.high, own.high if own else 0.0),
+                             "transfer", best.metric,
+                             best.cites + (note,))
+
+    def _dominators(self, llm: LLM, comp: tuple, budget: int | None):
+        cat = self.catalog
+        if cat is None:
+            return []
+        sizes = [m for m in cat.llms.values() if m.family == llm.family
+                 and m.published_params_b > llm.published_params_b]
+        models = [llm] + sorted(sizes, key=lambda m: m.published_params_b)
+        comps = [comp] + [c for c in self._chain_milder(comp)]
+        budgets = [budget] + self._milder_budgets(comp, budget)
+        out = []
+        for m in models:
+            for c in comps:
+                for b in budgets if c == comp else [None]:
+                    if (m.id, c, b) != (llm.id, comp, budget):
+                        out.append((m.id, c, b))
+        return out
+
+    def _chain_milder(self, comp: tuple) -> list[tuple]:
+        """Methods sharing a quality chain with ``comp`` that store more bits (methods.yaml)."""
+        cat = self.catalog
+        m = cat.methods.get(comp[1]) if cat else None
+        if m is None or not m.get("quality_chains"):
+            return []
+        bits = float(m.get("quality_bits"))
+        out = []
+        for o in cat.methods.values():
+            if o.id != m.id and o.kind == m.kind and set(o.get("quality_chains") or ()) & set(m.get("quality_chains")) \
+                    and float(o.get("quality_bits")) > bits:
+                out.append((comp[0], o.id))
+        return out
+
+    def _milder_budgets(self, comp: tuple, budget: int | None) -> list[int]:
+        if budget is None:
+            return []
+        pub = sorted({r.budget for r in self.published if r.component == comp and r.budget is not None})
+        if comp[0] == "kv":
+            return [b for b in pub if b > budget]  # more tokens kept
+        return [b for b in pub if b < budget]  # fewer layers dropped (per mille)
+
+    def _raw(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+        key = (llm.id, comp, budget, kind)
+        if key not in self._raw_cache:
+            self._raw_cache[key] = self._lookup(llm, comp, budget, kind)
+        return self._raw_cache[key]
+
+    def _lookup(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+        rows = _preferred([r for r in self.published if r.component == comp and r.kind == kind],
+                          self.prefers.get(comp[1]))
         size = llm.published_params_b
         exact = [r for r in rows if r.model == llm.id or r.model == _base_model(llm.id)]
         variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
                    and r not in exact]
         family = [r for r in rows if r.family == llm.family]
-        if not (exact or variant or family):
+        if not (exact or variant or family) and kind == PPL and rows:  # a size law needs published rows
             fitted = self._fitted(llm, comp, budget, rows)
             if fitted:
                 return fitted
+        floor = ABS_FLOOR if kind == PPL else 0.2
         for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
-                           ("measured-small", [r for r in self.measured if r.component == comp])):
+                           ("measured-small", [r for r in self.measured if r.component == comp and r.kind == kind])):
             if not pool:
                 continue
             pool = _pick_metric(pool)
@@ -243,19 +371,28 @@ class QualityModel:
             if rule == "family":
                 near = min(abs(math.log((r.size_b or size) / size)) for r in pool)
                 pool = [r for r in pool if abs(math.log((r.size_b or size) / size)) == near]
-            losses = []
+            factor = 1.0
+            losses, los, his = [], [], []
             for r in pool:
-                x = r.loss
+                f = 1.0
                 if rule == "transfer" and comp[1] in LLAMA3_SENSITIVE:
                     if llm.family == "llama3" and r.family == "llama2":
-                        x *= LLAMA3_FACTOR
+                        f = LLAMA3_FACTOR
                     elif llm.family == "llama2" and r.family == "llama3":
-                        x /= LLAMA3_FACTOR
-                losses.append(x)
-            loss = _median(losses)
+                        f = 1 / LLAMA3_FACTOR
+                losses.append(r.loss * f)
+                los.append((r.lo if r.lo is not None else r.loss) * f)
+                his.append((r.hi if r.hi is not None else r.loss) * f)
+            loss = _median(losses) * factor
             width = REL_WIDTH[rule] * (2.0 if below_all else 1.0)
-            half = max(abs(loss) * width, ABS_FLOOR, (max(losses) - min(losses)) / 2)
-            return ComponentLoss(comp, loss, loss - half, loss + half, rule, pool[0].metric,
+            if rule == "exact" and not below_all:  # the figures as printed: rounding and the rows' spread
+                low, high = min(los), max(his)
+            else:
+                half = max(abs(loss) * width, floor, (max(losses) - min(losses)) / 2)
+                low, high = min(loss - half, min(los)), max(loss + half, max(his))
+            # never a gain: a method or a policy does not improve on the 16-bit dense model
+            loss, low, high = max(loss, 0.0), max(low, 0.0), max(high, 0.0)
+            return ComponentLoss(comp, loss, min(low, loss), max(high, loss), rule, pool[0].metric,
                                  tuple(sorted({r.cite for r in pool})))
         return None
 
@@ -263,40 +400,54 @@ class QualityModel:
         m = self.fitted
         if m is None or comp not in m.methods_:
             return None
-        metric = _pick_metric(rows)[0].metric if rows else "ppl"
+        metric = _pick_metric(rows)[0].metric if rows else "wikitext2_ppl"
         q = Row(llm.id, llm.family, llm.published_params_b, comp, budget, metric, 0.0, "", "")
-        loss = float(m.predict([q])[0])
+        loss = max(float(m.predict([q])[0]), 0.0)
         k = math.exp(self.fitted_q90)
         n_pub = len(rows)
         return ComponentLoss(comp, loss, loss / k, loss * k, "fitted", metric,
-                             (f"quality regression over {len(self.published)} published + {len(self.measured)} "
-                              f"measured rows ({n_pub} for this method; models/quality_fit.py)",))
+                             (f"perplexity regression over {len(self.published_ppl)} published + {len(self.measured)} "
+                              f"measured perplexity rows ({n_pub} for this method; models/quality_fit.py)",))
 
-    def predict(self, llm: LLM, cand: Candidate) -> tuple[Estimate | None, list[ComponentLoss], list[tuple]]:
-        """Loss estimate (fraction) for the candidate, its parts, and components with no data."""
+    def predict(self, llm: LLM, cand: Candidate, kind: str = PPL,
+                context: int | None = None) -> tuple[Estimate | None, list[ComponentLoss], list[tuple]]:
+        """Loss of quantity ``kind`` for the candidate (ppl_delta: fraction; score kinds: points), its
+        parts, and the components with no figure of that kind. Combination: additive (in relative
+        perplexity to first order: for a small increase e, (1+e1)(1+e2)-1 ~ e1+e2; for scores, points add
+        as a first-order approximation); the interval adds the parts' intervals plus 25% of the summed
+        losses for interactions, and the detail says how the total was made."""
         parts, missing = [], []
         budget_drop = round(cand.dropped_layers / llm.num_hidden_layers * 1000) if cand.dropped_layers else None
         for comp, budget in ((("precision", cand.precision), None),
                              (("sparsity", cand.sparsity_method), budget_drop),
                              (("kv", cand.kv), cand.kv_budget)):
-            c = self.component(llm, comp, budget)
+            c = self.component(llm, comp, budget, kind, context)
             (parts if c else missing).append(c if c else comp)
         if missing:
             return None, parts, missing
         loss = sum(p.loss for p in parts)
         low = sum(p.low for p in parts)
         high = sum(p.high for p in parts)
-        nonzero = [p for p in parts if p.rule != "reference"]
+        nonzero = [p for p in parts if p.rule not in ("reference", "within-budget")]
         if len(nonzero) > 1:
             slack = 0.25 * sum(abs(p.loss) for p in nonzero)
-            low, high = low - slack, high + slack
+            low, high = max(low - slack, 0.0), high + slack
         rules = sorted({p.rule for p in nonzero}) or ["reference"]
-        source = "measured" if rules == ["measured-small"] else "published"
-        detail = "; ".join(f"{p.component[1]}: {p.rule} ({p.metric})" for p in nonzero) or "16-bit dense reference"
-        return Estimate(loss, min(low, loss), max(high, loss), "fraction", source, detail), parts, []
+        source = "measured" if rules == ["measured-small"] else ("published" if rules in (["exact"], ["reference"])
+                                                                else "transferred")
+        detail = " + ".join(f"{p.component[1]} {p.loss * (100 if kind == PPL else 1):.3g} ({p.rule}, {p.metric})"
+                            for p in nonzero) or "16-bit dense reference"
+        if len(nonzero) > 1:
+            detail += " (added; interval +25% of the sum for interactions)"
+        unit = "fraction" if kind == PPL else "points"
+        return Estimate(loss, min(low, loss), max(high, loss), unit, source, detail), parts, []
+
+    def predict_all(self, llm: LLM, cand: Candidate, context: int | None = None) -> dict:
+        """Every quantity: kind -> (Estimate | None, parts, missing)."""
+        return {k: self.predict(llm, cand, k, context) for k in KINDS}
 
 
 @lru_cache(maxsize=2)
 def _cached(cat: Catalog) -> QualityModel:
     prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
-    return QualityModel(rows_from_published(cat.quality_rows), rows_from_small_model(), prefers)
+    return QualityModel(rows_from_published(cat.quality_rows), rows_from_small_model(), prefers, catalog=cat)

@@ -19,7 +19,7 @@ def test_recommend_json_carries_intervals_and_sources(run):
     rec = d["recommended"]
     for key in ("decode_tok_s", "prefill_ms", "j_per_token", "usd_per_mtok", "quality_loss"):
         e = rec[key]
-        assert e["low"] <= e["value"] <= e["high"] and e["source"] in ("analytical", "published", "measured", "fitted")
+        assert e["low"] <= e["value"] <= e["high"] and e["source"] in ("analytical", "published", "measured", "fitted", "transferred")
     assert rec["memory"]["per_gpu_gb"]["value"] <= 24
     assert d["deploy"]["command"].startswith("vllm serve") and d["deploy"]["engine"].startswith("vllm")
 
@@ -38,7 +38,10 @@ def test_unknown_model_offers_matches(run):
 
 @pytest.mark.parametrize("args,needle", [
     (("--max-ppl-delta", "two"), "not a number"),
-    (("--max-ppl-delta", "2"), "ambiguous"),
+    (("--max-ppl-delta", "-1%"), "accepted 0% to 100%"),
+    (("--max-ppl-delta", "150%"), "accepted 0% to 100%"),
+    (("--max-accuracy-drop", "-1"), "accepted 0 to 100 points"),
+    (("--max-longctx-drop", "x"), "not a number of points"),
     (("--context", "-5"), "context"),
     (("--batch", "x"), "batch"),
     (("--objective", "speed"), "objective"),
@@ -108,3 +111,34 @@ def test_recommend_engine_auto_names_the_winner(run):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert any(n.startswith("engine auto:") for n in d["notes"])
+
+
+@pytest.mark.parametrize("text", ["2%", "0.02", "2"])
+def test_ppl_bound_spellings_agree(run, text):
+    """2%, 0.02 and 2 (read as percent, said so) are the same bound."""
+    r = run("recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--max-ppl-delta", text, "--json")
+    assert r.exit_code == 0, r.output
+    import json
+    d = json.loads(r.stdout)
+    assert abs(d["request"]["max_quality_loss"] - 0.02) < 1e-12
+    if text == "2":
+        assert "read as 2%" in r.stderr
+
+
+def test_card_command_gates_on_perplexity_and_names_its_source(run):
+    import json
+    r = run("recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--max-ppl-delta", "2%", "--json")
+    d = json.loads(r.stdout)
+    q = d["recommended"]["quality"]["ppl_delta"]
+    assert q["value"] is not None and q["value"] <= 2.0 and q["unit"] == "%"
+    assert q["kind"] in ("published", "transferred", "reference") and q["source"]
+
+
+def test_validate_quality_reports_each_quantity(run):
+    import json
+    r = run("validate", "--quality", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert {"ppl_delta", "accuracy_drop", "longctx_drop"} <= set(d)
+    fams = {k: v for k, v in d["ppl_delta"].items() if not k.startswith("_")}
+    assert fams and all(0 <= v["coverage90"] <= 1 and v["mae_points"] >= 0 for v in fams.values())

@@ -1,0 +1,63 @@
+"""Held-out errors of the quality cost model (``advisor validate --quality``).
+
+Every published row of one quantity is predicted with its whole group left out of the model (its paper,
+or its model), by the lookup rules of :class:`models.quality.QualityModel` (exact, variant, family, the
+perplexity size law, transfer). Scores per method family: mean absolute error in points (points of
+relative perplexity increase for ppl_delta, score points for the drops) and the share of rows inside the
+predicted 90% interval. The monotone envelope is not applied here (it needs catalog models; held-out rows
+are often of models outside the catalog), so these figures are for the lookup it raises.
+"""
+from __future__ import annotations
+
+import statistics
+from types import SimpleNamespace
+
+from .quality import KINDS, PPL, QualityModel, rows_from_published, rows_from_small_model
+
+FAMILY = {"awq-int4": "4-bit weight", "gptq-int4": "4-bit weight", "rtn-int4": "4-bit weight", "bnb-nf4": "4-bit weight",
+          "int8-wo": "8-bit weight", "bnb-int8": "8-bit weight", "fp8": "8-bit weight", "w8a8": "8-bit weight",
+          "smoothquant-w8a8": "8-bit weight"}
+
+
+def _family(comp: tuple) -> str:
+    if comp[1].startswith("gguf-"):
+        return "gguf"
+    if comp[0] == "precision":
+        return FAMILY.get(comp[1], "other weight")
+    if comp[0] == "kv":
+        return "kv eviction" if comp[1] in ("streamingllm", "snapkv", "pyramidkv", "h2o") else "kv quantization"
+    return "sparsity / layer drop"
+
+
+def _paper(r) -> str:
+    return r.cite.split(",")[0]
+
+
+def held_out(cat, by: str = "paper") -> dict:
+    rows = rows_from_published(cat.quality_rows)
+    measured = rows_from_small_model()
+    prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
+    key = _paper if by == "paper" else (lambda r: r.model)
+    out = {}
+    for kind in KINDS:
+        res = []
+        for g in sorted({key(r) for r in rows if r.kind == kind}):
+            test = [r for r in rows if r.kind == kind and key(r) == g]
+            train = [r for r in rows if key(r) != g]
+            q = QualityModel(train, measured, prefers, learn=kind == PPL)
+            for r in test:
+                llm = SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0,
+                                      num_hidden_layers=32, raw={})
+                c = q._lookup(llm, r.component, r.budget, kind)
+                if c is None:
+                    continue
+                res.append((r, c))
+        fams = {}
+        for r, c in res:
+            fams.setdefault(_family(r.component), []).append((r, c))
+        k = 100.0 if kind == PPL else 1.0
+        out[kind] = {f: {"n": len(v), "mae_points": statistics.mean(abs(c.loss - max(r.loss, 0)) * k for r, c in v),
+                         "coverage90": sum(c.low <= max(r.loss, 0) <= c.high for r, c in v) / len(v),
+                         "rules": sorted({c.rule for _, c in v})} for f, v in sorted(fams.items())}
+        out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
+    return out
