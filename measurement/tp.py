@@ -481,7 +481,7 @@ class Bench:
                       busbw_gbps=f"{bus:.2f}", status="ok",
                       notes=f"all_reduce of {tok} x {hidden} bf16; algbw {algbw:.2f} GB/s")
             self.log(f"allreduce {nbytes / 1e6:9.3f} MB: {us:9.2f} us busbw {bus:7.1f} GB/s")
-            del x, g
+            x = g = None  # free before the next size
             torch.cuda.empty_cache()
 
     # one model -------------------------------------------------------------------------------------
@@ -607,7 +607,7 @@ class Bench:
             self._status(common, "decode_step_ms", B, ctx, e)
             torch.cuda.synchronize()
         finally:
-            del g, caches
+            g = caches = None
             torch.cuda.empty_cache()
             self.barrier()
 
@@ -646,7 +646,7 @@ class Bench:
             self._status(common, "prefill_ms", B, P, e)
             torch.cuda.synchronize()
         finally:
-            del caches
+            caches = None
             torch.cuda.empty_cache()
             self.barrier()
 
