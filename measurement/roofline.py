@@ -22,7 +22,9 @@ from pathlib import Path
 _PEAKS: dict | None = None
 
 
-def _bench(fn, iters: int = 20, warm: int = 3) -> float:
+def event_times_ms(fn, iters: int = 20, warm: int = 3) -> list[float]:
+    """Milliseconds of each of ``iters`` calls of ``fn``, each between CUDA events (a device sync at both
+    ends), after ``warm`` untimed calls."""
     import torch
 
     for _ in range(warm):
@@ -35,8 +37,13 @@ def _bench(fn, iters: int = 20, warm: int = 3) -> float:
         fn()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) / 1000.0)
-    return statistics.median(ts)
+        ts.append(a.elapsed_time(b))
+    return ts
+
+
+def _bench(fn, iters: int = 20, warm: int = 3) -> float:
+    """Median seconds per call (:func:`event_times_ms`)."""
+    return statistics.median(event_times_ms(fn, iters, warm)) / 1000.0
 
 
 def measure_peaks() -> dict:

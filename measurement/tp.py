@@ -328,20 +328,8 @@ class Decoder:
 
 # --------------------------------------------------------------------------------------------- device
 def _events_ms(fn, iters: int, warm: int = 3) -> list[float]:
-    """Per-call ms of ``iters`` calls, each between CUDA events (device sync at both ends)."""
-    torch = _torch()
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
+    from measurement.roofline import event_times_ms
+    return event_times_ms(fn, iters, warm)
 
 
 class Energy:
