@@ -121,8 +121,7 @@ def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str =
         "ttft_ms": _e(ttft_ms(p)),
         "tpot_ms": _e(tpot),
         "peak_mem_gb": _e(p.memory.per_gpu_gb),
-        "power_w": {"value": p.power_w, "low": p.power_w, "high": p.power_w, "unit": "W", "source": "analytical",
-                    "detail": "board power model (models/energy.py), all GPUs"},
+        "power_w": _power(p, g, num_gpus),
         "j_per_token": _e(p.j_per_token),
         "roofline_decode_ms": s.roofline_decode_ms,
         "notes": list(s.notes),
@@ -140,3 +139,13 @@ def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str =
         if v["value"] is None:
             out["notes"].append(f"quality {k} unknown: no published, transferred or measured figure")
     return out
+
+
+def _power(p, gpu, n: int) -> dict:
+    """Board power of all the GPUs with its interval, never outside [idle, TDP] per GPU."""
+    from models.energy import idle_w, rel_err
+    k = 1 + rel_err()
+    lo_b, hi_b = idle_w(gpu) * n, gpu.tdp_w * n
+    return {"value": p.power_w, "low": max(lo_b, p.power_w / k), "high": min(hi_b, p.power_w * k), "unit": "W",
+            "source": "fitted", "detail": f"board power model (models/energy.py, fitted on NVML rows), {n} GPU(s); "
+                                          f"per GPU within idle {idle_w(gpu):.0f} W and TDP {gpu.tdp_w:.0f} W"}

@@ -61,17 +61,23 @@ def register(main: click.Group) -> None:
                                           "whole papers (source = paper), or whole models.")
     @click.option("--quality", "quality", is_flag=True,
                   help="Validate the quality cost model on the published rows, held out by paper (or model).")
+    @click.option("--energy", "energy", is_flag=True,
+                  help="Validate the board-power model: measured NVML rows held out by source (--hold-out source) "
+                       "or GPU (--hold-out model is read as gpu here), and published ML.ENERGY J/token rows.")
     @click.option("--multi-gpu", "multi_gpu", is_flag=True,
                   help="Validate the multi-GPU cost model (all-reduce, tensor-parallel decode) on the measured "
                        "multi-GPU rows, held out by TP size and by model.")
     @click.option("--json", "as_json", is_flag=True)
-    def validate(extra, plots, engine, hold_out, quality, multi_gpu, as_json):
+    def validate(extra, plots, engine, hold_out, quality, energy, multi_gpu, as_json):
         """Leave-one-GPU/model/method-out errors and interval coverage; error on published figures."""
         import json as _json
         from pathlib import Path
 
         if quality:
             _validate_quality("model" if hold_out == "model" else "paper", as_json)
+            return
+        if energy:
+            _validate_energy("gpu" if hold_out == "model" else "source", as_json)
             return
         if multi_gpu:
             _validate_multi_gpu(as_json)
@@ -113,6 +119,27 @@ def register(main: click.Group) -> None:
         click.echo("(the analytical model's eager-host, KV-read and KV-dequant constants were derived from these rows, "
                    "so its figure is not held out; the fitted figures are)")
         click.echo(f"plots: {plots}/")
+
+
+def _validate_energy(by: str, as_json: bool) -> None:
+    """advisor validate --energy: power held out by source (or GPU); published J/token per GPU."""
+    import json as _json
+
+    from profiles import load
+
+    from models.energy_fit import validate as energy_validate
+    res = energy_validate(load(), by)
+    if as_json:
+        click.echo(_json.dumps(res, indent=2))
+        return
+    click.echo(f"board power, leave-one-{by}-out on {res['rows']} measured NVML rows (one GPU's average W):")
+    for g, sc in res["measured"]["groups"].items():
+        click.echo(f"  {g:18s} n={sc['n']:4d}  MAPE {sc['mape'] * 100:5.1f}%  median APE {sc['median_ape'] * 100:5.1f}%  "
+                   f"90% coverage {sc['coverage90'] * 100:5.1f}%")
+    click.echo(f"published J/token (ML.ENERGY v3, vLLM; never fitted; their measured tokens/s), n={res['published_rows']}:")
+    for g, sc in res["published_j_per_token"].items():
+        click.echo(f"  {g:18s} n={sc['n']:4d}  MAPE {sc['mape'] * 100:5.1f}%  median APE {sc['median_ape'] * 100:5.1f}%  "
+                   f"90% coverage {sc['coverage90'] * 100:5.1f}%")
 
 
 def _validate_quality(by: str, as_json: bool) -> None:

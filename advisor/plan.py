@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from profiles import Catalog, load
 
 from models.candidate import Candidate, Scenario
-from models.energy import board_power_w
+from models.energy import idle_w as models_idle_w
+from models.predict import energy_of
 from models.facade import predict
 from models.quality import QualityModel
 from models.serving import serving_latency
@@ -76,6 +77,8 @@ class PlanOption:
     engine: str = "vllm"
     latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py)"
     step_model: str = "analytical"
+    j_per_token: float | None = None     # at the planned concurrency, while busy (models.predict.energy_of)
+    power_w_per_gpu: float | None = None  # while busy
 
 
 @dataclass
@@ -183,16 +186,18 @@ def _size_replicas(gpu, cand, sc, req: PlanRequest, price, loss, spd, one, label
         return f"{cand.label}: no replica count up to {MAX_REPLICAS} meets the targets"
     gpus = r * sc.num_gpus
     util = min(1.0, lat.utilisation)
-    busy_w = board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w)
-    idle_w = board_power_w(gpu.tdp_w, 0.0, gpu.idle_w)
+    busy_w = energy_of(gpu, spd, Scenario(sc.batch, sc.prompt_len, sc.gen_len, sc.backend, 1))[0]  # one GPU
+    idle_w = models_idle_w(gpu)
     watts = gpus * (idle_w + (busy_w - idle_w) * util)
     kwh = watts * HOURS_PER_MONTH / 1000
     ic = gpu.interconnect
     link = f"{ic.get('kind', '?')} {ic.get('gpu_to_gpu_gbps', '?')} GB/s" if sc.num_gpus > 1 else "-"
+    jpt = busy_w * sc.num_gpus * tau0 / sc.batch
     return PlanOption(gpu.id, cand.label, sc.batch, sc.num_gpus, r, gpus,
                       gpus * price * HOURS_PER_MONTH if price else None, kwh,
                       kwh * req.grid_gco2_per_kwh / 1000 if req.grid_gco2_per_kwh is not None else None,
-                      lat.ttft_p95_s, lat.tau_s, util, loss, link, step_model=label)
+                      lat.ttft_p95_s, lat.tau_s, util, loss, link, step_model=label, j_per_token=jpt,
+                      power_w_per_gpu=busy_w)
 
 
 def plan_dict(plans: list[GpuPlan]) -> list[dict]:
@@ -215,6 +220,7 @@ class CompareRow:
     reason: str | None = None
     speed_model: str | None = None
     engine: str | None = None
+    j_per_token: float | None = None
 
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
@@ -258,6 +264,6 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         rows.append(CompareRow(gid, p.candidate.label, b, p.speed.decode_tok_s.value, u.value if u else None,
                                (u.low, u.high) if u else None, 1.0 / p.j_per_token.value,
                                p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
-                               speed_model=p.speed_model, engine=p.engine))
+                               speed_model=p.speed_model, engine=p.engine, j_per_token=p.j_per_token.value))
     rows.sort(key=lambda r: (r.usd_per_mtok is None, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
     return rows

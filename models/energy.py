@@ -1,10 +1,14 @@
-"""Energy cost model: board power from utilisation, J/token, EOR and TWEOR.
+"""Energy cost model: board power from how hard a step drives the GPU, J/token, EOR and TWEOR.
 
-Power model: P = TDP x (IDLE_FRACTION + DYNAMIC_FRACTION x u), capped at TDP, where u is the
-roofline utilisation of the step (ideal time / predicted time). The two constants come from two
-NVML readings on an H200 (700 W) decoding Llama-3.1-8B in bf16 at batch 1 (shared/gpu-notes.md):
-393 W at u = 0.59 (CUDA graphs) and 6.56 J/token x 26.5 tok/s = 174 W at u = 0.10 (eager).
-Solving the line through them: idle 129 W = 0.184 TDP, slope 447 W = 0.64 TDP.
+Power of one GPU (issue 14): ``P = idle + (TDP - idle) x clip(active + c_bound x u, 0, 1)``, where ``u`` is
+the utilisation of the unit that bounds the step on the datasheet roofline (memory bandwidth for decode at
+small batch, tensor cores for prefill and large batches: roofline time / predicted time) and ``bound``
+says which. So a prediction always lies in [idle_w, TDP] of its GPU (tested for every GPU, method and
+batch). ``idle_w`` and ``tdp_w`` come from the GPU catalog (cited); where a GPU has no idle figure,
+DEFAULT_IDLE_FRACTION of its TDP stands in. ``active``, ``c_memory`` and ``c_compute`` are fitted on NVML
+rows measured on H100 SXM and H200 (``python -m models.energy_fit`` -> models/data/power.json, with the
+leave-one-source-out error as the interval); ``advisor validate --energy`` holds out each source, and
+checks the published ML.ENERGY rows on H100 and B200 that the fit never saw.
 
 EOR and TWEOR follow energy-aware deployment studies: EOR = task score / Wh,
 TWEOR = task score / (Wh x s). Here the task score is the relative quality kept
@@ -12,17 +16,41 @@ TWEOR = task score / (Wh x s). Here the task score is the relative quality kept
 """
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+from pathlib import Path
+
 from .estimate import Estimate
 
-IDLE_FRACTION = 0.184
-DYNAMIC_FRACTION = 0.64
-REL_ERR = 0.30  # two-point fit on one GPU, applied to all
+# Idle as a fraction of TDP where the catalog has no cited idle figure: the H200's measured idle share
+# from the earlier two-point line (129 W of 700 W; shared/gpu-notes.md), an assumption for other GPUs.
+DEFAULT_IDLE_FRACTION = 0.184
+PARAMS_PATH = Path(__file__).resolve().parent / "data" / "power.json"
 
 
-def board_power_w(tdp_w: float, utilisation: float, idle_w: float | None = None) -> float:
-    u = min(max(utilisation, 0.0), 1.0)
-    idle = idle_w if idle_w is not None else IDLE_FRACTION * tdp_w
-    return min(tdp_w, idle + DYNAMIC_FRACTION * tdp_w * u)
+@lru_cache(maxsize=1)
+def power_params() -> dict:
+    return json.loads(PARAMS_PATH.read_text())
+
+
+def rel_err() -> float:
+    """Relative half-width of a power prediction (leave-one-source-out 90% quantile, log scale)."""
+    import math
+    return math.exp(float(power_params()["rel_err"])) - 1
+
+
+def idle_w(gpu) -> float:
+    return float(gpu.idle_w) if gpu.idle_w else DEFAULT_IDLE_FRACTION * gpu.tdp_w
+
+
+def board_power_w(gpu, utilisation: float, bound: str = "memory", params: dict | None = None) -> float:
+    """Watts of one GPU running a step at ``utilisation`` of its ``bound`` unit (memory | compute)."""
+    p = params or power_params()
+    u = min(max(float(utilisation), 0.0), 1.0)
+    c = p["c_memory"] if bound == "memory" else p["c_compute"]
+    frac = min(max(p["active"] + c * u, 0.0), 1.0)
+    idle = idle_w(gpu)
+    return idle + (gpu.tdp_w - idle) * frac
 
 
 def joules_per_token(power_w: float, step_s: float, tokens_per_step: int) -> float:

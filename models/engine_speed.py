@@ -241,6 +241,12 @@ def roofline_decode_s(a: dict, batch, ctx):
     return np.maximum(byts / (a["div"] * a["bw"]), batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
 
 
+def roofline_decode_bound(a: dict, batch, ctx) -> str:
+    """Which unit bounds the decode step on the datasheet roofline: memory or compute."""
+    byts = a["W"] + batch * ctx * a["KVB"]
+    return "memory" if byts / a["bw"] >= batch * (a["F"] + ctx * a["A"]) / a["peak"] else "compute"
+
+
 def roofline_prefill_s(a: dict, batch, prompt):
     tokens = batch * prompt
     return np.maximum(a["W"] / (a["div"] * a["bw"]),

@@ -13,13 +13,12 @@ import math
 from profiles import GPU, LLM, Catalog
 from profiles.engines import arch_of
 
-from . import energy
 from . import engine_speed as es
 from .candidate import Candidate, Scenario
 from .engine_fit import load_params, widen_factor
 from .estimate import Estimate
 from .memory import MemoryBreakdown
-from .predict import Prediction, assemble, predict as predict_harness
+from .predict import Prediction, assemble, energy_of, predict as predict_harness
 from .quality import QualityModel
 from .speed import SpeedPrediction
 
@@ -75,7 +74,8 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     tok = Estimate(B / (step.value / 1e3), B / (step.high / 1e3), B / (step.low / 1e3), "tok/s", "fitted", detail)
     pre = _est(t_pre * 1e3, max(roof_pre * 1e3, t_pre * 1e3 * math.exp(-qp)), t_pre * 1e3 * math.exp(qp), "ms", detail)
     util = roof_dec / t_dec
-    spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes)
+    spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes,
+                          es.roofline_decode_bound(a, B, ctx))
     # memory: weights + KV of batch x context + the engine's runtime, per GPU
     n = sc.num_gpus
     kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9
@@ -86,10 +86,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
                                    f"weights + KV of batch x context (exact byte counts) + {eng.id} runtime "
                                    f"(assumption {rt} GB); {eng.id} reserves {eng.get('memory_fraction'):.0%} of "
                                    f"the GPU and fills the rest with KV blocks"))
-    power = energy.board_power_w(gpu.tdp_w, util, gpu.idle_w) * n
-    jpt = energy.joules_per_token(power, t_dec, sc.batch)
-    rel = energy.REL_ERR + (step.high / step.value - 1)
-    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
+    power, j = energy_of(gpu, spd, sc)
     out = assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, f"engine:{eng.id}")
     out.engine = eng.id
     out.memory_fraction = float(eng.get("memory_fraction", 1.0))

@@ -43,19 +43,26 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
     and memory figures where it can; otherwise the analytical ones stand."""
     mem = predict_memory(cat, llm, cand, sc)
     spd = predict_speed(cat, gpu, llm, cand, sc)
-    power = energy.board_power_w(gpu.tdp_w, spd.utilisation, gpu.idle_w) * sc.num_gpus
-    jpt = energy.joules_per_token(power, spd.decode_step_ms.value / 1e3, sc.batch)
-    rel = energy.REL_ERR + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
-    j = energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py) x predicted step time")
     used = "analytical"
     if speed_model is not None:
         fitted = speed_model.predict_one(cat, gpu, llm, cand, sc, spd, mem)
         if fitted is not None:
             spd, mem, used = fitted[0], fitted[1], fitted[2]
-            j = speed_model.correct_energy(jpt) or j
-            jpt = j.value
-            power = jpt * sc.batch / (spd.decode_step_ms.value / 1e3)
+    power, j = energy_of(gpu, spd, sc)
     return assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, used)
+
+
+def energy_of(gpu: GPU, spd: SpeedPrediction, sc: Scenario) -> tuple[float, Estimate]:
+    """Board power of the GPUs (W) and J/token of a decode step: the one power model
+    (:func:`models.energy.board_power_w`) at the step's roofline utilisation, times the step time. Every
+    command gets its energy here, so one configuration has one J/token."""
+    step_s = spd.decode_step_ms.value / 1e3
+    u = spd.roofline_decode_ms / spd.decode_step_ms.value
+    power = energy.board_power_w(gpu, u, spd.bound) * sc.num_gpus
+    jpt = energy.joules_per_token(power, step_s, sc.batch)
+    rel = energy.rel_err() + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
+    return power, energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py, fitted on NVML rows) "
+                                                        "x predicted step time")
 
 
 def assemble(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, mem: MemoryBreakdown,

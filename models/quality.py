@@ -256,8 +256,10 @@ class QualityModel:
     """Looks up and combines component losses; see the module docstring for the rules."""
 
     def __init__(self, published: list[Row], measured: list[Row] | None = None, prefers: dict | None = None,
-                 learn: bool = True, catalog: Catalog | None = None):
+                 learn: bool = True, catalog: Catalog | None = None, widths: dict | None = None):
         self.published = published
+        # rule -> relative half-width from held-out residuals (calibrate_widths); REL_WIDTH where absent
+        self.widths = widths or {}
         self.published_ppl = [r for r in published if r.kind == PPL]
         self.measured = measured or []
         self.prefers = prefers or {}
@@ -384,12 +386,13 @@ class QualityModel:
                 los.append((r.lo if r.lo is not None else r.loss) * f)
                 his.append((r.hi if r.hi is not None else r.loss) * f)
             loss = _median(losses) * factor
-            width = REL_WIDTH[rule] * (2.0 if below_all else 1.0)
-            if rule == "exact" and not below_all:  # the figures as printed: rounding and the rows' spread
-                low, high = min(los), max(his)
-            else:
-                half = max(abs(loss) * width, floor, (max(losses) - min(losses)) / 2)
-                low, high = min(loss - half, min(los)), max(loss + half, max(his))
+            width = self.widths.get(rule, REL_WIDTH[rule]) * (2.0 if below_all else 1.0)
+            # how far this rule's answers fell from held-out papers' figures (calibrate_widths), around the
+            # figures as printed (rounding) and the spread of the rows
+            half = max(max(abs(loss), floor) * width, (max(losses) - min(losses)) / 2)
+            if rule == "exact" and not below_all and rule not in self.widths:
+                half = 0.0
+            low, high = min(loss - half, min(los)), max(loss + half, max(his))
             # never a gain: a method or a policy does not improve on the 16-bit dense model
             loss, low, high = max(loss, 0.0), max(low, 0.0), max(high, 0.0)
             return ComponentLoss(comp, loss, min(low, loss), max(high, loss), rule, pool[0].metric,
@@ -447,7 +450,51 @@ class QualityModel:
         return {k: self.predict(llm, cand, k, context) for k in KINDS}
 
 
+def paper_of(r: Row) -> str:
+    return r.cite.split(",")[0]
+
+
+WIDTH_RULES = ("exact", "variant", "family", "transfer", "measured-small")
+
+
+def calibrate_widths(published: list[Row], measured: list[Row], prefers: dict, coverage: float = 0.9,
+                     min_rows: int = 10) -> dict:
+    """Relative half-width per lookup rule: the ``coverage`` quantile of |held-out - predicted| /
+    max(|predicted|, floor) with each paper left out in turn (the regression rule keeps its own interval)."""
+    from types import SimpleNamespace
+    res: dict[str, list[float]] = {}
+    for g in sorted({paper_of(r) for r in published}):
+        q = QualityModel([r for r in published if paper_of(r) != g], measured, prefers, learn=False)
+        for r in (x for x in published if paper_of(x) == g):
+            llm = SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0,
+                                  num_hidden_layers=32, raw={})
+            c = q._lookup(llm, r.component, r.budget, r.kind)
+            if c is None or c.rule not in WIDTH_RULES:
+                continue
+            floor = 0.01 if r.kind == PPL else 1.0
+            res.setdefault(c.rule, []).append(abs(max(r.loss, 0.0) - c.loss) / max(abs(c.loss), floor))
+    out = {}
+    for rule, v in res.items():
+        if len(v) >= min_rows:
+            v = sorted(v)
+            out[rule] = v[min(len(v) - 1, int(math.ceil(coverage * len(v))) - 1)]
+    return out
+
+
+def _widths_cached(published: list[Row], measured: list[Row], prefers: dict) -> dict:
+    from profiles import cache
+    key = cache.digest(repr([(r.model, r.component, r.budget, r.metric, r.loss, r.cite, r.kind) for r in published]),
+                       repr(sorted(prefers.items())), repr([(r.model, r.component, r.loss) for r in measured]))
+    hit = cache.get("quality-widths", key)
+    if hit is not None:
+        return hit
+    w = calibrate_widths(published, measured, prefers)
+    cache.put("quality-widths", key, w)
+    return w
+
+
 @lru_cache(maxsize=2)
 def _cached(cat: Catalog) -> QualityModel:
     prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
-    return QualityModel(rows_from_published(cat.quality_rows), rows_from_small_model(), prefers, catalog=cat)
+    pub, meas = rows_from_published(cat.quality_rows), rows_from_small_model()
+    return QualityModel(pub, meas, prefers, catalog=cat, widths=_widths_cached(pub, meas, prefers))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from types import SimpleNamespace
 
-from .quality import KINDS, PPL, QualityModel, rows_from_published, rows_from_small_model
+from .quality import KINDS, PPL, QualityModel, calibrate_widths, rows_from_published, rows_from_small_model
 
 FAMILY = {"awq-int4": "4-bit weight", "gptq-int4": "4-bit weight", "rtn-int4": "4-bit weight", "bnb-nf4": "4-bit weight",
           "int8-wo": "8-bit weight", "bnb-int8": "8-bit weight", "fp8": "8-bit weight", "w8a8": "8-bit weight",
@@ -44,7 +44,9 @@ def held_out(cat, by: str = "paper") -> dict:
         for g in sorted({key(r) for r in rows if r.kind == kind}):
             test = [r for r in rows if r.kind == kind and key(r) == g]
             train = [r for r in rows if key(r) != g]
-            q = QualityModel(train, measured, prefers, learn=kind == PPL)
+            # widths calibrated on the training papers only (nested: the held-out group never sets them)
+            q = QualityModel(train, measured, prefers, learn=kind == PPL,
+                             widths=calibrate_widths(train, measured, prefers))
             for r in test:
                 llm = SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0,
                                       num_hidden_layers=32, raw={})

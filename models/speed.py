@@ -44,6 +44,7 @@ class SpeedPrediction:
     roofline_prefill_ms: float
     utilisation: float            # decode roofline time / predicted time
     notes: list[str] = field(default_factory=list)
+    bound: str = "memory"         # which unit bounds the decode step on the datasheet roofline
 
 
 def link_bytes_per_s(gpu: GPU) -> float:
@@ -170,4 +171,6 @@ def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenari
     per_seq = tok_s.scale(1 / sc.batch)
     pre = Estimate.rel(t_pre * 1e3, rel, "ms", "analytical", detail)
     pre = Estimate(pre.value, max(pre.low, roof_pre * 1e3), pre.high, "ms", "analytical", detail)
-    return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes)
+    bound = "memory" if dstep.bytes / gpu.mem_bw_gbps / 1e9 >= dstep.flops / peak_flops(gpu, dtype) else "compute"
+    return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes,
+                           bound)

@@ -1,0 +1,222 @@
+"""Fit and validate the board-power model (:mod:`models.energy`) on measured NVML rows.
+
+Rows (one GPU's average power over a measured window, and how hard the window drove the GPU):
+
+* the harness (``measurement/data/measurements.csv``, H100 SXM and H200): decode windows
+  (``avg_power_w``, ``decode_roofline_frac``) and prefill windows (``prefill_j`` / ``prefill_ms``,
+  ``prefill_roofline_frac``);
+* llama.cpp on one H200 (``measurement/data/llamacpp/rows.csv``): decode and prefill rows with
+  ``avg_power_w`` and ``roofline_frac`` (one GPU only);
+* the tensor-parallel sweep (``measurement/data/multi_gpu/tp_rows.csv``): decode and prefill, power per
+  GPU averaged over the GPUs.
+
+The measured roofline fractions use the copy bandwidth and matmul rate measured on the machine; the
+power model is driven by the datasheet roofline (what a prediction knows), so each fraction is rescaled by
+measured / datasheet (bandwidth for memory-bound rows, dense 16-bit peak for compute-bound ones).
+
+Published rows (ML.ENERGY leaderboard v3, vLLM on H100 SXM and B200: J/token with the measured output
+tokens/s and TPOT of the same configuration) are never fitted: they validate the model on other GPUs and
+another source, with their own measured speed (so only the power model is tested), utilisation from the
+datasheet roofline of the configuration (context taken as 1,000 tokens: the benchmark's prompts vary).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "measurement" / "data"
+PARAMS_PATH = Path(__file__).resolve().parent / "data" / "power.json"
+
+
+def _f(x):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def measured_rows(cat) -> list[dict]:
+    """{gpu, source, bound, u (datasheet-relative utilisation), power_w (one GPU)}."""
+    out = []
+
+    def add(gpu_id, source, bound, frac, scale, power):
+        if frac is None or power is None or frac <= 0 or power <= 0:
+            return
+        out.append({"gpu": gpu_id, "source": source, "bound": bound, "u": min(frac * scale, 1.5),
+                    "power_w": power})
+
+    def scales(gpu_id, bw, pk):
+        g = cat.gpu(gpu_id)
+        return ((bw / g.mem_bw_gbps) if bw else 1.0, (pk / g.peak_tflops("bf16")) if pk else 1.0)
+
+    import pandas as pd
+    d = pd.read_csv(DATA / "measurements.csv")
+    for r in d[d.status == "ok"].to_dict("records"):
+        sb, sc = scales(r["gpu"], _f(r.get("copy_bw_gbps")), _f(r.get("matmul_tflops_bf16")))
+        b = str(r.get("roofline_decode_bound") or "memory")
+        add(r["gpu"], f"harness:{r['gpu']}", b, _f(r.get("decode_roofline_frac")), sb if b == "memory" else sc,
+            _f(r.get("avg_power_w")))
+        pj, pms = _f(r.get("prefill_j")), _f(r.get("prefill_ms"))
+        if pj and pms and pms > 200:  # windows under 0.2 s are below NVML's energy-counter resolution
+            b = str(r.get("roofline_prefill_bound") or "compute")
+            add(r["gpu"], f"harness:{r['gpu']}", b, _f(r.get("prefill_roofline_frac")), sb if b == "memory" else sc,
+                pj / (pms / 1e3))
+    with open(DATA / "llamacpp" / "rows.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["status"] != "ok" or r["num_gpus"] != "1" or r["metric"] not in ("decode_tok_s", "prefill_tok_s"):
+                continue
+            sb, sc = scales("h200", _f(r["copy_bw_gbps"]), _f(r["peak_tflops_bf16"]))
+            b = "memory" if r["metric"] == "decode_tok_s" else "compute"
+            add("h200", "llamacpp:h200", b, _f(r["roofline_frac"]), sb if b == "memory" else sc, _f(r["avg_power_w"]))
+    with open(DATA / "multi_gpu" / "tp_rows.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["status"] != "ok" or r["metric"] not in ("decode_step_ms", "prefill_ms") or not r["power_w_per_gpu"]:
+                continue
+            ws = [_f(x) for x in r["power_w_per_gpu"].split()]
+            if not ws or any(w is None for w in ws):
+                continue
+            sb, sc = scales("h200", 4180.0, 777.0)  # the peaks the TP sweep measured (its log)
+            b = r["roofline_bound"] or "memory"
+            add("h200", "tp:h200", b, _f(r["roofline_frac"]), sb if b == "memory" else sc, statistics.mean(ws))
+    return out
+
+
+def fit(rows: list[dict], cat) -> dict:
+    """NNLS on (P - idle) / (TDP - idle) = a0 + c_bound x u (relative error in power)."""
+    from scipy.optimize import nnls
+
+    from .energy import idle_w
+    A, y, w = [], [], []
+    for r in rows:
+        g = cat.gpu(r["gpu"])
+        idle, tdp = idle_w(g), g.tdp_w
+        frac = (r["power_w"] - idle) / (tdp - idle)
+        A.append([1.0, r["u"] if r["bound"] == "memory" else 0.0, r["u"] if r["bound"] != "memory" else 0.0])
+        y.append(frac)
+        w.append((tdp - idle) / r["power_w"])  # weight so residuals are relative errors in power
+    A, y, w = np.asarray(A), np.asarray(y), np.asarray(w)
+    coef, _ = nnls(A * w[:, None], y * w)
+    return {"active": float(coef[0]), "c_memory": float(coef[1]), "c_compute": float(coef[2])}
+
+
+def predict_power(r: dict, params: dict, cat) -> float:
+    from .energy import board_power_w
+    return board_power_w(cat.gpu(r["gpu"]), r["u"], r["bound"], params)
+
+
+def published_rows(cat) -> list[dict]:
+    """ML.ENERGY rows with J/token, output tok/s and TPOT of one configuration on a catalog model."""
+    from .candidate import Candidate
+    from .memory import kv_bytes_per_token, param_counts
+    by = {}
+    with open(DATA / "published_engine" / "vllm_sglang.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            if not r["source_id"].startswith("mlenergy"):
+                continue
+            k = (r["gpu"], r["num_gpus"], r["model"], r["precision"], r["batch"])
+            by.setdefault(k, {})[r["metric"]] = _f(r["value"])
+    out = []
+    for (gpu_id, n, model, prec, batch), m in by.items():
+        if not all(m.get(x) for x in ("j_per_token", "output_tok_s", "tpot_ms")):
+            continue
+        try:
+            llm, g = cat.llm(model), cat.gpu(gpu_id)
+        except Exception:  # noqa: BLE001 - models outside the catalog (Qwen3) are skipped
+            continue
+        n, B = int(n), float(batch)
+        pc = param_counts(llm)
+        total = pc.total
+        wbytes = (pc.total - pc.embed) * 2  # bf16 weights read per step (embedding gathered)
+        ctx = 1000.0
+        step = m["tpot_ms"] / 1e3
+        u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
+        u_tc = 2 * (total - pc.embed) * B / n / (step * g.peak_tflops("bf16") * 1e12)
+        out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "bound": "memory" if u_bw >= u_tc else "compute",
+                    "u": max(u_bw, u_tc), "n": n, "model": model, "batch": B,
+                    "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],
+                    "output_tok_s": m["output_tok_s"]})
+    return out
+
+
+def _scores(y, p, lo=None, hi=None):
+    ape = np.abs(np.asarray(p) - np.asarray(y)) / np.asarray(y)
+    s = {"n": int(len(y)), "mape": float(ape.mean()), "median_ape": float(np.median(ape))}
+    if lo is not None:
+        s["coverage90"] = float(np.mean((np.asarray(y) >= lo) & (np.asarray(y) <= hi)))
+    return s
+
+
+def validate(cat, by: str = "source") -> dict:
+    """Leave-one-group-out on the measured rows (groups: source or gpu), intervals from the held-in
+    groups' own held-out residuals; plus the published rows, predicted by the model fitted on every
+    measured row, J/token from their measured throughput."""
+    rows = measured_rows(cat)
+    key = by
+    groups = sorted({r[key] for r in rows})
+    res, per = [], {}
+    for g in groups:
+        tr = [r for r in rows if r[key] != g]
+        te = [r for r in rows if r[key] == g]
+        p = fit(tr, cat)
+        inner = []
+        for g2 in sorted({r[key] for r in tr}):
+            tr2 = [r for r in tr if r[key] != g2]
+            if not tr2:
+                continue
+            p2 = fit(tr2, cat)
+            inner += [math.log(r["power_w"] / predict_power(r, p2, cat)) for r in tr if r[key] == g2]
+        q = float(np.quantile(np.abs(inner), 0.9)) if inner else math.log(1.5)
+        y = [r["power_w"] for r in te]
+        yh = [predict_power(r, p, cat) for r in te]
+        per[g] = _scores(y, yh, [v * math.exp(-q) for v in yh], [v * math.exp(q) for v in yh])
+        res += list(zip(y, yh, strict=True))
+    full = fit(rows, cat)
+    q_all = _conformal_q(rows, cat, key)
+    pub = published_rows(cat)
+    jy = [r["j_per_token"] for r in pub]
+    jp = [predict_power(r, full, cat) * r["n"] / r["output_tok_s"] for r in pub]
+    pub_by_gpu = {}
+    for r, a, b in zip(pub, jy, jp, strict=True):
+        pub_by_gpu.setdefault(r["gpu"], []).append((a, b))
+    return {"held_out_by": by, "measured": {"groups": per,
+                                            "all": _scores([a for a, _ in res], [b for _, b in res])},
+            "published_j_per_token": {g: _scores([a for a, _ in v], [b for _, b in v],
+                                                 [b * math.exp(-q_all) for _, b in v],
+                                                 [b * math.exp(q_all) for _, b in v])
+                                      for g, v in sorted(pub_by_gpu.items())},
+            "params": full, "interval_factor": math.exp(q_all), "rows": len(rows), "published_rows": len(pub)}
+
+
+def _conformal_q(rows, cat, key) -> float:
+    res = []
+    for g in sorted({r[key] for r in rows}):
+        p = fit([r for r in rows if r[key] != g], cat)
+        res += [abs(math.log(r["power_w"] / predict_power(r, p, cat))) for r in rows if r[key] == g]
+    return float(np.quantile(res, 0.9)) if res else math.log(1.5)
+
+
+def main() -> int:
+    """``python -m models.energy_fit``: refit models/data/power.json from the measured rows."""
+    from profiles import load
+    cat = load()
+    rows = measured_rows(cat)
+    params = fit(rows, cat)
+    doc = dict(params, rel_err=_conformal_q(rows, cat, "source"), rows=len(rows),
+               sources=sorted({r["source"] for r in rows}), gpus=sorted({r["gpu"] for r in rows}),
+               model="P = idle + (TDP - idle) x clip(active + c_bound x u, 0, 1); u: datasheet-roofline "
+                     "utilisation of the bound (memory or compute) unit",
+               fitted_by="python -m models.energy_fit (NNLS, relative error in power)")
+    PARAMS_PATH.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
