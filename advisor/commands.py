@@ -302,7 +302,7 @@ def register_planning(main: click.Group) -> None:
         from profiles import UnknownProfileError
 
         from .engine import RequestError
-        from .plan import PlanRequest, plan as run, plan_dict
+        from .plan import HOURS_PER_MONTH, PlanRequest, plan as run, plan_dict
         from .service import speed_model_or_none
         sm, note = speed_model_or_none()
         click.echo(f"note: {note}", err=True)
@@ -321,18 +321,20 @@ def register_planning(main: click.Group) -> None:
             from .render import console
             t = Table(title=f"{model}: {qps:g} req/s, {prompt_len}+{gen_len} tokens, TTFT p95 <= {req.ttft_p95_s:g} s, "
                             f"TPOT p95 <= {req.tpot_p95_s * 1e3:g} ms", header_style="bold")
-            for col in ("gpu", "engine", "method", "conc.", "TP", "replicas", "GPUs", "$/month", "kWh/month", "CO2 kg/mo",
-                        "TTFT p95 s", "TPOT ms", "link"):
+            for col in ("gpu", "engine", "method", "conc.", "TP", "replicas", "GPUs", "$/month", "fleet kW", "MWh/month",
+                        "J/tok", "CO2 kg/mo", "TTFT p95 s", "TPOT ms", "link"):
                 t.add_column(col)
             for p in plans:
                 o = p.best
                 if o is None:
                     why = "; ".join(f"{k}: {v}" for k, v in p.blocked.items())
-                    t.add_row(p.gpu, "", f"[red]infeasible[/] {why[:120]}", *[""] * 10)
+                    t.add_row(p.gpu, "", f"[red]infeasible[/] {why[:120]}", *[""] * 12)
                     continue
                 t.add_row(o.gpu, o.engine, o.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(o.concurrency), str(o.tp), str(o.replicas), str(o.gpus),
                           f"{o.usd_per_month:,.0f}" if o.usd_per_month is not None else "no price",
-                          f"{o.kwh_per_month:,.0f}", f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
+                          f"{o.kwh_per_month / HOURS_PER_MONTH:,.2f}", f"{o.kwh_per_month / 1000:,.2f}",
+                          f"{o.j_per_token:.3g}" if o.j_per_token else "-",
+                          f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
                           f"{o.ttft_p95_s:.3g}", f"{o.tpot_s * 1e3:.3g}", o.interconnect)
             console().print(t)
             click.echo(f"latency model: continuous batching, decode step at full concurrency ({sm and 'fitted' or 'analytical'} "
@@ -375,14 +377,16 @@ def register_planning(main: click.Group) -> None:
         from rich.table import Table
         t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
                   header_style="bold")
-        for col in ("gpu", "engine", "method", "batch", "tok/s", "$/Mtok", "tok/J", "loss %", "list $", "payback mo"):
+        for col in ("gpu", "engine", "method", "batch", "tok/s", "$/Mtok", "J/tok", "tok/J", "loss %", "list $",
+                    "payback mo"):
             t.add_column(col)
         for r in rows:
             if r.candidate is None:
-                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 7)
+                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 8)
                 continue
             t.add_row(r.gpu, r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
-                      f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price", f"{r.tokens_per_joule:.3g}",
+                      f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price",
+                      f"{r.j_per_token:.3g}" if r.j_per_token else "-", f"{r.tokens_per_joule:.3g}",
                       f"{r.quality_loss * 100:.2f}" if r.quality_loss is not None else "?",
                       f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",
                       f"{r.payback_months:.1f}" if r.payback_months is not None else "-")

@@ -47,6 +47,9 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
             ("decode step / TPOT (ms)", _fmt(p.speed.decode_step_ms)),
             ("memory per GPU (GB)", _fmt(p.memory.per_gpu_gb)),
             ("energy (J/token)", _fmt(p.j_per_token)),
+            (f"power per GPU (W; {req.num_gpus} GPU{'s' if req.num_gpus > 1 else ''})",
+             (f"{p.power_w / req.num_gpus:.3g}", "", "fitted power model")),
+            ("energy per 1,000 requests (Wh, decode)", _fmt(p.j_per_token, req.gen_len * 1000 / 3600)),
             ("cost (USD / M tokens)", _fmt(p.usd_per_mtok)),
         ]
         for kind, (est, _, _) in p.quality.items():

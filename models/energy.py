@@ -68,4 +68,4 @@ def tweor(quality_kept: float, wh: float, seconds: float) -> float:
 
 
 def j_per_token_estimate(value: float, rel_err: float, detail: str) -> Estimate:
-    return Estimate.rel(value, rel_err, "J/token", "analytical", detail)
+    return Estimate.rel(value, rel_err, "J/token", "fitted", detail)
