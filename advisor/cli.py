@@ -11,12 +11,18 @@ import click
 
 from profiles import SchemaError, UnknownProfileError
 
+from .cli_types import Finite
+
 EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
 
 
 def _err(msg: str, code: int = EXIT_BAD_INPUT):
+    """One line on stderr and the exit code; under --json also a JSON error object on stdout."""
     click.echo(f"error: {msg}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("as_json"):
+        click.echo(json.dumps({"error": msg, "exit_code": code}))
     sys.exit(code)
 
 
@@ -78,13 +84,16 @@ def main():
               help="Largest long-context score drop in points (LongBench, needle), e.g. 1.")
 @click.option("--allow-unknown-quality", is_flag=True,
               help="Admit candidates whose bounded quality figure is unknown (with a note).")
+@click.option("--precision", "pin_precision", default=None, help="Only this precision (e.g. fp8, awq-int4, gguf-q4_k_m).")
+@click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
+@click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
 @click.option("--context", type=click.IntRange(2), default=4096, show_default=True,
               help="Tokens per sequence, prompt and generated together.")
 @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True, help="Generated tokens per sequence.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--objective", type=click.Choice(["throughput", "latency", "energy", "cost"]), default="throughput",
               show_default=True)
-@click.option("--min-tokens-per-s", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--min-tokens-per-s", type=Finite(0, 1e6, lo_open=True), default=None,
               help="Minimum decode speed each sequence sees (tok/s).")
 @click.option("--num-gpus", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel GPUs.")
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="How many ranked candidates to show.")
@@ -95,8 +104,9 @@ def main():
                    "or auto (search the engines too).")
 @click.option("--show-rejected", is_flag=True, help="List every rejected candidate with its reason (--json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, allow_unknown_quality, context, gen_len,
-              batch, objective, min_tokens_per_s, num_gpus, top, backend, engine, show_rejected, as_json):
+def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, allow_unknown_quality, pin_precision,
+              pin_sparsity, pin_kv, context, gen_len, batch, objective, min_tokens_per_s, num_gpus, top, backend, engine,
+              show_rejected, as_json):
     """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
     from .engine import Request, RequestError, recommend as run
     from .service import deploy_commands, speed_model_or_none
@@ -107,7 +117,8 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
                   num_gpus=num_gpus, top=top, backend=backend, engine=engine,
                   max_accuracy_drop=parse_points(max_accuracy_drop, "--max-accuracy-drop"),
                   max_longctx_drop=parse_points(max_longctx_drop, "--max-longctx-drop"),
-                  allow_unknown_quality=allow_unknown_quality)
+                  allow_unknown_quality=allow_unknown_quality, pin_precision=pin_precision,
+                  pin_sparsity=pin_sparsity, pin_kv=pin_kv)
     try:
         sm, sm_note = speed_model_or_none()
         rec = run(req, speed_model=sm)

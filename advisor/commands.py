@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from .cli_types import Finite
+
 
 def register(main: click.Group) -> None:
     @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
@@ -24,23 +26,53 @@ def register(main: click.Group) -> None:
     @click.option("--data", "extra", multiple=True, type=click.Path(exists=True, dir_okay=False),
                   help="Your own measured rows (CSV in the dataset's columns), added to the shipped dataset.")
     @click.option("--out", type=click.Path(dir_okay=False), default=None,
-                  help="Where to write the fitted model (JSON). Default: ~/.cache/advisor/fitted.json "
-                       "(then used by recommend, plan and compare).")
-    @click.option("--alpha", type=click.FloatRange(min=0), default=100.0, show_default=True, help="Ridge strength.")
+                  help="Write the fitted model (JSON) here; a new file, never one of the inputs or another file.")
+    @click.option("--install", is_flag=True,
+                  help="Also make the refit the default of recommend, plan and compare (~/.cache/advisor/fitted.json).")
+    @click.option("--reset", is_flag=True, help="Remove an installed refit: the shipped cost model is the default again.")
+    @click.option("--alpha", type=Finite(0, 1e9), default=100.0, show_default=True, help="Ridge strength.")
     @click.option("--json", "as_json", is_flag=True)
-    def fit(extra, out, alpha, as_json):
-        """Refit the cost model from the shipped dataset plus your rows (seconds; JSON, no pickles)."""
+    def fit(extra, out, install, reset, alpha, as_json):
+        """Refit the cost model from the shipped dataset plus your rows (seconds; JSON, no pickles). Rows that
+        are not physical (non-finite, non-positive, above the roofline by more than 5%) are refused."""
         import json as _json
+        from pathlib import Path
 
         from models.fit_store import user_model_path
         from models.fitted import fit_model, save
-        df = _dataset(extra)
+
+        from .cli import _err
+        if reset:
+            p = user_model_path()
+            for f in (p, p.with_suffix(".meta.json")):
+                f.unlink(missing_ok=True)
+            click.echo(f"removed {p}: recommend, plan and compare use the shipped cost model", err=True)
+            if as_json:
+                click.echo(_json.dumps({"reset": str(p)}))
+            return
+        if not out and not install:
+            _err("fit: name the output with --out FILE.json (and/or --install to make it the default)")
+        if out:
+            o = Path(out).resolve()
+            if any(o == Path(x).resolve() for x in extra):
+                _err(f"--out {out} is one of the --data inputs: it is never overwritten")
+            if o.exists():
+                _err(f"--out {out} exists: fit writes a new file and never overwrites one (remove it or pick "
+                     "another name)")
+            if o.suffix != ".json":
+                _err(f"--out {out}: the fitted model is JSON; name it *.json")
+        df = _dataset(extra, physical=True)
         try:
             fitted = fit_model(df, alpha=alpha)
         except ValueError as e:
             click.echo(f"error: {e}", err=True)
             raise SystemExit(2)
-        path, side = save(fitted, out or user_model_path())
+        path = side = None
+        for target in ([Path(out)] if out else []) + ([user_model_path()] if install else []):
+            path, side = save(fitted, target)
+        if install:
+            click.echo(f"installed as the default cost model: {user_model_path()} (advisor fit --reset undoes it)",
+                       err=True)
         if as_json:
             click.echo(_json.dumps({"model": str(path), "sidecar": str(side), **fitted["sidecar"]}, indent=2))
         else:
@@ -236,8 +268,9 @@ def _peer_note() -> str:
     return "AIConfigurator is installed, but the side-by-side comparison is not implemented yet"
 
 
-def _dataset(extra):
-    """The shipped measured dataset plus the user's CSV files (read with pandas; never pickles)."""
+def _dataset(extra, physical: bool = False):
+    """The shipped measured dataset plus the user's CSV files (read with pandas; never pickles); with
+    ``physical`` the user's rows must be physical (:func:`check_physical`)."""
     import pandas as pd
 
     try:
@@ -245,9 +278,77 @@ def _dataset(extra):
         frames = [load_dataset()]
     except ImportError:
         frames = []
-    frames += [pd.read_csv(p) for p in extra]
+    for p in extra:
+        df = read_user_csv(p)
+        if physical:
+            check_physical(df, p)
+        frames.append(df)
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+MAX_DATA_BYTES = 200 * 1024 * 1024
+
+
+def read_user_csv(path: str):
+    """A user's --data file: a regular file under MAX_DATA_BYTES that pandas parses as CSV with a header;
+    anything else exits 2 naming the file and what went wrong (never a traceback, never a pickle)."""
+    import os
+    import stat
+
+    import pandas as pd
+
+    from .cli import _err
+    try:
+        st_ = os.stat(path)
+    except OSError as e:
+        _err(f"--data {path}: {e.strerror}")
+    if not stat.S_ISREG(st_.st_mode):
+        _err(f"--data {path}: not a regular file")
+    if st_.st_size > MAX_DATA_BYTES:
+        _err(f"--data {path}: {st_.st_size / 1e6:.0f} MB is over the {MAX_DATA_BYTES / 1e6:.0f} MB limit")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        _err(f"--data {path}: not a CSV file with a header row ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+    need = {"gpu", "model", "precision", "batch"}
+    if not need <= set(df.columns):
+        _err(f"--data {path}: missing columns {', '.join(sorted(need - set(df.columns)))} (the dataset's columns: "
+             "see measurement/data/measurements.meta.json)")
+    return df
+
+
+POSITIVE_COLUMNS = ("decode_ms_per_token", "decode_tok_s", "prefill_ms", "peak_mem_gb", "j_per_token", "batch",
+                    "prompt_len", "gen_len")
+
+
+def check_physical(df, path: str) -> None:
+    """Refuse the first non-physical ok row: non-finite or non-positive figures, or a decode step faster than
+    its roofline by more than 5% (exit 2 with the file, row and column)."""
+    import math
+
+    from .cli import _err
+    rows = df.to_dict("records")
+    for i, r in enumerate(rows):
+        if str(r.get("status", "ok")) != "ok":
+            continue
+        line = i + 2  # 1-based, after the header
+        for c in POSITIVE_COLUMNS:
+            if c not in r or r[c] is None or (isinstance(r[c], float) and math.isnan(r[c]) and c != "batch"):
+                continue
+            try:
+                v = float(r[c])
+            except (TypeError, ValueError):
+                _err(f"--data {path}: row {line}, column {c}: '{r[c]}' is not a number")
+            if not math.isfinite(v) or v <= 0:
+                _err(f"--data {path}: row {line}, column {c}: {v} is not a finite positive number")
+        roof, step = r.get("roofline_decode_ms"), r.get("decode_ms_per_token")
+        try:
+            if roof and step and float(step) < 0.95 * float(roof):
+                _err(f"--data {path}: row {line}: decode {float(step):.4g} ms/token beats its roofline "
+                     f"{float(roof):.4g} ms by more than 5% (a measurement bug)")
+        except (TypeError, ValueError):
+            _err(f"--data {path}: row {line}: roofline_decode_ms or decode_ms_per_token is not a number")
 
 
 def parse_duration(text: str, name: str) -> float:
@@ -264,7 +365,14 @@ def parse_duration(text: str, name: str) -> float:
 
 
 def _gpu_list(text: str | None) -> tuple:
-    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
+    """Comma-separated GPU ids; None -> () (the command's default). An empty value is refused."""
+    if text is None:
+        return ()
+    out = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not out:
+        from .cli import _err
+        _err("--gpus: give GPU ids separated by commas, or all (advisor profiles list gpus)")
+    return out
 
 
 def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
@@ -284,20 +392,25 @@ def register_planning(main: click.Group) -> None:
 
     @main.command()
     @click.option("--model", required=True)
-    @click.option("--qps", type=float, required=True, help="Requests per second to serve.")
+    @click.option("--qps", type=Finite(0, 1e6, lo_open=True), required=True, help="Requests per second to serve.")
     @click.option("--prompt-len", type=click.IntRange(1), default=1024, show_default=True)
     @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
-    @click.option("--ttft-p95", default="1s", show_default=True, help="95th-percentile time to first token.")
-    @click.option("--tpot-p95", default="50ms", show_default=True, help="95th-percentile time per output token.")
+    @click.option("--ttft-p95", default="1s", show_default=True,
+                  help="95th-percentile time to first token: 1s, 500ms, or a bare number of seconds.")
+    @click.option("--tpot-p95", default="50ms", show_default=True,
+                  help="95th-percentile time per output token: 50ms, 0.05s, or a bare number of SECONDS.")
     @click.option("--gpus", default=None, help="Comma-separated GPU ids (default: all in the catalog).")
     @click.option("--max-ppl-delta", default="2%", show_default=True)
-    @click.option("--grid-gco2-per-kwh", type=float, default=None,
+    @click.option("--grid-gco2-per-kwh", type=Finite(0, 5000), default=None,
                   help="Grid carbon intensity (g CO2 / kWh) for the CO2 column; none shown without it.")
     @click.option("--engine", default="vllm", show_default=True,
                   help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
+    @click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id).")
+    @click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
+    @click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
     @click.option("--json", "as_json", is_flag=True)
     def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, engine,
-             as_json):
+             pin_precision, pin_sparsity, pin_kv, as_json):
         """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
         from profiles import UnknownProfileError
 
@@ -308,7 +421,8 @@ def register_planning(main: click.Group) -> None:
         click.echo(f"note: {note}", err=True)
         req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
                           parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
-                          grid_gco2_per_kwh, engine=engine)
+                          grid_gco2_per_kwh, engine=engine, pin_precision=pin_precision, pin_sparsity=pin_sparsity,
+                          pin_kv=pin_kv)
         try:
             plans = run(req, speed_model=sm)
         except (UnknownProfileError, RequestError) as e:
@@ -349,12 +463,16 @@ def register_planning(main: click.Group) -> None:
     @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
     @click.option("--batch", type=click.IntRange(1), default=32, show_default=True,
                   help="Serving concurrency (halved per GPU until something fits).")
-    @click.option("--usd-per-kwh", type=click.FloatRange(min=0), default=None,
+    @click.option("--usd-per-kwh", type=Finite(0, 100), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
     @click.option("--engine", default="vllm", show_default=True,
                   help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
+    @click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id).")
+    @click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
+    @click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
     @click.option("--json", "as_json", is_flag=True)
-    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, engine, as_json):
+    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, engine, pin_precision, pin_sparsity,
+                pin_kv, as_json):
         """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""
         from dataclasses import asdict
 
@@ -366,7 +484,9 @@ def register_planning(main: click.Group) -> None:
         sm, note = speed_model_or_none()
         try:
             rows = run(model, _gpu_list(gpus) or ("all",), parse_fraction(max_ppl_delta), context, gen_len, batch,
-                       usd_per_kwh, sm, engine=engine)
+                       usd_per_kwh, sm, engine=engine, pins={k: v for k, v in (("precision", pin_precision),
+                                                                               ("sparsity", pin_sparsity),
+                                                                               ("kv", pin_kv)) if v})
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         click.echo(f"note: {note}", err=True)

@@ -41,6 +41,9 @@ class Request:
     max_accuracy_drop: float | None = None  # task-accuracy drop, points of a 0-100 score
     max_longctx_drop: float | None = None   # long-context score drop, points
     allow_unknown_quality: bool = False     # admit a candidate whose gated quality figure is unknown
+    pin_precision: str | None = None        # only candidates with this precision (a method id)
+    pin_sparsity: str | None = None         # ... this sparsity (dense, 2:4-*, drop-N)
+    pin_kv: str | None = None               # ... this KV policy
 
     def quality_bounds(self) -> list[tuple[str, float, str]]:
         """(kind, bound, option) for every quality bound asked."""
@@ -123,6 +126,35 @@ def resolve_engines(cat: Catalog, name: str) -> list[str]:
     return [cat.resolve("engine", name).id]
 
 
+def resolve_pins(cat: Catalog, req) -> dict:
+    """--precision / --sparsity / --kv as catalog ids (close matches on a typo; RequestError)."""
+    from profiles import UnknownProfileError
+    out = {}
+    for opt, kind, v in (("precision", "precision", req.pin_precision), ("sparsity", "sparsity", req.pin_sparsity),
+                           ("kv", "kv", req.pin_kv)):
+        if v is None:
+            continue
+        if kind == "sparsity" and str(v).startswith("drop-"):
+            if not str(v)[5:].isdigit():
+                raise RequestError(f"--sparsity {v}: drop-N takes a number of layers, e.g. drop-8")
+            out[opt] = str(v)
+            continue
+        try:
+            mid = cat.resolve("method", v).id
+            if kind == "kv" and cat.methods[mid].kind != "kv" and f"kv-{v}" in cat.methods:
+                mid = f"kv-{v}"  # --kv fp8 means the KV method kv-fp8
+        except UnknownProfileError as e:
+            raise RequestError(f"--{opt} {v}: {e}") from None
+        if cat.methods[mid].kind != kind:
+            raise RequestError(f"--{opt} {v}: that is a {cat.methods[mid].kind} method, not a {kind}")
+        out[opt] = mid
+    return out
+
+
+def _pinned(cand, pins: dict) -> bool:
+    return all(getattr(cand, f) == v for f, v in pins.items())
+
+
 def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Recommendation:
     req.validate()
     cat = cat or load()
@@ -143,12 +175,15 @@ def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Rec
         raise RequestError(f"--objective cost needs a price: {gpu.id} has no cloud price in the catalog")
     sc = Scenario(batch=req.batch, prompt_len=req.context - req.gen_len, gen_len=req.gen_len,
                   backend=req.backend, num_gpus=req.num_gpus)
+    pins = resolve_pins(cat, req)
     quality = QualityModel.from_catalog(cat)
     evaluated, hw_rejected = [], []
     for eid in engines:
         eng = cat.engines[eid]
         notes.append(f"engine: {eng.name} {eng.version}")
         for cand in enumerate_candidates(cat, llm, req.context):
+            if not _pinned(cand, pins):
+                continue
             block = engine_block(cat, eng, gpu, llm, cand, req.num_gpus)
             if block:
                 hw_rejected.append((cand, f"[{eid}] {block}" if len(engines) > 1 else block))

@@ -22,13 +22,17 @@ from models.quality import QualityModel
 from models.serving import serving_latency
 from models.support import engine_block
 
-from .engine import RequestError, resolve_engines
+from .engine import RequestError, _pinned, resolve_engines, resolve_pins
 
 HOURS_PER_MONTH = 730.0  # 8760 / 12
 CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TP_DEGREES = (1, 2, 4, 8)
 PLAN_KV = ("kv-fp16", "kv-fp8")
 MAX_REPLICAS = 100_000
+
+
+MAX_QPS = 1e6        # requests/s: far beyond any fleet this planner sizes (MAX_REPLICAS caps it anyway)
+MAX_TOKENS = 1 << 20  # prompt or generated tokens per request
 
 
 @dataclass(frozen=True)
@@ -44,18 +48,21 @@ class PlanRequest:
     grid_gco2_per_kwh: float | None = None
     backend: str = "compiled"
     engine: str = "vllm"
+    pin_precision: str | None = None
+    pin_sparsity: str | None = None
+    pin_kv: str | None = None
 
     def validate(self) -> None:
-        if not (self.qps > 0 and math.isfinite(self.qps)):
-            raise RequestError(f"--qps must be a positive number, got {self.qps}")
+        if not (0 < self.qps <= MAX_QPS and math.isfinite(self.qps)):
+            raise RequestError(f"--qps must be above 0 and at most {MAX_QPS:g} requests/s, got {self.qps:g}")
         for name, v in (("--prompt-len", self.prompt_len), ("--gen-len", self.gen_len)):
-            if not isinstance(v, int) or v < 1:
-                raise RequestError(f"{name} must be a positive integer, got {v!r}")
-        for name, v in (("--ttft-p95", self.ttft_p95_s), ("--tpot-p95", self.tpot_p95_s)):
-            if not (v > 0):
-                raise RequestError(f"{name} must be positive, got {v}")
-        if self.grid_gco2_per_kwh is not None and self.grid_gco2_per_kwh < 0:
-            raise RequestError("--grid-gco2-per-kwh must be >= 0")
+            if not isinstance(v, int) or not 1 <= v <= MAX_TOKENS:
+                raise RequestError(f"{name} must be an integer from 1 to {MAX_TOKENS}, got {v!r}")
+        for name, v, hi in (("--ttft-p95", self.ttft_p95_s, 3600.0), ("--tpot-p95", self.tpot_p95_s, 60.0)):
+            if not (0 < v <= hi and math.isfinite(v)):
+                raise RequestError(f"{name} must be above 0 and at most {hi:g} s, got {v:g} s")
+        if self.grid_gco2_per_kwh is not None and not (0 <= self.grid_gco2_per_kwh <= 5000):
+            raise RequestError(f"--grid-gco2-per-kwh must be between 0 and 5000 g/kWh, got {self.grid_gco2_per_kwh:g}")
 
 
 @dataclass
@@ -117,18 +124,21 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
         raise RequestError(f"prompt + generation ({context}) exceeds {llm.id}'s context ({llm.max_position_embeddings})")
     quality = QualityModel.from_catalog(cat)
     engines = resolve_engines(cat, req.engine)
+    pins = resolve_pins(cat, req)
     out = []
     for gid in _resolve_gpus(cat, req.gpus):
         gpu = cat.gpus[gid]
         gp = GpuPlan(gid, None)
         price = gpu.cloud_usd_per_hour
-        for engine, cand in ((e, c) for e in engines for c in _plan_candidates(cat, e)):
+        for engine, cand in ((e, c) for e in engines for c in _plan_candidates(cat, e) if _pinned(c, pins)):
             eng = cat.engines[engine]
             hb = engine_block(cat, eng, gpu, llm, cand)
             if hb:
                 gp.blocked.setdefault("hardware", hb)
                 continue
             loss, _, missing = quality.predict(llm, cand)
+            if loss is not None and loss.source == "measured":
+                loss = None  # only this project's small trained model: no bound passes on it (as in recommend)
             if req.max_quality_loss is not None and (loss is None or loss.value > req.max_quality_loss):
                 gp.blocked.setdefault("quality", f"{cand.label}: " + (
                     f"loss {loss.value * 100:.2f}% > bound" if loss else "no quality data"))
@@ -225,7 +235,7 @@ class CompareRow:
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
-            cat: Catalog | None = None, engine: str = "vllm") -> list[CompareRow]:
+            cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None) -> list[CompareRow]:
     """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits.
 
     Payback: months of renting at the profile's cloud price that equal the card's list price, less
@@ -242,7 +252,7 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         while b >= 1:
             rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
                                     gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
-                                    engine=engine),
+                                    engine=engine, **{f"pin_{k}": v for k, v in (pins or {}).items()}),
                             cat, speed_model)
             if rec.best:
                 break

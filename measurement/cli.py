@@ -270,6 +270,15 @@ def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_le
         return
     out_dir = Path(out or f"out/measure-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # one sweep per output folder at a time: a second one exits here instead of measuring everything twice
+    from filelock import FileLock, Timeout
+
+    sweep_lock = FileLock(str(out_dir / "sweep.lock"), timeout=0)
+    try:
+        sweep_lock.acquire()
+    except Timeout:
+        raise click.UsageError(f"another sweep is writing to {out_dir} (it holds {out_dir / 'sweep.lock'}); wait for "
+                               "it to finish, or give another --out") from None
     fh = logging.FileHandler(out_dir / "log.txt")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     lg = logging.getLogger("measurement")

@@ -103,19 +103,41 @@ def row_id(r: dict) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSON-lines file; blank lines and a torn last line (after a hard kill) are skipped."""
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
+FIGURES = ("decode_ms_per_token", "decode_tok_s", "prefill_ms", "prefill_tok_s", "peak_mem_gb", "j_per_token",
+           "avg_power_w")
+
+
+def read_jsonl_checked(path: str | Path) -> tuple[list[dict], list[tuple[int, str, str]]]:
+    """(rows, quarantined): a torn or unparseable line, and an ``ok`` row with a non-finite or non-positive
+    figure, go to ``quarantined`` as (line number, reason, text) instead of the rows."""
+    import math
+    out, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            text = line.strip()
+            if not text:
                 continue
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                r = json.loads(text)
+            except json.JSONDecodeError as e:
+                bad.append((n, f"not JSON ({e.msg}): a torn or corrupt line", text[:200]))
                 continue
-    return out
+            if not isinstance(r, dict):
+                bad.append((n, "not a JSON object", text[:200]))
+                continue
+            if r.get("status") == "ok":
+                why = next((f"{k}={r[k]!r}" for k in FIGURES if isinstance(r.get(k), (int, float))
+                            and not (math.isfinite(r[k]) and r[k] > 0)), None)
+                if why:
+                    bad.append((n, f"non-physical figure {why}", text[:200]))
+                    continue
+            out.append(r)
+    return out, bad
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines file that parse (a torn last line after a hard kill is left out)."""
+    return read_jsonl_checked(path)[0]
 
 
 def load_dataset(path: str | Path | None = None, *, ok_only: bool = False):
@@ -153,7 +175,18 @@ def import_rows(jsonl_path: str | Path, *, csv_path: str | Path | None = None, m
     meta_p = Path(meta_path) if meta_path else (csv_p.with_suffix("").with_suffix(".meta.json")
                                                 if csv_path else META_PATH)
     run_id = run_id or jsonl_path.parent.name
-    new = [_flatten(r, run_id) for r in read_jsonl(jsonl_path)]
+    rows, bad = read_jsonl_checked(jsonl_path)
+    if bad:  # never imported as ok: kept beside the input (which is not touched) and counted in a warning
+        import logging
+        import warnings
+        q = jsonl_path.with_name(jsonl_path.name + ".quarantine.jsonl")
+        with open(q, "a", encoding="utf-8") as fh:
+            for n, why, text in bad:
+                fh.write(json.dumps({"line": n, "reason": why, "text": text}) + "\n")
+        msg = f"{len(bad)} row(s) of {jsonl_path} quarantined (torn, corrupt or non-physical), listed in {q}"
+        logging.getLogger("measurement").warning(msg)
+        warnings.warn(msg, stacklevel=2)
+    new = [_flatten(r, run_id) for r in rows]
     old = load_dataset(csv_p)
     if len(old) and list(old.columns) != list(COLUMNS):  # the column set changed: rewrite with the new header
         old = old.reindex(columns=list(COLUMNS))

@@ -93,3 +93,19 @@ def test_measure_command_spreads_over_gpus(tmp_path):
     assert len(LockedStore(tmp_path).rows()) == 4
     bad = CliRunner().invoke(measure_command, args[:4] + ["--gpus", "a,b", "--fake-backend", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "GPU ids are integers" in bad.output
+
+
+def test_a_second_sweep_on_one_folder_exits(tmp_path):
+    from click.testing import CliRunner
+    from filelock import FileLock
+
+    from measurement.cli import measure_command
+    held = FileLock(str(tmp_path / "sweep.lock"))
+    held.acquire()
+    try:
+        r = CliRunner().invoke(measure_command, ["--model", "llama3.2-1b", "--gpus", "0", "--fake-backend",
+                                                 "--out", str(tmp_path)])
+        assert r.exit_code == 2 and "another sweep" in r.output
+        assert not (tmp_path / "rows.jsonl").exists()
+    finally:
+        held.release()

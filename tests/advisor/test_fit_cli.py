@@ -1,0 +1,69 @@
+"""advisor fit: refuses non-physical rows (row and column named), never overwrites a file, installs only
+when asked, and --reset restores the shipped model (issue 15)."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+
+from advisor.cli import main
+
+SHIPPED = "measurement/data/measurements.csv"
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVISOR_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def _rows(path, n=3, **change):
+    with open(SHIPPED, newline="") as fh:
+        rd = csv.DictReader(fh)
+        rows = [r for r, _ in zip(rd, range(n), strict=False)]
+        cols = rd.fieldnames
+    rows[-1].update(change)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_fit_needs_a_named_output(home):
+    r = CliRunner().invoke(main, ["fit"])
+    assert r.exit_code == 2 and "--out" in r.output
+
+
+@pytest.mark.parametrize("change,needle", [({"decode_ms_per_token": "1e-308"}, "beats its roofline"),
+                                           ({"decode_ms_per_token": "inf"}, "not a finite positive"),
+                                           ({"peak_mem_gb": "-3"}, "not a finite positive")])
+def test_non_physical_rows_are_refused_with_their_row(home, change, needle):
+    data = _rows(home / "mine.csv", **change)
+    r = CliRunner().invoke(main, ["fit", "--data", str(data), "--out", str(home / "m.json")])
+    assert r.exit_code == 2 and needle in r.output and "row 4" in r.output
+    assert not (home / "m.json").exists()
+
+
+def test_fit_never_overwrites_a_file(home):
+    data = _rows(home / "mine.csv")
+    before = data.read_bytes()
+    r = CliRunner().invoke(main, ["fit", "--data", str(data), "--out", str(data)])
+    assert r.exit_code == 2 and "never overwritten" in r.output and data.read_bytes() == before
+    other = home / "x.json"
+    other.write_text("{}")
+    r = CliRunner().invoke(main, ["fit", "--out", str(other)])
+    assert r.exit_code == 2 and other.read_text() == "{}"
+
+
+def test_refit_is_default_only_when_installed(home):
+    from models.fit_store import user_model_path
+    out = home / "refit.json"
+    r = CliRunner().invoke(main, ["fit", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and not user_model_path().exists()
+    r = CliRunner().invoke(main, ["fit", "--out", str(home / "second.json"), "--install"])
+    assert r.exit_code == 0 and user_model_path().exists()
+    r = CliRunner().invoke(main, ["fit", "--reset"])
+    assert r.exit_code == 0 and not user_model_path().exists()
