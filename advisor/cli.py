@@ -87,16 +87,16 @@ def main():
 @click.option("--precision", "pin_precision", default=None, help="Only this precision (e.g. fp8, awq-int4, gguf-q4_k_m).")
 @click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
 @click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
-@click.option("--context", type=click.IntRange(2), default=4096, show_default=True,
+@click.option("--context", type=click.IntRange(2, 1 << 20), default=4096, show_default=True,
               help="Tokens per sequence, prompt and generated together.")
-@click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True, help="Generated tokens per sequence.")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--gen-len", type=click.IntRange(1, 1 << 20), default=256, show_default=True, help="Generated tokens per sequence.")
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--objective", type=click.Choice(["throughput", "latency", "energy", "cost"]), default="throughput",
               show_default=True)
 @click.option("--min-tokens-per-s", type=Finite(0, 1e6, lo_open=True), default=None,
               help="Minimum decode speed each sequence sees (tok/s).")
-@click.option("--num-gpus", type=click.IntRange(1), default=1, show_default=True, help="Tensor-parallel GPUs.")
-@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="How many ranked candidates to show.")
+@click.option("--num-gpus", type=click.IntRange(1, 64), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True, help="How many ranked candidates to show.")
 @click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,
               help="compiled: static cache + CUDA graphs (a tuned deployment); eager: plain transformers.")
 @click.option("--engine", default="vllm", show_default=True,
@@ -146,10 +146,10 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
 @click.option("--precision", default="bf16", show_default=True, help="Weight method id (advisor profiles list methods).")
 @click.option("--sparsity", default="dense", show_default=True)
 @click.option("--kv", default="kv-fp16", show_default=True, help="KV-cache method id.")
-@click.option("--kv-budget", type=click.IntRange(1), default=None, help="Tokens kept per sequence (eviction policies).")
+@click.option("--kv-budget", type=click.IntRange(1, 1 << 20), default=None, help="Tokens kept per sequence (eviction policies).")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Concurrent sequences.")
-@click.option("--prompt-len", type=click.IntRange(1), default=512, show_default=True, help="Prompt tokens.")
-@click.option("--gen-len", type=click.IntRange(1), default=128, show_default=True, help="Generated tokens.")
+@click.option("--prompt-len", type=click.IntRange(1, 1 << 20), default=512, show_default=True, help="Prompt tokens.")
+@click.option("--gen-len", type=click.IntRange(1, 1 << 20), default=128, show_default=True, help="Generated tokens.")
 @click.option("--num-gpus", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--split", type=click.Choice(["layer", "row"]), default=None, help="llama.cpp multi-GPU split mode.")
 @click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,

@@ -381,7 +381,7 @@ def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
         for opt in reversed((click.option("--model", required=True),
                              click.option("--gpus", default=gpus_default, show_default=True, help=gpus_help),
                              click.option("--max-ppl-delta", default="2%", show_default=True),
-                             click.option("--context", type=click.IntRange(2), default=4096, show_default=True))):
+                             click.option("--context", type=click.IntRange(2, 1 << 20), default=4096, show_default=True))):
             f = opt(f)
         return f
     return apply
@@ -393,8 +393,8 @@ def register_planning(main: click.Group) -> None:
     @main.command()
     @click.option("--model", required=True)
     @click.option("--qps", type=Finite(0, 1e6, lo_open=True), required=True, help="Requests per second to serve.")
-    @click.option("--prompt-len", type=click.IntRange(1), default=1024, show_default=True)
-    @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
+    @click.option("--prompt-len", type=click.IntRange(1, 1 << 20), default=1024, show_default=True)
+    @click.option("--gen-len", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
     @click.option("--ttft-p95", default="1s", show_default=True,
                   help="95th-percentile time to first token: 1s, 500ms, or a bare number of seconds.")
     @click.option("--tpot-p95", default="50ms", show_default=True,
@@ -460,8 +460,8 @@ def register_planning(main: click.Group) -> None:
 
     @main.command()
     @_model_gpus_quality_context("all", "Comma-separated GPU ids, or all.")
-    @click.option("--gen-len", type=click.IntRange(1), default=256, show_default=True)
-    @click.option("--batch", type=click.IntRange(1), default=32, show_default=True,
+    @click.option("--gen-len", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
+    @click.option("--batch", type=click.IntRange(1, 4096), default=32, show_default=True,
                   help="Serving concurrency (halved per GPU until something fits).")
     @click.option("--usd-per-kwh", type=Finite(0, 100), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
@@ -518,7 +518,7 @@ def register_report(main: click.Group) -> None:
 
     @main.command()
     @_model_gpus_quality_context("l4,a100-80g-sxm,h100-sxm", "Comma-separated GPU ids.")
-    @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+    @click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True)
     @click.option("--out", type=click.Path(dir_okay=False), default="advisor-report.html", show_default=True)
     @click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
     @click.option("--json", "as_json", is_flag=True, help="Print where the report went, as JSON.")

@@ -121,7 +121,8 @@ def build_report(model: str, gpus: list[str], max_quality_loss: float | None = 0
                  batch: int = 8, cat: Catalog | None = None, engine: str = "vllm") -> str:
     cat = cat or load()
     llm = cat.llm(model)
-    ids = [cat.resolve("gpu", g).id for g in gpus]
+    ids = [g.id for g in cat.gpus.values()] if [str(x).lower() for x in gpus] == ["all"] else \
+        [cat.resolve("gpu", g).id for g in gpus]
     sections = []
     for gid in ids:
         rec = recommend(Request(gpu=gid, model=llm.id, max_quality_loss=max_quality_loss, context=context,

@@ -143,13 +143,48 @@ def _check_weights(weights: str) -> None:
                                  "(owner/name)", param_hint="--weights")
 
 
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+
+
+def safe_yaml(p: Path, opt: str):
+    """A user's YAML: a regular file under 1 MiB, the safe loader, at most MAX_YAML_ALIASES alias uses (an
+    alias bomb of a few hundred bytes can otherwise expand to gigabytes); errors name the file."""
+    import yaml
+
+    if not p.is_file():
+        raise click.BadParameter(f"{p}: not a regular file", param_hint=opt)
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise click.BadParameter(f"{p}: over {MAX_YAML_BYTES} bytes", param_hint=opt)
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_YAML_ALIASES:
+                    raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases")
+            return super().compose_node(parent, index)
+
+    try:
+        doc = yaml.load(p.read_text(encoding="utf-8", errors="strict"), Loader=Loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"{p}: not valid YAML ({str(e).splitlines()[0][:160]})", param_hint=opt) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"{p}: the top level must be a mapping with 'grids'", param_hint=opt)
+    return doc
+
+
 def load_sweep(path: str, cat) -> tuple[list, dict]:
     import yaml
 
     p = Path(path)
     if not p.exists():
         raise click.BadParameter(f"{path}: no such file", param_hint="--sweep")
-    doc = yaml.safe_load(p.read_text()) or {}
+    doc = safe_yaml(p, "--sweep")
     grids = doc.get("grids")
     if not isinstance(grids, list) or not grids:
         raise click.BadParameter(f"{path}: needs a non-empty 'grids' list", param_hint="--sweep")

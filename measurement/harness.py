@@ -953,6 +953,17 @@ class InProcessLauncher:
         return Runner(self.out_dir, **self.kw).run(configs)
 
 
+def die_with_parent() -> None:
+    """preexec_fn for GPU workers: Linux delivers SIGTERM to the child when its parent dies (PR_SET_PDEATHSIG),
+    so killing a sweep never leaves a worker holding the GPU. A no-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class SubprocessLauncher:
     """One child process per model (an OOM or a crash stays inside it). A crashed child's current config
     becomes an ``error`` row and the child is restarted on the rest."""
@@ -989,7 +1000,8 @@ class SubprocessLauncher:
                 cmd = [self.python, "-m", "measurement.harness", "--plan", str(plan), "--out", str(self.out_dir)]
                 if self.deadline:
                     cmd += ["--deadline", str(self.deadline)]
-                p = subprocess.run(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent))
+                p = subprocess.run(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads start before it
                 rows = store.rows()
                 for r in rows[seen:]:
                     if self.on_row:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .harness import IDENTITY, RowStore, RunConfig, config_key
+from .harness import IDENTITY, RowStore, RunConfig, config_key, die_with_parent
 
 ROW_PREFIX = "ROW "
 
@@ -152,7 +152,7 @@ def run_local(configs: list[RunConfig], out_dir: str | Path, gpus: list[str], *,
         plan.write_text(json.dumps([dataclasses.asdict(rc) for rc in share]))
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
         p = subprocess.Popen([sys.executable, "-m", "measurement.scheduler", "worker", str(plan), backend],
-                             stdout=subprocess.PIPE, text=True, env=env,
+                             stdout=subprocess.PIPE, text=True, env=env, preexec_fn=die_with_parent,
                              cwd=str(Path(__file__).resolve().parent.parent))
         procs.append(p)
 

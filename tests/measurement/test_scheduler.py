@@ -109,3 +109,49 @@ def test_a_second_sweep_on_one_folder_exits(tmp_path):
         assert not (tmp_path / "rows.jsonl").exists()
     finally:
         held.release()
+
+
+def test_sweep_yaml_alias_bomb_and_garbage_are_refused_fast(tmp_path):
+    import time
+
+    from click.testing import CliRunner
+
+    from measurement.cli import measure_command
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, "
+                                                      f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                                                      f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(12)]
+    bomb.write_text("\n".join(lines) + "\n")
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"\xff\xfe: [\n")
+    for f in (bomb, junk):
+        t0 = time.time()
+        r = CliRunner().invoke(measure_command, ["--sweep", str(f), "--dry-run"])
+        assert r.exit_code == 2 and str(f) in r.output and time.time() - t0 < 1.0, r.output
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """A killed sweep leaves no worker behind (PR_SET_PDEATHSIG on Linux)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import subprocess, sys, time\n"
+            "from measurement.harness import die_with_parent\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=die_with_parent)\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent")
