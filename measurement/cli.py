@@ -179,8 +179,6 @@ def safe_yaml(p: Path, opt: str):
 
 
 def load_sweep(path: str, cat) -> tuple[list, dict]:
-    import yaml
-
     p = Path(path)
     if not p.exists():
         raise click.BadParameter(f"{path}: no such file", param_hint="--sweep")
