@@ -4,65 +4,14 @@ Data goes to stdout (``--json`` for machines); progress, notes and warnings go t
 """
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from profiles import SchemaError, UnknownProfileError
 
-from .cli_types import Finite
-
-EXIT_BAD_INPUT = 2
-EXIT_INFEASIBLE = 3
-
-
-def _err(msg: str, code: int = EXIT_BAD_INPUT):
-    """One line on stderr and the exit code; under --json also a JSON error object on stdout."""
-    click.echo(f"error: {msg}", err=True)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.params.get("as_json"):
-        click.echo(json.dumps({"error": msg, "exit_code": code}))
-    sys.exit(code)
-
-
-def parse_fraction(text: str | None, name: str = "--max-ppl-delta") -> float | None:
-    """A relative bound as a fraction: '2%' -> 0.02, '0.02' -> 0.02, '2' -> 0.02 (a bare number >= 1 is read as
-    percent, and said so on stderr). Negative or over 100% is refused."""
-    if text is None or str(text).strip().lower() in ("none", "off"):
-        return None
-    s = str(text).strip()
-    try:
-        v = float(s[:-1]) / 100 if s.endswith("%") else float(s)
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a number: use e.g. 2% or 0.02", param_hint=name) from None
-    if v != v or v < 0:
-        raise click.BadParameter(f"'{text}': accepted 0% to 100% (e.g. 2% or 0.02)", param_hint=name)
-    if not s.endswith("%") and v >= 1:
-        click.echo(f"note: {name} {s} read as {v:g}%", err=True)
-        v = v / 100
-    if v > 1:
-        raise click.BadParameter(f"'{text}': accepted 0% to 100% (e.g. 2% or 0.02)", param_hint=name)
-    return v
-
-
-def parse_points(text: str | None, name: str) -> float | None:
-    """A drop in points of a 0-100 score: '1', '1.5', '1pt'. None / 'none' -> no bound."""
-    if text is None or str(text).strip().lower() in ("none", "off"):
-        return None
-    s = str(text).strip().lower().removesuffix("points").removesuffix("pts").removesuffix("pt").strip()
-    try:
-        v = float(s)
-    except ValueError:
-        raise click.BadParameter(f"'{text}' is not a number of points (e.g. 1 or 1.5)", param_hint=name) from None
-    if v != v or not 0 <= v <= 100:
-        raise click.BadParameter(f"'{text}': accepted 0 to 100 points", param_hint=name)
-    return v
-
-
-def _emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
+from .options import (EXIT_BAD_INPUT, EXIT_INFEASIBLE, Finite, _emit_json, _err,  # noqa: F401 - re-exported
+                      parse_fraction, parse_points)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llm-deploy-advisor")

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .cli_types import Finite
+from .options import Finite
 
 
 def register(main: click.Group) -> None:
@@ -41,7 +41,7 @@ def register(main: click.Group) -> None:
         from models.fit_store import user_model_path
         from models.fitted import fit_model, save
 
-        from .cli import _err
+        from .options import _err
         if reset:
             p = user_model_path()
             for f in (p, p.with_suffix(".meta.json")):
@@ -298,7 +298,7 @@ def read_user_csv(path: str):
 
     import pandas as pd
 
-    from .cli import _err
+    from .options import _err
     try:
         st_ = os.stat(path)
     except OSError as e:
@@ -327,7 +327,7 @@ def check_physical(df, path: str) -> None:
     its roofline by more than 5% (exit 2 with the file, row and column)."""
     import math
 
-    from .cli import _err
+    from .options import _err
     rows = df.to_dict("records")
     for i, r in enumerate(rows):
         if str(r.get("status", "ok")) != "ok":
@@ -370,7 +370,7 @@ def _gpu_list(text: str | None) -> tuple:
         return ()
     out = tuple(x.strip() for x in text.split(",") if x.strip())
     if not out:
-        from .cli import _err
+        from .options import _err
         _err("--gpus: give GPU ids separated by commas, or all (advisor profiles list gpus)")
     return out
 
@@ -388,7 +388,7 @@ def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
 
 
 def register_planning(main: click.Group) -> None:
-    from .cli import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
+    from .options import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
 
     @main.command()
     @click.option("--model", required=True)
@@ -514,7 +514,7 @@ def register_planning(main: click.Group) -> None:
 
 
 def register_report(main: click.Group) -> None:
-    from .cli import _emit_json, _err, parse_fraction
+    from .options import _emit_json, _err, parse_fraction
 
     @main.command()
     @_model_gpus_quality_context("l4,a100-80g-sxm,h100-sxm", "Comma-separated GPU ids.")
