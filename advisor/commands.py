@@ -172,6 +172,10 @@ def _validate_energy(by: str, as_json: bool) -> None:
     for g, sc in res["published_j_per_token"].items():
         click.echo(f"  {g:18s} n={sc['n']:4d}  MAPE {sc['mape'] * 100:5.1f}%  median APE {sc['median_ape'] * 100:5.1f}%  "
                    f"90% coverage {sc['coverage90'] * 100:5.1f}%")
+    click.echo("the same rows end to end (advisor.predict: predicted speed x power, as a user gets them):")
+    for g, sc in res["end_to_end_j_per_token"].items():
+        click.echo(f"  {g:18s} n={sc['n']:4d}  MAPE {sc['mape'] * 100:5.1f}%  median APE {sc['median_ape'] * 100:5.1f}%  "
+                   f"90% coverage {sc['coverage90'] * 100:5.1f}%")
 
 
 def _validate_quality(by: str, as_json: bool) -> None:

@@ -1,9 +1,9 @@
 """Energy cost model: board power from how hard a step drives the GPU, J/token, EOR and TWEOR.
 
-Power of one GPU (issue 14): ``P = idle + (TDP - idle) x clip(active + c_bound x u, 0, 1)``, where ``u`` is
-the utilisation of the unit that bounds the step on the datasheet roofline (memory bandwidth for decode at
-small batch, tensor cores for prefill and large batches: roofline time / predicted time) and ``bound``
-says which. So a prediction always lies in [idle_w, TDP] of its GPU (tested for every GPU, method and
+Power of one GPU (issue 14): ``P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_compute x
+u_compute, 0, 1)``, where ``u_memory`` and ``u_compute`` say how hard the step drives the memory system and
+the tensor cores (the unit's datasheet-roofline time / the step time: decode at small batch drives memory,
+prefill and large batches the tensor cores, large-batch decode both). So a prediction always lies in [idle_w, TDP] of its GPU (tested for every GPU, method and
 batch). ``idle_w`` and ``tdp_w`` come from the GPU catalog (cited); where a GPU has no idle figure,
 DEFAULT_IDLE_FRACTION of its TDP stands in. ``active``, ``c_memory`` and ``c_compute`` are fitted on NVML
 rows measured on H100 SXM and H200 (``python -m models.energy_fit`` -> models/data/power.json, with the
@@ -43,12 +43,13 @@ def idle_w(gpu) -> float:
     return float(gpu.idle_w) if gpu.idle_w else DEFAULT_IDLE_FRACTION * gpu.tdp_w
 
 
-def board_power_w(gpu, utilisation: float, bound: str = "memory", params: dict | None = None) -> float:
-    """Watts of one GPU running a step at ``utilisation`` of its ``bound`` unit (memory | compute)."""
+def board_power_w(gpu, u_memory: float, u_compute: float = 0.0, params: dict | None = None) -> float:
+    """Watts of one GPU running a step that drives its memory system at ``u_memory`` and its tensor cores at
+    ``u_compute`` (each: datasheet-roofline time of that unit / step time)."""
     p = params or power_params()
-    u = min(max(float(utilisation), 0.0), 1.0)
-    c = p["c_memory"] if bound == "memory" else p["c_compute"]
-    frac = min(max(p["active"] + c * u, 0.0), 1.0)
+    um = min(max(float(u_memory), 0.0), 1.0)
+    uc = min(max(float(u_compute), 0.0), 1.0)
+    frac = min(max(p["active"] + p["c_memory"] * um + p["c_compute"] * uc, 0.0), 1.0)
     idle = idle_w(gpu)
     return idle + (gpu.tdp_w - idle) * frac
 

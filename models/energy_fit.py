@@ -42,39 +42,62 @@ def _f(x):
     return v if math.isfinite(v) else None
 
 
+# bytes per weight of the harness's precisions (what a decode step streams per parameter)
+BYTES_PER_WEIGHT = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8-wo": 1.0, "w8a8": 1.0, "bnb-int8": 1.0,
+                    "bnb-nf4": 0.56, "awq-int4": 0.55, "gptq-int4": 0.55}
+
+
+def _ridge(g) -> float:
+    """FLOPs per byte at which the datasheet bf16 peak and bandwidth balance."""
+    return g.peak_tflops("bf16") * 1e12 / (g.mem_bw_gbps * 1e9)
+
+
 def measured_rows(cat) -> list[dict]:
-    """{gpu, source, bound, u (datasheet-relative utilisation), power_w (one GPU)}."""
+    """{gpu, source, u_memory, u_compute (datasheet-relative), power_w (one GPU)}.
+
+    The rows record the fraction of the machine-measured roofline of their bound unit; it is rescaled to
+    the datasheet. The other unit's utilisation: for decode, the same step's FLOPs over the peak, i.e.
+    u_compute = u_memory x (2 x batch / bytes per weight) / ridge (the weights dominate the bytes at these
+    contexts); for prefill, u_memory ~ 0 (weights read once per chunk). The tensor-parallel rows compute both
+    from their exact per-rank bytes and FLOPs."""
+    import pandas as pd
+
+    from measurement.tp import shard_plan
     out = []
 
-    def add(gpu_id, source, bound, frac, scale, power):
-        if frac is None or power is None or frac <= 0 or power <= 0:
+    def add(gpu_id, source, um, uc, power):
+        if power is None or power <= 0 or um is None or uc is None or (um <= 0 and uc <= 0):
             return
-        out.append({"gpu": gpu_id, "source": source, "bound": bound, "u": min(frac * scale, 1.5),
+        out.append({"gpu": gpu_id, "source": source, "u_memory": min(um, 1.2), "u_compute": min(uc, 1.2),
                     "power_w": power})
 
-    def scales(gpu_id, bw, pk):
-        g = cat.gpu(gpu_id)
-        return ((bw / g.mem_bw_gbps) if bw else 1.0, (pk / g.peak_tflops("bf16")) if pk else 1.0)
-
-    import pandas as pd
     d = pd.read_csv(DATA / "measurements.csv")
     for r in d[d.status == "ok"].to_dict("records"):
-        sb, sc = scales(r["gpu"], _f(r.get("copy_bw_gbps")), _f(r.get("matmul_tflops_bf16")))
-        b = str(r.get("roofline_decode_bound") or "memory")
-        add(r["gpu"], f"harness:{r['gpu']}", b, _f(r.get("decode_roofline_frac")), sb if b == "memory" else sc,
-            _f(r.get("avg_power_w")))
-        pj, pms = _f(r.get("prefill_j")), _f(r.get("prefill_ms"))
-        if pj and pms and pms > 200:  # windows under 0.2 s are below NVML's energy-counter resolution
-            b = str(r.get("roofline_prefill_bound") or "compute")
-            add(r["gpu"], f"harness:{r['gpu']}", b, _f(r.get("prefill_roofline_frac")), sb if b == "memory" else sc,
-                pj / (pms / 1e3))
+        g = cat.gpu(r["gpu"])
+        sb = (_f(r.get("copy_bw_gbps")) or g.mem_bw_gbps) / g.mem_bw_gbps
+        sc = (_f(r.get("matmul_tflops_bf16")) or g.peak_tflops("bf16")) / g.peak_tflops("bf16")
+        u = _f(r.get("decode_roofline_frac"))
+        if u:
+            um = u * sb
+            add(g.id, f"harness:{g.id}", um, um * 2 * r["batch"] / BYTES_PER_WEIGHT.get(r["precision"], 2.0) / _ridge(g),
+                _f(r.get("avg_power_w")))
+        pj, pms, u = _f(r.get("prefill_j")), _f(r.get("prefill_ms")), _f(r.get("prefill_roofline_frac"))
+        if pj and pms and u and pms > 200:  # windows under 0.2 s are below NVML's energy-counter resolution
+            add(g.id, f"harness:{g.id}", 0.0, u * sc, pj / (pms / 1e3))
+    h200 = cat.gpu("h200")
     with open(DATA / "llamacpp" / "rows.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             if r["status"] != "ok" or r["num_gpus"] != "1" or r["metric"] not in ("decode_tok_s", "prefill_tok_s"):
                 continue
-            sb, sc = scales("h200", _f(r["copy_bw_gbps"]), _f(r["peak_tflops_bf16"]))
-            b = "memory" if r["metric"] == "decode_tok_s" else "compute"
-            add("h200", "llamacpp:h200", b, _f(r["roofline_frac"]), sb if b == "memory" else sc, _f(r["avg_power_w"]))
+            u, p = _f(r["roofline_frac"]), _f(r["avg_power_w"])
+            if not u or not p:
+                continue
+            if r["metric"] == "decode_tok_s":
+                um = u * _f(r["copy_bw_gbps"]) / h200.mem_bw_gbps
+                bpw = (_f(r["gguf_bits_per_weight"]) or 16) / 8
+                add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p)
+            else:
+                add("h200", "llamacpp:h200", 0.0, u * _f(r["peak_tflops_bf16"]) / h200.peak_tflops("bf16"), p)
     with open(DATA / "multi_gpu" / "tp_rows.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             if r["status"] != "ok" or r["metric"] not in ("decode_step_ms", "prefill_ms") or not r["power_w_per_gpu"]:
@@ -82,14 +105,22 @@ def measured_rows(cat) -> list[dict]:
             ws = [_f(x) for x in r["power_w_per_gpu"].split()]
             if not ws or any(w is None for w in ws):
                 continue
-            sb, sc = scales("h200", 4180.0, 777.0)  # the peaks the TP sweep measured (its log)
-            b = r["roofline_bound"] or "memory"
-            add("h200", "tp:h200", b, _f(r["roofline_frac"]), sb if b == "memory" else sc, statistics.mean(ws))
+            pl = shard_plan(cat.llm(r["model"]), int(r["num_gpus"]))
+            B, ctx, t = int(r["batch"]), int(r["prompt_len"]), float(r["value"]) / 1e3
+            bpw = 1.0 if r["precision"] == "fp8" else 2.0
+            if r["metric"] == "decode_step_ms":
+                byts = pl.matmul_params * bpw + B * ctx * pl.kv_bytes_per_token()
+                flops = 2 * pl.matmul_params * B + B * 4 * ctx * pl.layers * pl.q_heads * pl.head_dim
+            else:
+                byts, flops = pl.matmul_params * bpw, 2 * pl.matmul_params * B * ctx
+            add("h200", "tp:h200", byts / t / (h200.mem_bw_gbps * 1e9), flops / t / (h200.peak_tflops("bf16") * 1e12),
+                statistics.mean(ws))
     return out
 
 
 def fit(rows: list[dict], cat) -> dict:
-    """NNLS on (P - idle) / (TDP - idle) = a0 + c_bound x u (relative error in power)."""
+    """NNLS on (P - idle) / (TDP - idle) = active + c_memory x u_memory + c_compute x u_compute (relative
+    error in power)."""
     from scipy.optimize import nnls
 
     from .energy import idle_w
@@ -97,10 +128,9 @@ def fit(rows: list[dict], cat) -> dict:
     for r in rows:
         g = cat.gpu(r["gpu"])
         idle, tdp = idle_w(g), g.tdp_w
-        frac = (r["power_w"] - idle) / (tdp - idle)
-        A.append([1.0, r["u"] if r["bound"] == "memory" else 0.0, r["u"] if r["bound"] != "memory" else 0.0])
-        y.append(frac)
-        w.append((tdp - idle) / r["power_w"])  # weight so residuals are relative errors in power
+        A.append([1.0, min(r["u_memory"], 1.0), min(r["u_compute"], 1.0)])
+        y.append((r["power_w"] - idle) / (tdp - idle))
+        w.append((tdp - idle) / r["power_w"])
     A, y, w = np.asarray(A), np.asarray(y), np.asarray(w)
     coef, _ = nnls(A * w[:, None], y * w)
     return {"active": float(coef[0]), "c_memory": float(coef[1]), "c_compute": float(coef[2])}
@@ -108,7 +138,7 @@ def fit(rows: list[dict], cat) -> dict:
 
 def predict_power(r: dict, params: dict, cat) -> float:
     from .energy import board_power_w
-    return board_power_w(cat.gpu(r["gpu"]), r["u"], r["bound"], params)
+    return board_power_w(cat.gpu(r["gpu"]), r["u_memory"], r["u_compute"], params)
 
 
 def published_rows(cat) -> list[dict]:
@@ -138,8 +168,8 @@ def published_rows(cat) -> list[dict]:
         step = m["tpot_ms"] / 1e3
         u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
         u_tc = 2 * (total - pc.embed) * B / n / (step * g.peak_tflops("bf16") * 1e12)
-        out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "bound": "memory" if u_bw >= u_tc else "compute",
-                    "u": max(u_bw, u_tc), "n": n, "model": model, "batch": B,
+        out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
+                    "n": n, "model": model, "batch": B,
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],
                     "output_tok_s": m["output_tok_s"]})
     return out
@@ -185,13 +215,33 @@ def validate(cat, by: str = "source") -> dict:
     pub_by_gpu = {}
     for r, a, b in zip(pub, jy, jp, strict=True):
         pub_by_gpu.setdefault(r["gpu"], []).append((a, b))
-    return {"held_out_by": by, "measured": {"groups": per,
+    e2e = _end_to_end(pub)
+    return {"held_out_by": by, "end_to_end_j_per_token": e2e, "measured": {"groups": per,
                                             "all": _scores([a for a, _ in res], [b for _, b in res])},
             "published_j_per_token": {g: _scores([a for a, _ in v], [b for _, b in v],
                                                  [b * math.exp(-q_all) for _, b in v],
                                                  [b * math.exp(q_all) for _, b in v])
                                       for g, v in sorted(pub_by_gpu.items())},
             "params": full, "interval_factor": math.exp(q_all), "rows": len(rows), "published_rows": len(pub)}
+
+
+def _end_to_end(pub: list[dict]) -> dict:
+    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch and
+    GPUs; prompt 600 and 400 generated tokens, about the benchmark's averages) -> J/token, speed included."""
+    import advisor
+    by = {}
+    for r in pub:
+        try:
+            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision="bf16", batch=int(r["batch"]),
+                                prompt_len=600, gen_len=400, num_gpus=r["n"])
+        except ValueError:
+            continue
+        if not p["supported"]:
+            continue
+        j = p["j_per_token"]
+        by.setdefault(r["gpu"], []).append((r["j_per_token"], j["value"], j["low"], j["high"]))
+    return {g: _scores([a for a, *_ in v], [b for _, b, _, _ in v], [lo for *_, lo, _ in v], [hi for *_, hi in v])
+            for g, v in sorted(by.items())}
 
 
 def _conformal_q(rows, cat, key) -> float:
@@ -210,8 +260,8 @@ def main() -> int:
     params = fit(rows, cat)
     doc = dict(params, rel_err=_conformal_q(rows, cat, "source"), rows=len(rows),
                sources=sorted({r["source"] for r in rows}), gpus=sorted({r["gpu"] for r in rows}),
-               model="P = idle + (TDP - idle) x clip(active + c_bound x u, 0, 1); u: datasheet-roofline "
-                     "utilisation of the bound (memory or compute) unit",
+               model="P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_compute x u_compute, 0, 1); "
+                     "u: datasheet-roofline time of the unit / step time",
                fitted_by="python -m models.energy_fit (NNLS, relative error in power)")
     PARAMS_PATH.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))

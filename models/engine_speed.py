@@ -241,10 +241,16 @@ def roofline_decode_s(a: dict, batch, ctx):
     return np.maximum(byts / (a["div"] * a["bw"]), batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
 
 
+def decode_floors_s(a: dict, batch, ctx) -> tuple[float, float]:
+    """(bytes / datasheet bandwidth, FLOPs / datasheet peak) of one decode step on each GPU."""
+    byts = a["W"] + batch * ctx * a["KVB"]
+    return float(byts / (a["div"] * a["bw"])), float(batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
+
+
 def roofline_decode_bound(a: dict, batch, ctx) -> str:
     """Which unit bounds the decode step on the datasheet roofline: memory or compute."""
-    byts = a["W"] + batch * ctx * a["KVB"]
-    return "memory" if byts / a["bw"] >= batch * (a["F"] + ctx * a["A"]) / a["peak"] else "compute"
+    m, c = decode_floors_s(a, batch, ctx)
+    return "memory" if m >= c else "compute"
 
 
 def roofline_prefill_s(a: dict, batch, prompt):

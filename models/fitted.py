@@ -94,7 +94,8 @@ def design(df, cat: Catalog | None = None):
             mem = predict_memory(cat, llm, cand, sc)
         except (LookupError, KeyError, ValueError, TypeError):
             continue
-        power = board_power_w(gpu, spd.utilisation, spd.bound)
+        power = board_power_w(gpu, spd.memory_floor_ms / spd.decode_step_ms.value,
+                              spd.compute_floor_ms / spd.decode_step_ms.value)
         jpt = joules_per_token(power, spd.decode_step_ms.value / 1e3, sc.batch)
         cm = r.get("compile_mode")
         X.append(features(gpu, llm, cand, sc, spd.utilisation, cm if isinstance(cm, str) else None))

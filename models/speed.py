@@ -45,6 +45,8 @@ class SpeedPrediction:
     utilisation: float            # decode roofline time / predicted time
     notes: list[str] = field(default_factory=list)
     bound: str = "memory"         # which unit bounds the decode step on the datasheet roofline
+    memory_floor_ms: float = 0.0  # decode step's bytes / datasheet bandwidth (per GPU)
+    compute_floor_ms: float = 0.0  # decode step's FLOPs / datasheet dense peak of its dtype (per GPU)
 
 
 def link_bytes_per_s(gpu: GPU) -> float:
@@ -171,6 +173,7 @@ def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenari
     per_seq = tok_s.scale(1 / sc.batch)
     pre = Estimate.rel(t_pre * 1e3, rel, "ms", "analytical", detail)
     pre = Estimate(pre.value, max(pre.low, roof_pre * 1e3), pre.high, "ms", "analytical", detail)
-    bound = "memory" if dstep.bytes / gpu.mem_bw_gbps / 1e9 >= dstep.flops / peak_flops(gpu, dtype) else "compute"
+    t_mem = dstep.bytes / (gpu.mem_bw_gbps * 1e9 * sc.num_gpus)
+    t_cmp = dstep.flops / (peak_flops(gpu, dtype) * sc.num_gpus)
     return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes,
-                           bound)
+                           "memory" if t_mem >= t_cmp else "compute", t_mem * 1e3, t_cmp * 1e3)
