@@ -32,27 +32,32 @@ COVERAGE = 0.90
 DEFAULT_ALPHA = 100.0
 
 
-class CorrectionRegressor(BaseEstimator, RegressorMixin):
+class CorrectionRegressor(RegressorMixin, BaseEstimator):
     """Ridge on standardized features; predicts log(measured / analytical)."""
 
     def __init__(self, alpha: float = DEFAULT_ALPHA):
         self.alpha = alpha
 
     def fit(self, X, y):
-        X, y = np.asarray(X, float), np.asarray(y, float)
+        from sklearn.utils.validation import validate_data
+        X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
         self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ == 0] = 1.0
+        scale = X.std(axis=0)
+        scale[scale == 0] = 1.0
+        self.scale_ = scale
         r = Ridge(alpha=self.alpha).fit((X - self.mean_) / self.scale_, y)
-        self.coef_, self.intercept_ = r.coef_, float(r.intercept_)
+        self.coef_, self.intercept_ = r.coef_, r.intercept_
         return self
 
     def predict(self, X):
-        return self.intercept_ + ((np.asarray(X, float) - self.mean_) / self.scale_) @ self.coef_
+        from sklearn.utils.validation import check_is_fitted, validate_data
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        return ((X - self.mean_) / self.scale_) @ np.asarray(self.coef_).T + self.intercept_
 
     def to_dict(self, q90: float) -> dict:
-        return {"coef": self.coef_.tolist(), "intercept": self.intercept_, "mean": self.mean_.tolist(),
-                "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
+        return {"coef": np.asarray(self.coef_).tolist(), "intercept": float(np.ravel(self.intercept_)[0]),
+                "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
 
 
 # The compiled backend the cost model describes is the harness's regional-graph-fused one (one compiled

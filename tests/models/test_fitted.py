@@ -108,3 +108,17 @@ def test_published_validation_rows_map_to_profiles():
     for d in res.values():
         for gpu, model, prec, batch, pred, meas in d["rows"]:
             assert pred > 0 and meas > 0
+
+
+def test_correction_estimator_passes_sklearn_checks():
+    """Issue 13: the correction model is a real scikit-learn estimator."""
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from models.fitted import CorrectionRegressor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = check_estimator(CorrectionRegressor(), on_fail=None)
+    failed = [x["check_name"] for x in res if x["status"] == "failed"]
+    assert not failed, failed
