@@ -245,13 +245,18 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
         raise SystemExit(2)
     click.echo(f"validating {eid}: one fit per held-out source, nested interval folds (minutes for large sets)",
                err=True)
-    d = design(load_engine_rows(), eid)
+    import numpy as np
+
+    from models.peer_aic import side_by_side
+    rows = load_engine_rows()
+    cat = load()
+    d = design(rows, eid, cat)
     res = validate_engine(d, by=by)
-    res.pop("pairs")
+    pairs = res.pop("pairs")
     res["engine"] = eid
     res["held_out_by"] = (f"{by} (leave-one-{by}-out: every row of the group leaves the fit); intervals from the "
                           f"other groups only (nested)")
-    res["peers"] = _peer_note()
+    res["peers"] = {"aiconfigurator": side_by_side(d, rows, cat, np.asarray(pairs["pred"], float))}
     if as_json:
         click.echo(_json.dumps(res, indent=2))
         return
@@ -260,7 +265,15 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
         for g, sc in (res.get(kind) or {}).items():
             click.echo(f"  {kind:9s} {g:10s} n={sc['n']:5d}  MAPE {sc['mape'] * 100:6.1f}%  median APE "
                        f"{sc['median_ape'] * 100:5.1f}%  90% coverage {sc['coverage90'] * 100:5.1f}%")
-    click.echo(f"peers: {res['peers']}")
+    aic = res["peers"]["aiconfigurator"]
+    if not aic.get("available") or not aic.get("metrics"):
+        click.echo(f"peers: AIConfigurator: {aic.get('note', 'no comparable rows')}")
+    else:
+        click.echo(f"peers, same rows ({aic['rows']} sampled; {aic['aiconfigurator']}; ours held out):")
+        for m, sc in aic["metrics"].items():
+            if sc["n"]:
+                click.echo(f"  {m:13s} n={sc['n']:4d}  AIConfigurator median APE {sc['aic_median_ape'] * 100:5.1f}%  "
+                           f"this advisor {sc['ours_median_ape'] * 100:5.1f}%  (AIC failed on {sc['failed']})")
 
 
 def _peer_note() -> str:
