@@ -12,12 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from . import schema
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class UnknownProfileError(LookupError):
@@ -36,7 +34,9 @@ def _read(path: Path) -> Any:
     hit = cache.get("yaml", key)
     if hit is not None:
         return hit
-    doc = yaml.load(raw.decode("utf-8"), Loader=_Loader)
+    import yaml  # only on a cache miss: a warm start never imports it
+
+    doc = yaml.load(raw.decode("utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     cache.put("yaml", key, doc)
     return doc
 
