@@ -515,19 +515,24 @@ def register_planning(main: click.Group) -> None:
         t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
                   header_style="bold")
         for col in ("gpu", "engine", "method", "batch", "tok/s", "$/Mtok", "J/tok", "tok/J", "loss %", "list $",
-                    "payback mo"):
+                    "payback mo", "rows"):
             t.add_column(col)
         for r in rows:
             if r.candidate is None:
-                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 8)
+                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 9)
                 continue
             t.add_row(r.gpu, r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
                       f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price",
                       f"{r.j_per_token:.3g}" if r.j_per_token else "-", f"{r.tokens_per_joule:.3g}",
                       f"{r.quality_loss * 100:.2f}" if r.quality_loss is not None else "?",
                       f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",
-                      f"{r.payback_months:.1f}" if r.payback_months is not None else "-")
+                      f"{r.payback_months:.1f}" if r.payback_months is not None else "-",
+                      "yes" if r.backed else "[yellow]none[/]")
         console().print(t)
+        if any(not r.backed for r in rows if r.candidate):
+            click.echo("rows = none: no measured or published row of that engine on that GPU; its figures come from "
+                       "other GPUs' efficiencies (wider intervals), so it ranks after the GPUs that have rows",
+                       err=True)
 
 
 def register_report(main: click.Group) -> None:

@@ -231,6 +231,7 @@ class CompareRow:
     speed_model: str | None = None
     engine: str | None = None
     j_per_token: float | None = None
+    backed: bool = True   # the engine's speed figures for this GPU rest on measured or published rows
 
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
@@ -274,6 +275,8 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         rows.append(CompareRow(gid, p.candidate.label, b, p.speed.decode_tok_s.value, u.value if u else None,
                                (u.low, u.high) if u else None, 1.0 / p.j_per_token.value,
                                p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
-                               speed_model=p.speed_model, engine=p.engine, j_per_token=p.j_per_token.value))
-    rows.sort(key=lambda r: (r.usd_per_mtok is None, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
+                               speed_model=p.speed_model, engine=p.engine, j_per_token=p.j_per_token.value,
+                               backed=not any("no published or measured row" in n for n in p.speed.notes)))
+    # GPUs whose figures rest on no measured or published row rank after the backed ones (and say so)
+    rows.sort(key=lambda r: (r.usd_per_mtok is None, not r.backed, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
     return rows

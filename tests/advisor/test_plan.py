@@ -60,3 +60,10 @@ def test_plan_and_compare_cli_json():
     assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2
     r = run(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l5"])
     assert r.exit_code == 2 and "l4" in r.stderr
+
+
+def test_compare_never_ranks_an_unbacked_gpu_above_a_backed_one():
+    from advisor.plan import compare
+    rows = [r for r in compare("llama3.1-8b", gpus=("l4", "h100-sxm", "a10", "h200"), batch=8) if r.candidate]
+    flags = [r.backed for r in rows if r.usd_per_mtok is not None]
+    assert any(flags) and flags == sorted(flags, reverse=True)
