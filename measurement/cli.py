@@ -301,8 +301,11 @@ def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_le
             click.echo(json.dumps([dataclasses.asdict(rc) for rc in configs], indent=1))
         err.print(f"{len(configs)} configs")
         return
-    out_dir = Path(out or f"out/measure-{time.strftime('%Y%m%d-%H%M%S')}")
+    # absolute: the worker processes run from the package's folder (site-packages after a pip install), so a
+    # relative path would land there
+    out_dir = Path(out or f"out/measure-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    err.print(f"writing to {out_dir}")
     # one sweep per output folder at a time: a second one exits here instead of measuring everything twice
     from filelock import FileLock, Timeout
 

@@ -155,3 +155,15 @@ def test_workers_die_with_their_parent(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the worker outlived its parent")
+
+
+def test_measure_writes_where_the_user_is(tmp_path, monkeypatch):
+    """A relative --out is the user's folder, not the package's (workers run from the package folder)."""
+    from click.testing import CliRunner
+
+    from measurement.cli import measure_command
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(measure_command, ["--model", "llama3.2-1b", "--gpus", "0", "--fake-backend",
+                                             "--out", "mine"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mine" / "rows.jsonl").exists()
