@@ -98,8 +98,17 @@ COLUMNS: dict[str, tuple[str, str]] = {
 LIST_COLUMNS = ("decode_trials_ms", "prefill_trials_ms")
 
 
+DEFAULT_COMPILE_MODE = "regional-graph-fused"
+
+
 def row_id(r: dict) -> str:
+    """Hash of the config key, GPU and time; a non-default compile mode joins it (two sweeps of one config
+    with different compile modes at the same second collided; default-mode ids are unchanged, so earlier
+    rows keep theirs)."""
     s = f"{r.get('key')}|{r.get('gpu_uuid')}|{r.get('date_utc')}"
+    cm = r.get("compile_mode")
+    if cm and cm != DEFAULT_COMPILE_MODE and r.get("backend", "compiled") == "compiled":
+        s += f"|{cm}"
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
@@ -168,8 +177,6 @@ def _flatten(r: dict, run_id: str) -> dict:
 def import_rows(jsonl_path: str | Path, *, csv_path: str | Path | None = None, meta_path: str | Path | None = None,
                 run_id: str | None = None, note: str | None = None) -> int:
     """Append rows of ``jsonl_path`` not already in the CSV; returns how many were added."""
-    import pandas as pd
-
     jsonl_path = Path(jsonl_path)
     csv_p = Path(csv_path) if csv_path else CSV_PATH
     meta_p = Path(meta_path) if meta_path else (csv_p.with_suffix("").with_suffix(".meta.json")
@@ -187,6 +194,14 @@ def import_rows(jsonl_path: str | Path, *, csv_path: str | Path | None = None, m
         logging.getLogger("measurement").warning(msg)
         warnings.warn(msg, stacklevel=2)
     new = [_flatten(r, run_id) for r in rows]
+    from filelock import FileLock
+    with FileLock(str(csv_p) + ".lock"):  # two imports at once: each sees the other's rows, none is lost
+        return _append_new(new, csv_p, meta_p, run_id, note)
+
+
+def _append_new(new: list[dict], csv_p: Path, meta_p: Path, run_id: str, note: str | None) -> int:
+    import pandas as pd
+
     old = load_dataset(csv_p)
     if len(old) and list(old.columns) != list(COLUMNS):  # the column set changed: rewrite with the new header
         old = old.reindex(columns=list(COLUMNS))

@@ -24,3 +24,28 @@ def test_torn_nan_and_negative_rows_are_quarantined(tmp_path):
     assert n == 1 and src.read_bytes() == before
     q = [json.loads(x) for x in (tmp_path / "run" / "rows.jsonl.quarantine.jsonl").read_text().splitlines()]
     assert [x["line"] for x in q] == [2, 3, 4]
+
+
+def _imp(args):
+    from measurement.dataset import import_rows
+    return import_rows(*args[:1], csv_path=args[1])
+
+
+def test_two_concurrent_imports_of_8_rows_give_16(tmp_path):
+    """Issue 15: same configs measured in the same second under two compile modes, imported at once."""
+    import multiprocessing as mp
+    base = {"status": "ok", "gpu": "h200", "gpu_uuid": "GPU-1", "date_utc": "2026-12-01T10:00:00Z",
+            "model": "llama3.1-8b", "precision": "bf16", "backend": "compiled", "decode_ms_per_token": 5.0}
+    srcs = []
+    for mode in ("regional-graph-fused", "regional-graph-nocompile"):
+        d = tmp_path / mode
+        d.mkdir()
+        rows = [dict(base, batch=b, key=f"k{b}", compile_mode=mode) for b in range(1, 9)]
+        (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        srcs.append(d / "rows.jsonl")
+    csv_p = tmp_path / "ds.csv"
+    with mp.get_context("spawn").Pool(2) as pool:
+        n = pool.map(_imp, [(s, csv_p) for s in srcs])
+    import pandas as pd
+    df = pd.read_csv(csv_p)
+    assert sum(n) == 16 and len(df) == 16 and df["row_id"].is_unique
