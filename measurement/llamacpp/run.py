@@ -125,13 +125,13 @@ def measure_peaks(log) -> dict:
     bw = 2 * n * 2 / t / 1e9
     t = bench(lambda: src.sum(dtype=torch.float32), iters=20)
     rbw = n * 2 / t / 1e9
-    del src, dst
+    src = dst = None  # free (rebinding: the timing lambdas closed over them)
     M = 8192
     a = torch.randn(M, M, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(M, M, device="cuda", dtype=torch.bfloat16)
     t = bench(lambda: a @ b, iters=20)
     pk = 2 * M ** 3 / t / 1e12
-    del a, b
+    a = b = None
     torch.cuda.empty_cache()
     log(f"peaks: copy {bw:.0f} GB/s (read+write), read-only (sum) {rbw:.0f} GB/s, bf16 matmul {pk:.0f} TFLOP/s")
     return {"copy_bw_gbps": bw, "peak_tflops_bf16": pk, "read_bw_gbps": rbw}
