@@ -404,6 +404,20 @@ def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
     return apply
 
 
+def _engine_pins_json(f):
+    """--engine, the method pins (--precision, --sparsity, --kv) and --json, as plan and compare declare them."""
+    for opt in reversed((
+            click.option("--engine", default="vllm", show_default=True,
+                         help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto."),
+            click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id)."),
+            click.option("--sparsity", "pin_sparsity", default=None,
+                         help="Only this sparsity (dense, 2:4-wanda, drop-8, ...)."),
+            click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...)."),
+            click.option("--json", "as_json", is_flag=True))):
+        f = opt(f)
+    return f
+
+
 def register_planning(main: click.Group) -> None:
     from .options import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
 
@@ -420,12 +434,7 @@ def register_planning(main: click.Group) -> None:
     @click.option("--max-ppl-delta", default="2%", show_default=True)
     @click.option("--grid-gco2-per-kwh", type=Finite(0, 5000), default=None,
                   help="Grid carbon intensity (g CO2 / kWh) for the CO2 column; none shown without it.")
-    @click.option("--engine", default="vllm", show_default=True,
-                  help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
-    @click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id).")
-    @click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
-    @click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
-    @click.option("--json", "as_json", is_flag=True)
+    @_engine_pins_json
     def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, engine,
              pin_precision, pin_sparsity, pin_kv, as_json):
         """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
@@ -482,12 +491,7 @@ def register_planning(main: click.Group) -> None:
                   help="Serving concurrency (halved per GPU until something fits).")
     @click.option("--usd-per-kwh", type=Finite(0, 100), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
-    @click.option("--engine", default="vllm", show_default=True,
-                  help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto.")
-    @click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id).")
-    @click.option("--sparsity", "pin_sparsity", default=None, help="Only this sparsity (dense, 2:4-wanda, drop-8, ...).")
-    @click.option("--kv", "pin_kv", default=None, help="Only this KV policy (kv-fp16, kv-fp8, snapkv, ...).")
-    @click.option("--json", "as_json", is_flag=True)
+    @_engine_pins_json
     def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, engine, pin_precision, pin_sparsity,
                 pin_kv, as_json):
         """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""

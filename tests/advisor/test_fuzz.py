@@ -57,10 +57,22 @@ def _pick(draw, valid, bad):
     return draw(valid), False
 
 
+def _options(draw, args, specs, required=()):
+    """Append each option of ``specs`` ((option, valid strategy, invalid values)) that is required or drawn;
+    at most one of them invalid. Returns whether one is."""
+    invalid = False
+    for opt, valid, bad in specs:
+        if opt in required or draw(st.booleans()):
+            v, bad_here = _pick(draw, valid, bad) if not invalid else (draw(valid), False)
+            invalid |= bad_here
+            args += [opt, v]
+    return invalid
+
+
 @st.composite
 def recommend_args(draw):
-    args, invalid = ["recommend"], False
-    for opt, valid, bad in (
+    args = ["recommend"]
+    invalid = _options(draw, args, (
             ("--gpu", st.sampled_from(GPUS), BAD_IDS),
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--max-ppl-delta", st.sampled_from(["2%", "0.02", "2", "none", "0.5%", "100%"]),
@@ -69,11 +81,7 @@ def recommend_args(draw):
             ("--batch", st.integers(1, 256).map(str), BAD_NUMBERS),
             ("--engine", st.sampled_from(ENGINES), ["vllm2", "", "TRT"]),
             ("--num-gpus", st.sampled_from(["1", "2", "4", "8"]), BAD_NUMBERS),
-    ):
-        if opt in ("--gpu", "--model") or draw(st.booleans()):
-            v, bad_here = _pick(draw, valid, bad) if not invalid else (draw(valid), False)
-            invalid |= bad_here
-            args += [opt, v]
+    ), required=('--gpu', '--model'))
     if draw(st.booleans()):
         args.append("--json")
     return args, invalid
@@ -81,8 +89,8 @@ def recommend_args(draw):
 
 @st.composite
 def predict_args(draw):
-    args, invalid = ["predict"], False
-    for opt, valid, bad in (
+    args = ["predict"]
+    invalid = _options(draw, args, (
             ("--gpu", st.sampled_from(GPUS), BAD_IDS),
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--engine", st.sampled_from(ENGINES[:-1]), ["auto2", "x"]),
@@ -90,11 +98,7 @@ def predict_args(draw):
             ("--batch", st.integers(1, 512).map(str), BAD_NUMBERS),
             ("--prompt-len", st.integers(1, 32000).map(str), BAD_NUMBERS),
             ("--gen-len", st.integers(1, 4096).map(str), BAD_NUMBERS),
-    ):
-        if opt in ("--gpu", "--model") or draw(st.booleans()):
-            v, bad_here = _pick(draw, valid, bad) if not invalid else (draw(valid), False)
-            invalid |= bad_here
-            args += [opt, v]
+    ), required=('--gpu', '--model'))
     if draw(st.booleans()):
         args.append("--json")
     return args, invalid
@@ -102,19 +106,15 @@ def predict_args(draw):
 
 @st.composite
 def plan_args(draw):
-    args, invalid = ["plan"], False
-    for opt, valid, bad in (
+    args = ["plan"]
+    invalid = _options(draw, args, (
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--qps", st.sampled_from(["0.5", "1", "10", "100"]), ["-1", "0", "nan", "inf", "1e308", "x"]),
             ("--gpus", st.sampled_from(["l4", "h100-sxm", "l4,a100-80g-sxm"]), ["l5", "h100-sxm,zzz"]),
             ("--ttft-p95", st.sampled_from(["1s", "500ms", "2", "0.5s"]), ["-1s", "0", "abc", "nanms", "1e308s"]),
             ("--tpot-p95", st.sampled_from(["50ms", "0.1s", "0.05"]), ["-5ms", "0ms", "x", "infms"]),
             ("--prompt-len", st.integers(1, 3800).map(str), BAD_NUMBERS),  # + gen 256 within 4k
-    ):
-        if opt in ("--model", "--qps") or draw(st.booleans()):
-            v, bad_here = _pick(draw, valid, bad) if not invalid else (draw(valid), False)
-            invalid |= bad_here
-            args += [opt, v]
+    ), required=('--model', '--qps'))
     if "--gpus" not in args:
         args += ["--gpus", "l4"]  # keep a run short
     if draw(st.booleans()):
@@ -124,17 +124,13 @@ def plan_args(draw):
 
 @st.composite
 def compare_args(draw):
-    args, invalid = ["compare"], False
-    for opt, valid, bad in (
+    args = ["compare"]
+    invalid = _options(draw, args, (
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--gpus", st.sampled_from(["l4", "h100-sxm,l4"]), ["l5", ""]),
             ("--batch", st.integers(1, 64).map(str), BAD_NUMBERS),
             ("--usd-per-kwh", st.sampled_from(["0.1", "0.3"]), ["-1", "nan", "x"]),
-    ):
-        if opt == "--model" or draw(st.booleans()):
-            v, bad_here = _pick(draw, valid, bad) if not invalid else (draw(valid), False)
-            invalid |= bad_here
-            args += [opt, v]
+    ), required=('--model',))
     if "--gpus" not in args:
         args += ["--gpus", "l4"]
     if draw(st.booleans()):
