@@ -29,20 +29,70 @@ def _axes(xs, ys, logx=True, logy=True):
     return sx, sy, (x0, x1, y0, y1)
 
 
+def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Tick positions in axis units (log10 units on a log axis): decades, with 2 and 5 when few decades
+    show; on a linear axis 1/2/5 x 10^k steps, about five ticks."""
+    if log:
+        out = [float(k) for k in range(math.floor(lo), math.ceil(hi) + 1) if lo - 1e-9 <= k <= hi + 1e-9]
+        if len(out) < 3:
+            out = sorted({math.log10(m * 10 ** k) for k in range(math.floor(lo) - 1, math.ceil(hi) + 1)
+                          for m in (1, 2, 5) if lo - 1e-9 <= math.log10(m * 10 ** k) <= hi + 1e-9})
+        if len(out) < 3:  # a narrow range: evenly spaced round values, placed on the log axis
+            out = [math.log10(v) for v in _ticks(10 ** lo, 10 ** hi, False) if v > 0]
+        return out
+    raw = (hi - lo) / 5 or 1.0
+    mag = 10 ** math.floor(math.log10(raw))
+    step = max(m * mag for m in (1, 2, 5) if m * mag <= raw)  # 5 to 10 ticks
+    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def _fmt_tick(v: float, log: bool) -> str:
+    x = 10 ** v if log else v
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-2:
+        e = math.floor(math.log10(abs(x)))
+        m = x / 10 ** e
+        return f"{m:g}e{e}"
+    return f"{x:g}"
+
+
+def legend(entries: list[tuple[str, str]], x: float = PAD + 6, y: float = PAD + 6, size: int = 10) -> str:
+    """Entries (label, colour) in a white box inside the plot's top-left corner, sized to the longest label
+    (about 0.6 x font size per character), so it never leaves the chart."""
+    if not entries:
+        return ""
+    width = min(W - PAD - x - 4, 14 + 0.6 * size * max(len(t) for t, _ in entries))
+    height = 4 + (size + 3) * len(entries)
+    out = (f'<rect class="legend-box" x="{x:.0f}" y="{y:.0f}" width="{width:.0f}" height="{height:.0f}" '
+           f'fill="white" fill-opacity="0.85" stroke="#bbb"/>')
+    for i, (t, col) in enumerate(entries):
+        ty = y + (size + 3) * (i + 1)
+        out += (f'<rect x="{x + 4:.0f}" y="{ty - size + 2:.0f}" width="7" height="7" fill="{col}"/>'
+                f'<text class="legend" x="{x + 14:.0f}" y="{ty:.0f}" font-size="{size}" fill="#222">{html.escape(t)}</text>')
+    return out
+
+
 def _frame(title, xlabel, ylabel, body, rng, logx=True, logy=True) -> str:
     x0, x1, y0, y1 = rng
-    fx = (lambda v: f"{10 ** v:.3g}") if logx else (lambda v: f"{v:.3g}")
-    fy = (lambda v: f"{10 ** v:.3g}") if logy else (lambda v: f"{v:.3g}")
+    sx = lambda v: PAD + (v - x0) / (x1 - x0) * (W - 2 * PAD)  # noqa: E731 - axis units to pixels
+    sy = lambda v: H - PAD - (v - y0) / (y1 - y0) * (H - 2 * PAD)  # noqa: E731
+    ticks = ""
+    for v in _ticks(x0, x1, logx):
+        ticks += (f'<line x1="{sx(v):.1f}" y1="{PAD}" x2="{sx(v):.1f}" y2="{H - PAD}" stroke="#eee"/>'
+                  f'<text class="tick xtick" x="{sx(v):.1f}" y="{H - PAD + 14}" font-size="10" '
+                  f'text-anchor="middle">{_fmt_tick(v, logx)}</text>')
+    for v in _ticks(y0, y1, logy):
+        ticks += (f'<line x1="{PAD}" y1="{sy(v):.1f}" x2="{W - PAD}" y2="{sy(v):.1f}" stroke="#eee"/>'
+                  f'<text class="tick ytick" x="{PAD - 4}" y="{sy(v) + 3:.1f}" font-size="10" '
+                  f'text-anchor="end">{_fmt_tick(v, logy)}</text>')
     return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" '
-            f'aria-label="{html.escape(title)}"><rect width="{W}" height="{H}" fill="white"/>'
+            f'aria-label="{html.escape(title)}"><rect width="{W}" height="{H}" fill="white"/>{ticks}'
             f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" fill="none" stroke="#333"/>'
             f'<text x="{PAD}" y="{PAD - 18}" font-weight="bold" font-size="12">{html.escape(title)}</text>'
-            f'<text x="{W / 2}" y="{H - 12}" text-anchor="middle">{html.escape(xlabel)}</text>'
-            f'<text x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" text-anchor="middle">{html.escape(ylabel)}</text>'
-            f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{fx(x0)}</text>'
-            f'<text x="{W - PAD}" y="{H - PAD + 14}" font-size="10" text-anchor="end">{fx(x1)}</text>'
-            f'<text x="{PAD - 4}" y="{H - PAD}" font-size="10" text-anchor="end">{fy(y0)}</text>'
-            f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="10" text-anchor="end">{fy(y1)}</text>{body}</svg>')
+            f'<text class="axis-label" x="{W / 2}" y="{H - 12}" text-anchor="middle">{html.escape(xlabel)}</text>'
+            f'<text class="axis-label" x="14" y="{H / 2}" transform="rotate(-90 14 {H / 2})" '
+            f'text-anchor="middle">{html.escape(ylabel)}</text>{body}</svg>')
 
 
 def pareto_svg(rec) -> str:
@@ -88,9 +138,7 @@ def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
         f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{COLORS[i % len(COLORS)]}">'
         f'<title>{html.escape(n)}: {x:.3g} FLOP/byte, {y / 1e12:.3g} TFLOP/s predicted</title></circle>'
         for i, (n, x, y) in enumerate(pts))
-    legend = "".join(f'<text x="{W - PAD - 120}" y="{H - PAD - 8 - 11 * i}" font-size="9" fill="{COLORS[i % len(COLORS)]}">'
-                     f'{html.escape(n)}</text>' for i, (n, _, _) in enumerate(pts))
-    body += legend
+    body += legend([(n, COLORS[i % len(COLORS)]) for i, (n, _, _) in enumerate(pts)], size=8)
     return _frame(f"Roofline: {gpu.id} ({gpu.mem_bw_gbps:g} GB/s, {peak / 1e12:.0f} TFLOP/s dense)",
                   "arithmetic intensity, FLOP/byte (log)", "FLOP/s achieved, predicted (log)", body, rng)
 
@@ -112,7 +160,7 @@ def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen
     for i, (g, ys) in enumerate(series.items()):
         pts = " ".join(f"{sx(q):.1f},{sy(y):.1f}" for q, y in zip(loads, ys) if y)
         body += f'<polyline class="series" fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="2" points="{pts}"/>'
-        body += f'<text x="{W - PAD + 4}" y="{PAD + 14 * i}" font-size="10" fill="{COLORS[i % len(COLORS)]}">{g}</text>'
+    body += legend([(g, COLORS[i % len(COLORS)]) for i, g in enumerate(series)])
     return _frame(f"GPUs needed for {model} (TTFT p95 1 s, TPOT p95 50 ms)", "requests/s (log)",
                   "GPUs (log)", body, rng)
 

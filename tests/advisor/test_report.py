@@ -42,3 +42,26 @@ def test_report_renders_in_headless_chromium(page, tmp_path):
 def test_report_bad_input(tmp_path):
     r = CliRunner().invoke(main, ["report", "--model", "llama9", "--out", str(tmp_path / "x.html")])
     assert r.exit_code == 2 and "unknown model" in r.stderr
+
+
+def test_charts_have_ticks_labels_and_legends_that_fit(page):
+    """Issue 15: real ticks on both axes, labelled axes, legends inside the chart."""
+    from advisor.report import W
+    text = page.read_text()
+    charts = re.findall(r"<svg class=\"chart\".*?</svg>", text, re.S)
+    assert len(charts) == 5
+    for c in charts:
+        assert len(re.findall(r'class="tick xtick"', c)) >= 3 and len(re.findall(r'class="tick ytick"', c)) >= 3
+        assert len(re.findall(r'class="axis-label"', c)) == 2
+        for x, size, label in re.findall(r'<text class="legend" x="([\d.]+)"[^>]*font-size="(\d+)"[^>]*>([^<]*)<', c):
+            assert float(x) + 0.6 * int(size) * len(label) <= W, label
+
+
+def test_tick_positions():
+    from advisor.report import _fmt_tick, _ticks
+    assert _ticks(0.0, 3.0, True) == [0.0, 1.0, 2.0, 3.0]
+    few = _ticks(0.1, 0.9, True)  # less than a decade: 2 and 5 join
+    assert len(few) >= 2 and all(0.1 <= v <= 0.9 for v in few)
+    assert _ticks(0, 10, False) == [0, 2, 4, 6, 8, 10]
+    assert 5 <= len(_ticks(775, 1900, False)) <= 12
+    assert _fmt_tick(3.0, True) == "1000" and _fmt_tick(5.0, True) == "1e5"
