@@ -57,13 +57,15 @@ def _fmt_tick(v: float, log: bool) -> str:
     return f"{x:g}"
 
 
-def legend(entries: list[tuple[str, str]], x: float = PAD + 6, y: float = PAD + 6, size: int = 10) -> str:
-    """Entries (label, colour) in a white box inside the plot's top-left corner, sized to the longest label
-    (about 0.6 x font size per character), so it never leaves the chart."""
+def legend(entries: list[tuple[str, str]], corner: str = "top-left", size: int = 10) -> str:
+    """Entries (label, colour) in a white box inside a corner of the plot, sized to the longest label (about
+    0.6 x font size per character), so it never leaves the chart."""
     if not entries:
         return ""
-    width = min(W - PAD - x - 4, 14 + 0.6 * size * max(len(t) for t, _ in entries))
+    width = min(W - 2 * PAD - 12, 14 + 0.6 * size * max(len(t) for t, _ in entries))
     height = 4 + (size + 3) * len(entries)
+    x = PAD + 6 if corner.endswith("left") else W - PAD - 6 - width
+    y = PAD + 6 if corner.startswith("top") else H - PAD - 6 - height
     out = (f'<rect class="legend-box" x="{x:.0f}" y="{y:.0f}" width="{width:.0f}" height="{height:.0f}" '
            f'fill="white" fill-opacity="0.85" stroke="#bbb"/>')
     for i, (t, col) in enumerate(entries):
@@ -138,7 +140,8 @@ def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
         f'<circle class="pt" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{COLORS[i % len(COLORS)]}">'
         f'<title>{html.escape(n)}: {x:.3g} FLOP/byte, {y / 1e12:.3g} TFLOP/s predicted</title></circle>'
         for i, (n, x, y) in enumerate(pts))
-    body += legend([(n, COLORS[i % len(COLORS)]) for i, (n, _, _) in enumerate(pts)], size=8)
+    # below the roof at high intensity nothing can sit (points there run near the compute roof)
+    body += legend([(n, COLORS[i % len(COLORS)]) for i, (n, _, _) in enumerate(pts)], "bottom-right", size=8)
     return _frame(f"Roofline: {gpu.id} ({gpu.mem_bw_gbps:g} GB/s, {peak / 1e12:.0f} TFLOP/s dense)",
                   "arithmetic intensity, FLOP/byte (log)", "FLOP/s achieved, predicted (log)", body, rng)
 
