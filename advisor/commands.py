@@ -518,15 +518,18 @@ def register_planning(main: click.Group) -> None:
         from rich.table import Table
         t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
                   header_style="bold")
-        for col in ("gpu", "engine", "method", "batch", "tok/s", "$/Mtok", "J/tok", "tok/J", "loss %", "list $",
-                    "payback mo", "rows"):
+        for col in ("gpu", "GPUs", "engine", "method", "batch", "tok/s", "$/Mtok [90%]", "J/tok", "tok/J", "loss %",
+                    "list $", "payback mo", "rows"):
             t.add_column(col)
         for r in rows:
             if r.candidate is None:
-                t.add_row(r.gpu, "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 9)
+                t.add_row(r.gpu, "", "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 9)
                 continue
-            t.add_row(r.gpu, r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""), str(r.batch), f"{r.decode_tok_s:,.0f}",
-                      f"{r.usd_per_mtok:.3g}" if r.usd_per_mtok else "no price",
+            iv = r.usd_per_mtok_interval
+            t.add_row(r.gpu, str(r.num_gpus), r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""),
+                      str(r.batch), f"{r.decode_tok_s:,.0f}",
+                      (f"{r.usd_per_mtok:.3g} [{iv[0]:.2g}-{iv[1]:.2g}]" if iv else f"{r.usd_per_mtok:.3g}")
+                      if r.usd_per_mtok else "no price",
                       f"{r.j_per_token:.3g}" if r.j_per_token else "-", f"{r.tokens_per_joule:.3g}",
                       f"{r.quality_loss * 100:.2f}" if r.quality_loss is not None else "?",
                       f"{r.list_price_usd:,.0f}" if r.list_price_usd else "-",

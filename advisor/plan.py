@@ -232,12 +232,17 @@ class CompareRow:
     engine: str | None = None
     j_per_token: float | None = None
     backed: bool = True   # the engine's speed figures for this GPU rest on measured or published rows
+    num_gpus: int = 1     # tensor-parallel GPUs of one replica (the fewest on which something fits)
+
+
+COMPARE_NUM_GPUS = (1, 2, 4, 8)
 
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
             cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None) -> list[CompareRow]:
-    """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits.
+    """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits, on the fewest
+    GPUs (1, 2, 4, 8, tensor parallel) on which something fits.
 
     Payback: months of renting at the profile's cloud price that equal the card's list price, less
     the owner's electricity when ``usd_per_kwh`` is given (no default: prices vary by site)."""
@@ -249,15 +254,20 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
     for gid in _resolve_gpus(cat, gpus):
         gpu = cat.gpus[gid]
         price = gpu.cloud_usd_per_hour
-        rec, b = None, batch
-        while b >= 1:
-            rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
-                                    gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
-                                    engine=engine, **{f"pin_{k}": v for k, v in (pins or {}).items()}),
-                            cat, speed_model)
-            if rec.best:
+        rec, b, n = None, batch, 1
+        for n in COMPARE_NUM_GPUS:  # the fewest GPUs (tensor parallel) on which something fits
+            b = batch
+            while b >= 1:
+                rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
+                                        gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
+                                        engine=engine, num_gpus=n,
+                                        **{f"pin_{k}": v for k, v in (pins or {}).items()}),
+                                cat, speed_model)
+                if rec.best:
+                    break
+                b //= 2
+            if rec and rec.best:
                 break
-            b //= 2
         lp = gpu.list_price_usd
         lsrc = (gpu.raw.get("list_price") or {}).get("source")
         if not rec or not rec.best:
@@ -267,16 +277,17 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
         p = rec.best.prediction
         payback = None
         if lp and price:
-            monthly_rent = price * HOURS_PER_MONTH
-            power_cost = (p.power_w / 1000 * HOURS_PER_MONTH * usd_per_kwh) if usd_per_kwh else 0.0
+            monthly_rent = price * n * HOURS_PER_MONTH
+            power_cost = (p.power_w / 1000 * HOURS_PER_MONTH * usd_per_kwh) if usd_per_kwh else 0.0  # all n GPUs
             saved = monthly_rent - power_cost
-            payback = lp / saved if saved > 0 else math.inf
+            payback = lp * n / saved if saved > 0 else math.inf
         u = p.usd_per_mtok
         rows.append(CompareRow(gid, p.candidate.label, b, p.speed.decode_tok_s.value, u.value if u else None,
                                (u.low, u.high) if u else None, 1.0 / p.j_per_token.value,
                                p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
                                speed_model=p.speed_model, engine=p.engine, j_per_token=p.j_per_token.value,
-                               backed=not any("no published or measured row" in n for n in p.speed.notes)))
+                               backed=not any("no published or measured row" in x for x in p.speed.notes),
+                               num_gpus=n))
     # GPUs whose figures rest on no measured or published row rank after the backed ones (and say so)
     rows.sort(key=lambda r: (r.usd_per_mtok is None, not r.backed, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
     return rows

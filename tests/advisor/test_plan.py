@@ -69,3 +69,12 @@ def test_compare_never_ranks_an_unbacked_gpu_above_a_backed_one():
     rows = [r for r in compare("llama3.1-8b", gpus=("l4", "h100-sxm", "a10", "h200"), batch=8) if r.candidate]
     flags = [r.backed for r in rows if r.usd_per_mtok is not None]
     assert any(flags) and flags == sorted(flags, reverse=True)
+
+
+def test_compare_searches_the_number_of_gpus():
+    """A 70B does not fit one L4: compare answers with the fewest L4s that hold it (issue 15)."""
+    from advisor.plan import compare
+    r = compare("llama3.1-70b", gpus=("l4",), batch=8)[0]
+    assert r.candidate and r.num_gpus > 1
+    one = compare("llama3.1-8b", gpus=("l4",), batch=8)[0]
+    assert one.num_gpus == 1
