@@ -74,3 +74,19 @@ def test_one_configuration_one_j_per_token_in_every_command():
     o = pl[0].best
     direct = _predict_for(gpu, model, eng, o.candidate, o.concurrency, 1024, 256, o.tp)
     assert o.j_per_token == pytest.approx(direct["j_per_token"]["value"], rel=1e-9)
+
+
+def test_validate_energy_scores_held_out_sources_and_published_rows():
+    import json
+
+    from click.testing import CliRunner
+
+    from advisor.cli import main
+    r = CliRunner().invoke(main, ["validate", "--energy", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    groups = d["measured"]["groups"]
+    assert {"llamacpp:h200", "tp:h200"} <= set(groups)
+    for sc in list(groups.values()) + list(d["published_j_per_token"].values()):
+        assert sc["n"] > 0 and 0 <= sc["median_ape"] < 1 and 0 <= sc["coverage90"] <= 1
+    assert d["published_rows"] > 20 and set(d["published_j_per_token"]) >= {"h100-sxm", "b200"}
