@@ -1,4 +1,5 @@
-"""measurement.dataset: torn, corrupt and non-physical rows are quarantined and counted, never imported as ok."""
+"""measurement.dataset: torn, corrupt and non-physical rows are quarantined and counted, never imported as ok;
+concurrent imports keep every row."""
 from __future__ import annotations
 
 import json
