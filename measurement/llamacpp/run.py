@@ -82,6 +82,11 @@ PLANS = {
                ("llama2-13b", "Q4_K_M", [dict(LB_FULL, reps=4)]),
                ("mistral-7b", "Q4_0", [dict(LB_FULL, reps=4)]),
                ("llama2-13b", "Q8_0", [dict(LB_FULL, reps=4)])],
+    # kernel types measured on one model only so far, on a second architecture (Mistral 7B)
+    "mistral2": [("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])]),
+                 ("mistral-7b", "Q6_K", [dict(LB_FULL, reps=3)]),
+                 ("mistral-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
+                 ("mistral-7b", "Q5_K_M", [dict(LB_FULL, reps=3)])],
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
