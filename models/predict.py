@@ -78,7 +78,7 @@ def assemble(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, me
         per_tok_s = spd.decode_tok_s
         k = price * sc.num_gpus / 3600 * 1e6
         usd = Estimate(k / per_tok_s.value, k / per_tok_s.high, k / per_tok_s.low, "USD/Mtok", "analytical",
-                       f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date')}) "
+                       f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date') or 'undated page'}) "
                        "/ predicted decode throughput")
     q = quality or QualityModel.from_catalog(cat)
     allq = q.predict_all(llm, cand, context=sc.prompt_len + sc.gen_len)
