@@ -369,16 +369,20 @@ def check_physical(df, path: str) -> None:
 
 
 def parse_duration(text: str, name: str) -> float:
-    """'1s', '50ms', '0.5' (seconds) -> seconds."""
+    """'1s', '50ms', '0.5' (seconds) -> seconds. A bare number is seconds, and a bare number of 1 or more is
+    said on stderr (``--tpot-p95 50`` is 50 s, not 50 ms)."""
     s = str(text).strip().lower()
     try:
         if s.endswith("ms"):
             return float(s[:-2]) / 1000
         if s.endswith("s"):
             return float(s[:-1])
-        return float(s)
+        v = float(s)
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a duration: use e.g. 1s, 50ms or 0.5", param_hint=name) from None
+    if v >= 1:
+        click.echo(f"note: {name} {s} read as {v:g} s (write {s}ms for milliseconds)", err=True)
+    return v
 
 
 def _gpu_list(text: str | None) -> tuple:

@@ -78,3 +78,8 @@ def test_compare_searches_the_number_of_gpus():
     assert r.candidate and r.num_gpus > 1
     one = compare("llama3.1-8b", gpus=("l4",), batch=8)[0]
     assert one.num_gpus == 1
+
+
+def test_a_bare_duration_is_seconds_and_says_so():
+    r = CliRunner().invoke(main, ["plan", "--model", "llama3.1-8b", "--qps", "1", "--gpus", "l4", "--tpot-p95", "50"])
+    assert "--tpot-p95 50 read as 50 s (write 50ms for milliseconds)" in r.output
