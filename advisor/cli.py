@@ -219,8 +219,11 @@ def profiles_show(name, as_json):
 
 def _register_optional() -> None:
     """Commands whose modules are heavy or optional are added lazily (torch never loads here)."""
-    from .commands import register, register_planning, register_report
+    from .commands import register
+    from .planning_cmd import register_planning, register_report
+    from .validate_cmd import register_validate
     register(main)
+    register_validate(main)
     register_planning(main)
     register_report(main)
 
