@@ -45,6 +45,14 @@ def _ints(s, name: str) -> list[int]:
     return out
 
 
+def user_data_dir() -> Path:
+    """Where a sweep without --out writes: $XDG_DATA_HOME/advisor, else ~/.local/share/advisor (never the
+    package's folder, which is site-packages after a pip install)."""
+    import os
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "advisor"
+
+
 def _catalog():
     from profiles import load
 
@@ -256,7 +264,8 @@ def plain_table(rows: list[dict]) -> str:
 @click.option("--sweep", "sweep", type=click.Path(dir_okay=False), default=None,
               help="A sweep YAML (see measurement/sweeps/); replaces the grid options.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Output folder (rows.jsonl, log); reusing it resumes. Default: out/measure-<date>.")
+              help="Output folder (rows.jsonl, log); reusing it resumes. Default: the per-user data folder, "
+                   "$XDG_DATA_HOME/advisor/measure-<date> (~/.local/share/advisor/...), said on stderr.")
 @click.option("--launcher", type=click.Choice(["inprocess", "subprocess"]), default="subprocess", show_default=True,
               help="subprocess: one child per model, so an OOM or crash stays isolated.")
 @click.option("--time-budget", type=float, default=None,
@@ -303,7 +312,7 @@ def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_le
         return
     # absolute: the worker processes run from the package's folder (site-packages after a pip install), so a
     # relative path would land there
-    out_dir = Path(out or f"out/measure-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out_dir = Path(out or user_data_dir() / f"measure-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     err.print(f"writing to {out_dir}")
     # one sweep per output folder at a time: a second one exits here instead of measuring everything twice

@@ -167,3 +167,15 @@ def test_measure_writes_where_the_user_is(tmp_path, monkeypatch):
                                              "--out", "mine"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "mine" / "rows.jsonl").exists()
+
+
+def test_measure_without_out_writes_to_the_user_data_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from measurement.cli import measure_command
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(measure_command, ["--model", "llama3.2-1b", "--gpus", "0", "--fake-backend"])
+    assert r.exit_code == 0, r.output
+    runs = list((tmp_path / "data" / "advisor").glob("measure-*/rows.jsonl"))
+    assert len(runs) == 1 and str(runs[0].parent) in r.output.replace("\n", "")
