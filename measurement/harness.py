@@ -58,7 +58,7 @@ class RunConfig:
     def ident(self, gpu: str) -> dict:
         d = dataclasses.asdict(self)
         d["gpu"] = gpu
-        return {k: d[k] for k in IDENTITY}
+        return {k: d[k] for k in IDENTITY + ("compile_mode",)}
 
     def key(self, gpu: str) -> str:
         return config_key(self.ident(gpu))
@@ -69,7 +69,12 @@ class RunConfig:
         return (self.model, self.precision, self.sparsity, self.weights)
 
 
+from .dataset import DEFAULT_COMPILE_MODE  # noqa: E402 - one definition, in the row store's module
+
+
 def config_key(d: dict) -> str:
+    """The identity of a measured configuration. A compiled run's non-default compile mode joins it (it
+    changes the measurement); the default mode adds nothing, so keys of earlier rows are unchanged."""
     parts = []
     for k in IDENTITY:
         v = d.get(k)
@@ -78,6 +83,9 @@ def config_key(d: dict) -> str:
         elif isinstance(v, float) and v.is_integer():
             v = int(v)
         parts.append(f"{k}={v}")
+    cm = d.get("compile_mode")
+    if isinstance(cm, str) and cm and cm != DEFAULT_COMPILE_MODE and d.get("backend") == "compiled":
+        parts.append(f"compile_mode={cm}")
     return "|".join(parts)
 
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .harness import IDENTITY, RowStore, RunConfig, config_key, die_with_parent
+from .harness import RowStore, RunConfig, config_key, die_with_parent
 
 ROW_PREFIX = "ROW "
 
@@ -62,8 +62,9 @@ class LockedStore:
         return self.store.rows()
 
 
-def _ident_wo_gpu(d: dict) -> tuple:
-    return tuple(str(d.get(k)) if d.get(k) not in (None, "") else "-" for k in IDENTITY if k != "gpu")
+def _ident_wo_gpu(d: dict) -> str:
+    """A configuration's key on any GPU (the compile mode included when it is not the default)."""
+    return config_key({**d, "gpu": None})
 
 
 def pending(configs: Iterable[RunConfig], store: LockedStore) -> list[RunConfig]:

@@ -179,3 +179,15 @@ def test_measure_without_out_writes_to_the_user_data_folder(tmp_path, monkeypatc
     assert r.exit_code == 0, r.output
     runs = list((tmp_path / "data" / "advisor").glob("measure-*/rows.jsonl"))
     assert len(runs) == 1 and str(runs[0].parent) in r.output.replace("\n", "")
+
+
+def test_a_compile_mode_is_part_of_a_configuration(tmp_path):
+    """Issue 15: the same config under another compile mode is another measurement (not skipped, no clash)."""
+    a = RunConfig(model="llama3.2-1b", batch=1)
+    b = RunConfig(model="llama3.2-1b", batch=1, compile_mode="regional-graph-nocompile")
+    assert a.key("h200") != b.key("h200")
+    assert "compile_mode" not in a.key("h200")  # the default mode: keys of earlier rows are unchanged
+    st = LockedStore(tmp_path)
+    for r in fake_rows([a], delay_s=0):
+        st.append_unique(r)
+    assert pending([a, b], st) == [b]
