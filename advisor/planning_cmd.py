@@ -3,10 +3,30 @@ method pins)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from .options import Finite
+
+
+def write_atomic(path: Path, text: str, opt: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (a reader never sees half a file);
+    a missing or unwritable folder is an input error naming the option."""
+    import os
+    import tempfile
+
+    from .options import _err
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        _err(f"{opt} {path}: the folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _err(f"{opt} {path}: cannot write ({e.strerror})")
 
 
 def parse_duration(text: str, name: str) -> float:
@@ -209,7 +229,7 @@ def register_report(main: click.Group) -> None:
                                 engine=engine)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
-        Path(out).write_text(page, encoding="utf-8")
+        write_atomic(Path(out), page, "--out")
         if as_json:
             _emit_json({"report": str(Path(out).resolve()), "bytes": len(page)})
         else:

@@ -67,3 +67,13 @@ def test_refit_is_default_only_when_installed(home):
     assert r.exit_code == 0 and user_model_path().exists()
     r = CliRunner().invoke(main, ["fit", "--reset"])
     assert r.exit_code == 0 and not user_model_path().exists()
+
+
+@pytest.mark.parametrize("blob", [b'{"coef": [1,2', b"\x00\xff garbage", b'{"coef": "x"}'])
+def test_a_corrupt_installed_model_falls_back_with_a_note(home, blob):
+    from models.fit_store import user_model_path
+    user_model_path().parent.mkdir(parents=True, exist_ok=True)
+    user_model_path().write_bytes(blob)
+    r = CliRunner().invoke(main, ["recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--engine", "transformers"])
+    assert r.exit_code == 0 and r.exception is None
+    assert "unusable" in r.output and "analytical cost model" in r.output

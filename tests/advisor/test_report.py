@@ -65,3 +65,10 @@ def test_tick_positions():
     assert _ticks(0, 10, False) == [0, 2, 4, 6, 8, 10]
     assert 5 <= len(_ticks(775, 1900, False)) <= 12
     assert _fmt_tick(3.0, True) == "1000" and _fmt_tick(5.0, True) == "1e5"
+
+
+def test_report_into_a_missing_folder_is_an_input_error(tmp_path):
+    r = CliRunner().invoke(main, ["report", "--model", "llama3.1-8b", "--gpus", "l4",
+                                  "--out", str(tmp_path / "no" / "such" / "r.html")])
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert r.exit_code == 2 and "does not exist" in r.output
