@@ -45,9 +45,13 @@ def register_validate(main: click.Group) -> None:
             return
 
         from models.validate import held_out, published_errors, svg_scatter
+        try:  # before minutes of work, not after
+            Path(plots).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from .options import _err
+            _err(f"--plots {plots}: cannot create the folder ({e.strerror})")
         df = _dataset(extra)
         res = held_out(df) if len(df) else {}
-        Path(plots).mkdir(parents=True, exist_ok=True)
         report = {"held_out": {}, "published": {}}
         for split, r in res.items():
             if "skipped" in r:

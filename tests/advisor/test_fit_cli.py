@@ -77,3 +77,10 @@ def test_a_corrupt_installed_model_falls_back_with_a_note(home, blob):
     r = CliRunner().invoke(main, ["recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--engine", "transformers"])
     assert r.exit_code == 0 and r.exception is None
     assert "unusable" in r.output and "analytical cost model" in r.output
+
+
+def test_validate_plots_folder_that_cannot_exist_is_an_input_error(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    r = CliRunner().invoke(main, ["validate", "--plots", str(f / "plots")])
+    assert r.exit_code == 2 and "cannot create the folder" in r.output and f.read_text() == "x"
