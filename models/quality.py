@@ -41,7 +41,7 @@ from .quality_rows import (ABS_FLOOR, ACC, BASE_KV, BASE_PRECISIONS, EVICTION, K
 # the row vocabulary is re-exported: callers import it from here
 __all__ = ["ABS_FLOOR", "ACC", "BASE_KV", "BASE_PRECISIONS", "EVICTION", "KINDS", "LLAMA3_FACTOR", "LLAMA3_SENSITIVE",
            "LONG", "METRIC_RANK", "PPL", "REL_WIDTH", "SCORE_METRICS", "SMALL_MODEL_CSV", "ComponentLoss", "Row",
-           "QualityModel", "calibrate_widths", "metric_kind", "paper_of", "row_loss", "rows_from_published",
+           "QualityModel", "calibrate_widths", "held_out_lookups", "metric_kind", "paper_of", "row_loss", "rows_from_published",
            "rows_from_small_model", "_half_unit", "_base_model", "_component", "_family_of", "_size_of"]
 
 
@@ -283,22 +283,36 @@ def paper_of(r: Row) -> str:
 WIDTH_RULES = ("exact", "variant", "family", "transfer", "measured-small")
 
 
+def _row_llm(r: Row):
+    """The model of a published row as the lookup rules see it (rows may name models outside the catalog)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0, num_hidden_layers=32,
+                           raw={})
+
+
+def held_out_lookups(published: list[Row], key, make_model, kind: str | None = None):
+    """(row, lookup) for every published row (of ``kind``) that the rules answer, each from
+    ``make_model(training rows)`` built without the row's group (``key(row)``: its paper, its model)."""
+    for g in sorted({key(r) for r in published if kind is None or r.kind == kind}):
+        q = make_model([r for r in published if key(r) != g])
+        for r in published:
+            if key(r) == g and (kind is None or r.kind == kind):
+                c = q._lookup(_row_llm(r), r.component, r.budget, r.kind)
+                if c is not None:
+                    yield r, c
+
+
 def calibrate_widths(published: list[Row], measured: list[Row], prefers: dict, coverage: float = 0.9,
                      min_rows: int = 10) -> dict:
     """Relative half-width per lookup rule: the ``coverage`` quantile of |held-out - predicted| /
     max(|predicted|, floor) with each paper left out in turn (the regression rule keeps its own interval)."""
-    from types import SimpleNamespace
     res: dict[str, list[float]] = {}
-    for g in sorted({paper_of(r) for r in published}):
-        q = QualityModel([r for r in published if paper_of(r) != g], measured, prefers, learn=False)
-        for r in (x for x in published if paper_of(x) == g):
-            llm = SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0,
-                                  num_hidden_layers=32, raw={})
-            c = q._lookup(llm, r.component, r.budget, r.kind)
-            if c is None or c.rule not in WIDTH_RULES:
-                continue
-            floor = 0.01 if r.kind == PPL else 1.0
-            res.setdefault(c.rule, []).append(abs(max(r.loss, 0.0) - c.loss) / max(abs(c.loss), floor))
+    for r, c in held_out_lookups(published, paper_of, lambda train: QualityModel(train, measured, prefers,
+                                                                                 learn=False)):
+        if c.rule not in WIDTH_RULES:
+            continue
+        floor = 0.01 if r.kind == PPL else 1.0
+        res.setdefault(c.rule, []).append(abs(max(r.loss, 0.0) - c.loss) / max(abs(c.loss), floor))
     out = {}
     for rule, v in res.items():
         if len(v) >= min_rows:

@@ -10,9 +10,9 @@ are often of models outside the catalog), so these figures are for the lookup it
 from __future__ import annotations
 
 import statistics
-from types import SimpleNamespace
 
-from .quality import KINDS, PPL, QualityModel, calibrate_widths, rows_from_published, rows_from_small_model
+from .quality import (KINDS, PPL, QualityModel, calibrate_widths, held_out_lookups, paper_of, rows_from_published,
+                      rows_from_small_model)
 
 FAMILY = {"awq-int4": "4-bit weight", "gptq-int4": "4-bit weight", "rtn-int4": "4-bit weight", "bnb-nf4": "4-bit weight",
           "int8-wo": "8-bit weight", "bnb-int8": "8-bit weight", "fp8": "8-bit weight", "w8a8": "8-bit weight",
@@ -29,31 +29,16 @@ def _family(comp: tuple) -> str:
     return "sparsity / layer drop"
 
 
-def _paper(r) -> str:
-    return r.cite.split(",")[0]
-
-
 def held_out(cat, by: str = "paper") -> dict:
     rows = rows_from_published(cat.quality_rows)
     measured = rows_from_small_model()
     prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
-    key = _paper if by == "paper" else (lambda r: r.model)
+    key = paper_of if by == "paper" else (lambda r: r.model)
     out = {}
     for kind in KINDS:
-        res = []
-        for g in sorted({key(r) for r in rows if r.kind == kind}):
-            test = [r for r in rows if r.kind == kind and key(r) == g]
-            train = [r for r in rows if key(r) != g]
-            # widths calibrated on the training papers only (nested: the held-out group never sets them)
-            q = QualityModel(train, measured, prefers, learn=kind == PPL,
-                             widths=calibrate_widths(train, measured, prefers))
-            for r in test:
-                llm = SimpleNamespace(id=r.model, family=r.family, published_params_b=r.size_b or 7.0,
-                                      num_hidden_layers=32, raw={})
-                c = q._lookup(llm, r.component, r.budget, kind)
-                if c is None:
-                    continue
-                res.append((r, c))
+        # widths calibrated on the training papers only (nested: the held-out group never sets them)
+        res = list(held_out_lookups(rows, key, lambda train, kind=kind: QualityModel(
+            train, measured, prefers, learn=kind == PPL, widths=calibrate_widths(train, measured, prefers)), kind))
         fams = {}
         for r, c in res:
             fams.setdefault(_family(r.component), []).append((r, c))
