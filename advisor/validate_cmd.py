@@ -204,12 +204,3 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
             if sc["n"]:
                 click.echo(f"  {m:13s} n={sc['n']:4d}  AIConfigurator median APE {sc['aic_median_ape'] * 100:5.1f}%  "
                            f"this advisor {sc['ours_median_ape'] * 100:5.1f}%  (AIC failed on {sc['failed']})")
-
-
-def _peer_note() -> str:
-    try:
-        import aiconfigurator  # noqa: F401
-    except ImportError:
-        return ("AIConfigurator not installed (pip install aiconfigurator in its own environment); its side-by-side "
-                "error is not computed here")
-    return "AIConfigurator is installed, but the side-by-side comparison is not implemented yet"

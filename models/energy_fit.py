@@ -31,7 +31,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "measurement" / "data"
-PARAMS_PATH = Path(__file__).resolve().parent / "data" / "power.json"
 
 
 def _f(x):
@@ -208,7 +207,8 @@ def validate(cat, by: str = "source") -> dict:
         per[g] = _scores(y, yh, [v * math.exp(-q) for v in yh], [v * math.exp(q) for v in yh])
         res += list(zip(y, yh, strict=True))
     full = fit(rows, cat)
-    q_all = _conformal_q(rows, cat, key)
+    # the outer loop's held-out residuals are _conformal_q's (same folds, same fits): not refitted here
+    q_all = float(np.quantile([abs(math.log(y / yh)) for y, yh in res], 0.9)) if res else math.log(1.5)
     pub = published_rows(cat)
     jy = [r["j_per_token"] for r in pub]
     jp = [predict_power(r, full, cat) * r["n"] / r["output_tok_s"] for r in pub]
@@ -263,6 +263,7 @@ def main() -> int:
                model="P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_compute x u_compute, 0, 1); "
                      "u: datasheet-roofline time of the unit / step time",
                fitted_by="python -m models.energy_fit (NNLS, relative error in power)")
+    from .energy import PARAMS_PATH
     PARAMS_PATH.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
     return 0

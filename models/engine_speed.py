@@ -247,12 +247,6 @@ def decode_floors_s(a: dict, batch, ctx) -> tuple[float, float]:
     return float(byts / (a["div"] * a["bw"])), float(batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
 
 
-def roofline_decode_bound(a: dict, batch, ctx) -> str:
-    """Which unit bounds the decode step on the datasheet roofline: memory or compute."""
-    m, c = decode_floors_s(a, batch, ctx)
-    return "memory" if m >= c else "compute"
-
-
 def roofline_prefill_s(a: dict, batch, prompt):
     tokens = batch * prompt
     return np.maximum(a["W"] / (a["div"] * a["bw"]),

@@ -76,7 +76,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     util = roof_dec / t_dec
     f_mem, f_cmp = es.decode_floors_s(a, B, ctx)
     spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes,
-                          "memory" if f_mem >= f_cmp else "compute", f_mem * 1e3, f_cmp * 1e3)
+                          f_mem * 1e3, f_cmp * 1e3)
     # memory: weights + KV of batch x context + the engine's runtime, per GPU
     n = sc.num_gpus
     kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9

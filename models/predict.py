@@ -58,9 +58,6 @@ def energy_of(gpu: GPU, spd: SpeedPrediction, sc: Scenario) -> tuple[float, Esti
     command gets its energy here, so one configuration has one J/token."""
     step_s = spd.decode_step_ms.value / 1e3
     um, uc = spd.memory_floor_ms / spd.decode_step_ms.value, spd.compute_floor_ms / spd.decode_step_ms.value
-    if not (spd.memory_floor_ms or spd.compute_floor_ms):  # a speed prediction without the two floors
-        u = spd.roofline_decode_ms / spd.decode_step_ms.value
-        um, uc = (u, 0.0) if spd.bound == "memory" else (0.0, u)
     power = energy.board_power_w(gpu, um, uc) * sc.num_gpus
     jpt = energy.joules_per_token(power, step_s, sc.batch)
     rel = energy.rel_err() + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)

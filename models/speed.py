@@ -44,7 +44,6 @@ class SpeedPrediction:
     roofline_prefill_ms: float
     utilisation: float            # decode roofline time / predicted time
     notes: list[str] = field(default_factory=list)
-    bound: str = "memory"         # which unit bounds the decode step on the datasheet roofline
     memory_floor_ms: float = 0.0  # decode step's bytes / datasheet bandwidth (per GPU)
     compute_floor_ms: float = 0.0  # decode step's FLOPs / datasheet dense peak of its dtype (per GPU)
 
@@ -176,4 +175,4 @@ def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenari
     t_mem = dstep.bytes / (gpu.mem_bw_gbps * 1e9 * sc.num_gpus)
     t_cmp = dstep.flops / (peak_flops(gpu, dtype) * sc.num_gpus)
     return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes,
-                           "memory" if t_mem >= t_cmp else "compute", t_mem * 1e3, t_cmp * 1e3)
+                           t_mem * 1e3, t_cmp * 1e3)
