@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .harness import REGIONAL_MODES
+from .harness import DEFAULT_COMPILE_MODE, REGIONAL_MODES
 
 SWEEP_KEYS = ("model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len", "gen_len",
               "weights", "trials", "warmup", "compile_mode")
@@ -121,7 +121,7 @@ def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     _check_weights(weights)
     trials = int(g.get("trials", 3))
     warmup = int(g.get("warmup", 1))
-    mode = g.get("compile_mode", "regional-graph-fused")
+    mode = g.get("compile_mode", DEFAULT_COMPILE_MODE)
     if mode not in COMPILE_MODES:
         raise click.BadParameter(f"unknown compile mode '{mode}' ({', '.join(COMPILE_MODES)})",
                                  param_hint="--compile-mode")
@@ -254,7 +254,7 @@ def plain_table(rows: list[dict]) -> str:
               help="random (profile architecture), a local directory with safetensors, or a hub id.")
 @click.option("--backend", default="compiled", show_default=True, help="eager, compiled (comma-separated).")
 @click.option("--trials", default=3, show_default=True, type=int, help="Timed trials after warm-up.")
-@click.option("--compile-mode", default="regional-graph-fused", show_default=True,
+@click.option("--compile-mode", default=DEFAULT_COMPILE_MODE, show_default=True,
               help="compiled backend: regional-graph-fused (one compiled decoder layer + one CUDA graph per "
                    "step, merged q|k|v and gate|up weights), regional-graph-fused-cdt (plus inductor's coordinate-"
                    "descent tuning), regional-graph-nocompile (merged, CUDA graph, no inductor: for 2:4, whose "

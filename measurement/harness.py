@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .dataset import DEFAULT_COMPILE_MODE  # one definition, beside the row ids that use it
+
 log = logging.getLogger("measurement")
 
 IDENTITY = ("gpu", "model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len",
@@ -53,7 +55,7 @@ class RunConfig:
     weights: str = "random"
     trials: int = 3
     warmup: int = 1
-    compile_mode: str = "regional-graph-fused"
+    compile_mode: str = DEFAULT_COMPILE_MODE
 
     def ident(self, gpu: str) -> dict:
         d = dataclasses.asdict(self)
@@ -69,7 +71,6 @@ class RunConfig:
         return (self.model, self.precision, self.sparsity, self.weights)
 
 
-from .dataset import DEFAULT_COMPILE_MODE  # noqa: E402 - one definition, in the row store's module
 
 
 def config_key(d: dict) -> str:
@@ -242,7 +243,7 @@ def prepare_model(rc: RunConfig, device, *, catalog=None, config=None, calib=Non
 @dataclass
 class BackendConfig:
     name: str = "compiled"
-    compile_mode: str = "regional-graph-fused"
+    compile_mode: str = DEFAULT_COMPILE_MODE
 
 
 PREFILL_CHUNK_TOKENS = 16384   # tokens per prefill forward (batch x chunk); longer prompts are prefilled in chunks

@@ -205,6 +205,7 @@ def run_ray(configs: list[RunConfig], out_dir: str | Path, address: str | None =
         started = True
     try:
         store = LockedStore(out)
+        before = len(store.rows())
         todo = pending(configs, store)
         n = int(ray.cluster_resources().get("GPU", 0))
         if n < 1:
@@ -226,8 +227,8 @@ def run_ray(configs: list[RunConfig], out_dir: str | Path, address: str | None =
                             str(out / "workers" / f"task{i}"), sink) for i, share in enumerate(parts)]
         rows_per_task = ray.get(refs)
         counts = ray.get(sink.counts.remote())
-        if on_row:
-            for r in store.rows():
+        if on_row:  # this run's rows, as run_local reports them
+            for r in store.rows()[before:]:
                 on_row(r)
         return dict(counts, workers=len(parts), rows_per_task=rows_per_task, scheduled=len(todo))
     finally:
