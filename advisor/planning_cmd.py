@@ -13,18 +13,14 @@ from .options import Finite
 def write_atomic(path: Path, text: str, opt: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename (a reader never sees half a file);
     a missing or unwritable folder is an input error naming the option."""
-    import os
-    import tempfile
+    from profiles.cache import write_text_atomic
 
     from .options import _err
     folder = path.resolve().parent
     if not folder.is_dir():
         _err(f"{opt} {path}: the folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as e:
         _err(f"{opt} {path}: cannot write ({e.strerror})")
 

@@ -379,10 +379,9 @@ def fit_all(df, cat: Catalog | None = None, engines=ENGINES_FITTED) -> dict:
 
 
 def save(doc: dict, path: Path = PARAMS_PATH) -> Path:
+    from profiles.cache import write_text_atomic
     path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True))
     return path
 
 

@@ -240,8 +240,9 @@ def fit_model(df, alpha: float = DEFAULT_ALPHA, cat: Catalog | None = None) -> d
 def save(fitted: dict, path: Path) -> tuple[Path, Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fitted["model"], indent=1))
+    from profiles.cache import write_text_atomic
+    write_text_atomic(path, json.dumps(fitted["model"], indent=1))
     side = path.with_suffix(".meta.json")
-    side.write_text(json.dumps(fitted["sidecar"], indent=1))
+    write_text_atomic(side, json.dumps(fitted["sidecar"], indent=1))
     FittedCostModel.load(path)  # round-trip check
     return path, side

@@ -30,12 +30,25 @@ def get(kind: str, key: str):
         return None
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader never
+    sees half a file, and a failed write leaves the old file. OSError propagates (the folder must exist)."""
+    import tempfile
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def put(kind: str, key: str, value) -> None:
     try:
         d = cache_dir()
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{kind}-{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(value))
-        tmp.replace(d / f"{kind}-{key}.json")
+        write_text_atomic(d / f"{kind}-{key}.json", json.dumps(value))
     except (OSError, TypeError, ValueError):
         pass
