@@ -13,7 +13,7 @@ from profiles import Catalog, load
 from models.candidate import Candidate, Scenario
 from models.facade import predict
 from models.predict import Prediction
-from models.quality import QualityModel
+from models.quality import QualityModel, backs_a_bound
 from models.support import engine_block, enumerate_candidates
 
 OBJECTIVES = ("throughput", "latency", "energy", "cost")
@@ -249,9 +249,9 @@ def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
         est, _, missing = p.quality.get(kind, (None, [], []))
         unit = "%" if kind == "ppl_delta" else " points"
         k = 100 if kind == "ppl_delta" else 1
-        small = est is not None and est.source == "measured"  # only this project's tiny trained model
-        if est is None or small:
-            has = [q for q, (x, _, _) in p.quality.items() if x is not None and x.source != "measured"]
+        small = est is not None and not backs_a_bound(est)  # only this project's tiny trained model
+        if not backs_a_bound(est):
+            has = [q for q, (x, _, _) in p.quality.items() if backs_a_bound(x)]
             why = (f"{kind} unknown: no published or transferred figure for "
                    f"{', '.join(c[1] for c in missing) if missing else est.detail}"
                    + (" (only measured on this project's small trained model, which does not carry to "

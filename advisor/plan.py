@@ -18,7 +18,7 @@ from models.candidate import Candidate, Scenario
 from models.energy import idle_w as models_idle_w
 from models.predict import energy_of
 from models.facade import predict
-from models.quality import QualityModel
+from models.quality import QualityModel, backs_a_bound
 from models.serving import serving_latency
 from models.support import engine_block
 
@@ -137,7 +137,7 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
                 gp.blocked.setdefault("hardware", hb)
                 continue
             loss, _, missing = quality.predict(llm, cand)
-            if loss is not None and loss.source == "measured":
+            if not backs_a_bound(loss):
                 loss = None  # only this project's small trained model: no bound passes on it (as in recommend)
             if req.max_quality_loss is not None and (loss is None or loss.value > req.max_quality_loss):
                 gp.blocked.setdefault("quality", f"{cand.label}: " + (

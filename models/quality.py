@@ -41,7 +41,7 @@ from .quality_rows import (ABS_FLOOR, ACC, BASE_KV, BASE_PRECISIONS, EVICTION, K
 # the row vocabulary is re-exported: callers import it from here
 __all__ = ["ABS_FLOOR", "ACC", "BASE_KV", "BASE_PRECISIONS", "EVICTION", "KINDS", "LLAMA3_FACTOR", "LLAMA3_SENSITIVE",
            "LONG", "METRIC_RANK", "PPL", "REL_WIDTH", "SCORE_METRICS", "SMALL_MODEL_CSV", "ComponentLoss", "Row",
-           "QualityModel", "calibrate_widths", "held_out_lookups", "metric_kind", "paper_of", "row_loss", "rows_from_published",
+           "QualityModel", "backs_a_bound", "calibrate_widths", "held_out_lookups", "metric_kind", "paper_of", "row_loss", "rows_from_published",
            "rows_from_small_model", "_half_unit", "_base_model", "_component", "_family_of", "_size_of"]
 
 
@@ -281,6 +281,12 @@ def paper_of(r: Row) -> str:
 
 
 WIDTH_RULES = ("exact", "variant", "family", "transfer", "measured-small")
+
+
+def backs_a_bound(est: Estimate | None) -> bool:
+    """Whether a quality figure may pass a bound: published or transferred, not only this project's small
+    trained model (source ``measured``: shown, but it does not carry to a real LLM)."""
+    return est is not None and est.source != "measured"
 
 
 def _row_llm(r: Row):
