@@ -5,6 +5,7 @@ For a batch of ``B`` sequences at mean context ``L`` on ``n`` GPUs (tensor paral
 split runs the GPUs one after the other):
 
     t_weights = W / (n x BW x e_bw[kernel] x (r_gemm if B > 1))   W: bytes of the weights one step reads
+                (plus a 16-bit copy written and read where the kernel dequantizes before a GEMM: bitsandbytes)
     t_matmul  = B x F / (n x peak[dtype] x e_mm[kernel])    F: matmul FLOPs per token
     t_linear  = (t_weights^3 + t_matmul^3)^(1/3)            (a soft roofline: the GEMMs near the ridge
                                                              reach neither asymptote)
@@ -64,6 +65,13 @@ RUNTIME_GB = {"vllm": 1.5, "sglang": 1.5, "tensorrt-llm": 1.5, "llama.cpp": 0.8}
 # llama.cpp's MMVQ takes up to 8 (ggml/src/ggml-cuda/mmvq.cuh, MMVQ_MAX_BATCH_SIZE); Marlin and the other
 # engines' GEMMs dequantize a tile once for all rows (1).
 GEMV_ROWS = {"llama.cpp": 8}
+# Bytes per weight that a kernel moves beside its packed weights when a step has more than one row:
+# bitsandbytes' matmul_4bit (which vLLM's bitsandbytes linear method calls per shard) takes its GEMV only
+# for a single row; for more rows (a decode batch, every prefill chunk) it dequantizes the whole matrix to
+# 16 bit and runs a dense GEMM on the copy: 2 bytes written + 2 bytes read per weight
+# (bitsandbytes/autograd/_functions.py matmul_4bit and MatMul4Bit.forward, commit 012c660;
+# vllm/model_executor/layers/quantization/bitsandbytes.py _apply_bnb_4bit).
+DEQUANT_COPY_BYTES = {"bnb": 4.0}
 
 
 def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
@@ -100,6 +108,7 @@ class Work:
     layers: int
     hidden: int
     weights: float = 0.0       # weights one decode step reads (count)
+    linear_weights: float = 0.0  # of which in the quantized projections (the lm_head and embeddings excluded)
 
 
 def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
@@ -118,7 +127,7 @@ def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
     kvb = 2 * pc.layers * llm.num_key_value_heads * llm.head_dim * kv_elem
     attn = 4.0 * pc.layers * llm.num_attention_heads * llm.head_dim
     return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size,
-                float(pc.linear + head))
+                float(pc.linear + head), float(pc.linear))
 
 
 # Parameters of one engine: efficiencies per kernel and fixed costs (see the module docstring).
@@ -198,7 +207,8 @@ def arrays(q: Query) -> dict:
             "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192)),
-            "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": float(GEMV_ROWS.get(q.engine, 1))}
+            "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": float(GEMV_ROWS.get(q.engine, 1)),
+            "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0)}
 
 
 def allreduce_s(a: dict, tokens):
@@ -212,8 +222,9 @@ def allreduce_s(a: dict, tokens):
 def decode_step_s(a: dict, p: dict, batch, ctx):
     """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized)."""
     # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well
-    multi = np.where(np.asarray(batch) > 1, p["r_gemm"], 1.0)
-    t_w = a["W"] / (a["div"] * a["bw"] * p["e_bw"] * multi)
+    many = np.asarray(batch) > 1
+    multi = np.where(many, p["r_gemm"], 1.0)
+    t_w = (a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)) / (a["div"] * a["bw"] * p["e_bw"] * multi)
     t_c = batch * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * a["KVB"] / (a["div"] * a["bw"] * p["e_kv"])
@@ -228,7 +239,7 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     chunks = np.maximum(1.0, np.ceil(tokens / a["chunk"]))
     # a layer split pipelines successive chunks through its GPUs (llama.cpp pipeline parallelism)
     div = np.where(a.get("pipe", 0.0) > 0, np.minimum(a["n"], chunks), a["div"])
-    t_w = chunks * a["W"] / (div * a["bw"] * p["e_bw"])
+    t_w = chunks * (a["W"] + a.get("DQB", 0.0)) / (div * a["bw"] * p["e_bw"])
     t_c = tokens * a["F"] / (div * a["peak"] * p["e_pre"])
     t_attn = tokens * (depth + prompt / 2) * a["A"] / (div * a["peak16"] * p["e_attn"])
     t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])

@@ -58,3 +58,19 @@ def test_widening_for_unseen_kernel_and_arch():
     assert ef.widen_factor(dom, "cublas-16", "sm90")[0] == 1.0
     assert ef.widen_factor(dom, "cublas-16", "sm80")[0] > 1.0
     assert ef.widen_factor(dom, "marlin-int4", "sm90")[0] > ef.widen_factor(dom, "cublas-16", "sm80")[0]
+
+
+def test_bitsandbytes_pays_for_its_dequantized_copy_beyond_one_row(cat):
+    """bitsandbytes takes its GEMV for one row only; for more rows it writes and reads a 16-bit copy of
+    each matrix, so going from 1 to 2 rows costs at least those bytes at the datasheet bandwidth, and a
+    4-bit bnb step at batch 8 moves more bytes than a 16-bit one."""
+    g, llm, eng = cat.gpu("h100-sxm"), cat.llm("llama3.1-8b"), cat.engines["vllm"]
+    q = es.query(cat, g, llm, Candidate("bnb-nf4"), eng)
+    assert q.kernel == "bnb"
+    a, p = es.arrays(q), es.row_params(es.prior_params([q.kernel]), q.kernel)
+    copy_s = 4.0 * q.w.linear_weights / q.bw
+    assert es.decode_step_s(a, p, 2, 1024) - es.decode_step_s(a, p, 1, 1024) >= copy_s
+    assert es.prefill_s(a, p, 1, 512) >= copy_s
+    q16 = es.query(cat, g, llm, Candidate("fp16"), eng)
+    assert a["W"] + a["DQB"] > es.arrays(q16)["W"]
+    assert es.arrays(q16)["DQB"] == 0.0
