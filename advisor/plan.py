@@ -233,6 +233,7 @@ class CompareRow:
     j_per_token: float | None = None
     backed: bool = True   # the engine's speed figures for this GPU rest on measured or published rows
     num_gpus: int = 1     # tensor-parallel GPUs of one replica (the fewest on which something fits)
+    tpot_ms: float | None = None  # predicted time per output token of each sequence at ``batch``
 
 
 COMPARE_NUM_GPUS = (1, 2, 4, 8)
@@ -240,9 +241,13 @@ COMPARE_NUM_GPUS = (1, 2, 4, 8)
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
-            cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None) -> list[CompareRow]:
-    """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``) that fits, on the fewest
-    GPUs (1, 2, 4, 8, tensor parallel) on which something fits.
+            cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None,
+            max_tpot_s: float | None = None) -> list[CompareRow]:
+    """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``, halving) that fits and
+    keeps each sequence's time per output token within ``max_tpot_s`` (seconds; the decode step, None =
+    no bound), on the fewest GPUs (1, 2, 4, 8, tensor parallel) on which something does. A decode step
+    grows with the batch, so the largest such batch is the most tokens per second the GPU serves
+    within the bound.
 
     Payback: months of renting at the profile's cloud price that equal the card's list price, less
     the owner's electricity when ``usd_per_kwh`` is given (no default: prices vary by site)."""
@@ -261,6 +266,7 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
                 rec = recommend(Request(gpu=gid, model=model, max_quality_loss=max_quality_loss, context=context,
                                         gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
                                         engine=engine, num_gpus=n,
+                                        min_tok_s=1.0 / max_tpot_s if max_tpot_s else None,
                                         **{f"pin_{k}": v for k, v in (pins or {}).items()}),
                                 cat, speed_model)
                 if rec.best:
@@ -287,7 +293,7 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
                                p.quality_loss.value if p.quality_loss else None, lp, lsrc, payback,
                                speed_model=p.speed_model, engine=p.engine, j_per_token=p.j_per_token.value,
                                backed=not any("no published or measured row" in x for x in p.speed.notes),
-                               num_gpus=n))
+                               num_gpus=n, tpot_ms=1e3 / p.speed.per_seq_tok_s.value))
     # GPUs whose figures rest on no measured or published row rank after the backed ones (and say so)
     rows.sort(key=lambda r: (r.usd_per_mtok is None, not r.backed, r.usd_per_mtok or 0, -(r.decode_tok_s or 0)))
     return rows

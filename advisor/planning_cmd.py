@@ -148,13 +148,16 @@ def register_planning(main: click.Group) -> None:
     @main.command()
     @_model_gpus_quality_context("all", "Comma-separated GPU ids, or all.")
     @click.option("--gen-len", type=click.IntRange(1, 1 << 20), default=256, show_default=True)
-    @click.option("--batch", type=click.IntRange(1, 4096), default=32, show_default=True,
-                  help="Serving concurrency (halved per GPU until something fits).")
+    @click.option("--batch", type=click.IntRange(1, 4096), default=64, show_default=True,
+                  help="Largest serving concurrency searched (halved per GPU until something fits the memory "
+                       "and --max-tpot).")
+    @click.option("--max-tpot", default="50ms", show_default=True,
+                  help="Time per output token each user may see: 50ms, 0.05s, a bare number of SECONDS, or none.")
     @click.option("--usd-per-kwh", type=Finite(0, 100), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
     @_engine_pins_json
-    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, usd_per_kwh, engine, pin_precision, pin_sparsity,
-                pin_kv, as_json):
+    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, max_tpot, usd_per_kwh, engine, pin_precision,
+                pin_sparsity, pin_kv, as_json):
         """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""
         from dataclasses import asdict
 
@@ -165,10 +168,15 @@ def register_planning(main: click.Group) -> None:
         from .service import speed_model_or_none
         sm, note = speed_model_or_none()
         try:
+            tpot = None if str(max_tpot).strip().lower() == "none" else parse_duration(max_tpot, "--max-tpot")
+            if tpot is not None and not (1e-4 <= tpot <= 60):
+                raise click.BadParameter(f"'{max_tpot}': give a time per token between 0.1ms and 60s, or none",
+                                         param_hint="--max-tpot")
             rows = run(model, _gpu_list(gpus) or ("all",), parse_fraction(max_ppl_delta), context, gen_len, batch,
                        usd_per_kwh, sm, engine=engine, pins={k: v for k, v in (("precision", pin_precision),
                                                                                ("sparsity", pin_sparsity),
-                                                                               ("kv", pin_kv)) if v})
+                                                                               ("kv", pin_kv)) if v},
+                       max_tpot_s=tpot)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         click.echo(f"note: {note}", err=True)
@@ -177,18 +185,19 @@ def register_planning(main: click.Group) -> None:
             return
         from .render import console
         from rich.table import Table
-        t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}",
+        bound = f", TPOT <= {tpot * 1e3:g} ms" if tpot else ""
+        t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}{bound}",
                   header_style="bold")
-        for col in ("gpu", "GPUs", "engine", "method", "batch", "tok/s", "$/Mtok [90%]", "J/tok", "tok/J", "loss %",
+        for col in ("gpu", "GPUs", "engine", "method", "batch", "tok/s", "TPOT ms", "$/Mtok [90%]", "J/tok", "tok/J", "loss %",
                     "list $", "payback mo", "rows"):
             t.add_column(col)
         for r in rows:
             if r.candidate is None:
-                t.add_row(r.gpu, "", "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 9)
+                t.add_row(r.gpu, "", "", f"[red]infeasible[/] {(r.reason or '')[:90]}", *[""] * 10)
                 continue
             iv = r.usd_per_mtok_interval
             t.add_row(r.gpu, str(r.num_gpus), r.engine or "", r.candidate.replace(" + dense", "").replace(" + kv-fp16", ""),
-                      str(r.batch), f"{r.decode_tok_s:,.0f}",
+                      str(r.batch), f"{r.decode_tok_s:,.0f}", f"{r.tpot_ms:.3g}" if r.tpot_ms else "-",
                       (f"{r.usd_per_mtok:.3g} [{iv[0]:.2g}-{iv[1]:.2g}]" if iv else f"{r.usd_per_mtok:.3g}")
                       if r.usd_per_mtok else "no price",
                       f"{r.j_per_token:.3g}" if r.j_per_token else "-", f"{r.tokens_per_joule:.3g}",

@@ -84,3 +84,16 @@ def test_validate_plots_folder_that_cannot_exist_is_an_input_error(tmp_path):
     f.write_text("x")
     r = CliRunner().invoke(main, ["validate", "--plots", str(f / "plots")])
     assert r.exit_code == 2 and "cannot create the folder" in r.output and f.read_text() == "x"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs a POSIX FIFO")
+@pytest.mark.parametrize("cmd", [["fit", "--out", "m.json"], ["validate"]])
+def test_a_fifo_given_as_data_is_refused_without_reading_it(home, cmd):
+    """A FIFO given to --data hung the command (nobody writes to it): it is refused as not a regular file
+    before anything opens it (issue 15). A hang here would stall the test run, not pass it."""
+    import os
+    fifo = home / "rows.csv"
+    os.mkfifo(fifo)
+    args = [cmd[0], "--data", str(fifo)] + ([cmd[1], str(home / cmd[2])] if len(cmd) > 1 else [])
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "not a regular file" in r.output

@@ -83,3 +83,30 @@ def test_compare_searches_the_number_of_gpus():
 def test_a_bare_duration_is_seconds_and_says_so():
     r = CliRunner().invoke(main, ["plan", "--model", "llama3.1-8b", "--qps", "1", "--gpus", "l4", "--tpot-p95", "50"])
     assert "--tpot-p95 50 read as 50 s (write 50ms for milliseconds)" in r.output
+
+
+def test_compare_takes_the_largest_batch_within_the_tpot_bound():
+    """compare searches the batch: the most tokens per second a GPU serves with each user's time per
+    token within --max-tpot; a tighter bound never picks a larger batch (issue 15)."""
+    loose = compare("llama3.1-8b", gpus=("rtx4090", "h100-sxm"), batch=64, max_tpot_s=0.2)
+    tight = compare("llama3.1-8b", gpus=("rtx4090", "h100-sxm"), batch=64, max_tpot_s=0.02)
+    by = {r.gpu: r for r in tight}
+    for r in loose:
+        assert r.candidate and r.tpot_ms <= 200
+        t = by[r.gpu]
+        assert t.candidate is None or (t.tpot_ms <= 20 and t.batch <= r.batch)
+    assert any(r.batch > 1 for r in loose)
+
+
+def test_compare_tpot_option_is_checked():
+    r = CliRunner().invoke(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l4", "--max-tpot", "0s"])
+    assert r.exit_code == 2 and "--max-tpot" in r.output
+    r = CliRunner().invoke(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l4", "--max-tpot", "none", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["batch"] >= 1
+
+
+def test_compare_refuses_an_absurd_batch_at_once():
+    """`compare --batch 1e23` ran for 62 s before it was bounded (issue 15)."""
+    for b in ("1e23", "100000", "0"):
+        r = CliRunner().invoke(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l4", "--batch", b])
+        assert r.exit_code == 2 and "--batch" in r.output

@@ -72,3 +72,13 @@ def test_report_into_a_missing_folder_is_an_input_error(tmp_path):
                                   "--out", str(tmp_path / "no" / "such" / "r.html")])
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_report_takes_all_gpus(tmp_path):
+    """`report --gpus all` was refused (issue 15): it charts every GPU of the catalog."""
+    from profiles import load
+    out = tmp_path / "all.html"
+    r = CliRunner().invoke(main, ["report", "--model", "llama3.1-8b", "--gpus", "all", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert sum(gid in text for gid in load().gpus) == len(load().gpus)
