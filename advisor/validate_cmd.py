@@ -122,7 +122,7 @@ def _validate_quality(by: str, as_json: bool) -> None:
         return
     click.echo(f"quality, leave-one-{by}-out (lookup rules; points: of relative perplexity increase for ppl_delta)")
     for kind, fams in res.items():
-        if kind == "held_out_by":
+        if kind in ("held_out_by", "as_served"):
             continue
         meta = fams.get("_predicted_of", {})
         click.echo(f"{kind}: {meta.get('predicted', 0)} of {meta.get('rows', 0)} rows predicted")
@@ -131,6 +131,12 @@ def _validate_quality(by: str, as_json: bool) -> None:
                 continue
             click.echo(f"  {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
                        f"{sc['coverage90'] * 100:5.1f}%  ({', '.join(sc['rules'])})")
+    click.echo("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
+               "chains, budgets)")
+    for kind, fams in res["as_served"].items():
+        for f, sc in fams.items():
+            click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
+                       f"{sc['coverage90'] * 100:5.1f}%")
 
 
 def _validate_multi_gpu(as_json: bool) -> None:

@@ -112,42 +112,59 @@ class QualityModel:
         return self._envelope(llm, comp, budget, kind)
 
     def _envelope(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
-        """Monotone by construction: the largest loss among this (model, method, budget) and every one it
-        must not beat: a larger model of the same family, a method of the same quality chain with more
-        bits, a milder budget (more KV tokens kept; fewer layers dropped)."""
+        """Monotone by construction. Along model size: the figures of the family's models are pooled into
+        the evidence-weighted non-increasing fit (:func:`pool_by_size`: a larger model of the family never
+        loses more, and a noisy row of one size does not override better evidence at another). Along
+        methods and budgets: the largest loss among this (method, budget) and every one it must not
+        beat (a method of the same quality chain with more bits, a milder budget). A component with no
+        figure of its own stays unknown: what a milder setting loses bounds it from below only."""
         own = self._raw(llm, comp, budget, kind)
-        best, via = own, None
-        for mid, c, b in self._dominators(llm, comp, budget):
-            x = self._raw(self.catalog.llm(mid), c, b, kind)
-            if x is not None and (best is None or x.loss > best.loss + 1e-12):
-                best, via = x, (mid, c, b)
-        if best is None or via is None:
+        if own is None:
+            return None
+        best, via = self._size_pooled(llm, comp, budget, kind), None
+        for c, b in self._milder(comp, budget):
+            x = self._size_pooled(llm, c, b, kind)
+            if x is not None and x.loss > best.loss + 1e-12:
+                best, via = x, (c, b)
+        if via is None:
             return best
-        note = (f"raised to {via[1][1]}" + (f" at budget {via[2]}" if via[2] is not None else "") +
-                f" on {via[0]} ({best.loss:.4g}): a {'larger model' if via[0] != llm.id else 'milder setting'} "
-                "may not lose more (monotone order)")
-        # the interval keeps this model's own evidence (its low end) and reaches the raised figure's high end
-        low = min(own.low, best.loss) if own else best.low
-        return ComponentLoss(comp, best.loss, min(low, best.loss), max(best.high, own.high if own else 0.0),
-                             "transfer", best.metric,
-                             best.cites + (note,))
+        note = (f"raised to {via[0][1]}" + (f" at budget {via[1]}" if via[1] is not None else "") +
+                f" on {llm.id} ({best.loss:.4g}): a milder setting may not lose more (monotone order)")
+        # the interval keeps this model's own evidence (its low end) and reaches the raised figure's high end.
+        # Raised from the small model's figure, it is a lower bound only: it stays a small-model figure,
+        # shown but never passing a bound (backs_a_bound).
+        rule = "measured-small" if own.rule == "measured-small" else "transfer"
+        if rule == "measured-small":
+            note += "; only a lower bound, since this method has no published figure of its own"
+        return ComponentLoss(comp, best.loss, min(own.low, best.loss), max(best.high, own.high), rule,
+                             best.metric, best.cites + (note,))
 
-    def _dominators(self, llm: LLM, comp: tuple, budget: int | None):
-        cat = self.catalog
-        if cat is None:
-            return []
-        sizes = [m for m in cat.llms.values() if m.family == llm.family
-                 and m.published_params_b > llm.published_params_b]
-        models = [llm] + sorted(sizes, key=lambda m: m.published_params_b)
-        comps = [comp] + [c for c in self._chain_milder(comp)]
-        budgets = [budget] + self._milder_budgets(comp, budget)
-        out = []
-        for m in models:
-            for c in comps:
-                for b in budgets if c == comp else [None]:
-                    if (m.id, c, b) != (llm.id, comp, budget):
-                        out.append((m.id, c, b))
-        return out
+    def _milder(self, comp: tuple, budget: int | None) -> list[tuple]:
+        """(component, budget) pairs this one must not beat: more bits in a shared chain, milder budgets."""
+        out = [(comp, b) for b in self._milder_budgets(comp, budget)]
+        return out + [(c, None) for c in self._chain_milder(comp)]
+
+    def _size_pooled(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+        """This model's figure after pooling the family's figures of one (component, budget) by size."""
+        own = self._raw(llm, comp, budget, kind)
+        if own is None or self.catalog is None:
+            return own
+        fam = [m for m in self.catalog.llms.values() if m.family == llm.family]
+        figs = [(m, self._raw(m, comp, budget, kind)) for m in fam]
+        figs = [(m, f) for m, f in figs if f is not None]
+        if len(figs) < 2:
+            return own
+        floor = ABS_FLOOR if kind == PPL else 0.2
+        pooled = pool_by_size([m.published_params_b for m, _ in figs], [f.loss for _, f in figs],
+                              [1.0 / max((f.high - f.low) / 2, floor) ** 2 for _, f in figs])
+        v = max(pooled[[m.id for m, _ in figs].index(llm.id)], 0.0)
+        if abs(v - own.loss) <= 1e-12:
+            return own
+        others = sorted({m.id for m, f in figs if m.id != llm.id})
+        note = (f"pooled by size with {', '.join(others)} ({v:.4g}, was {own.loss:.4g}): a larger model of the "
+                "family may not lose more; each figure weighted by its interval")
+        return ComponentLoss(comp, v, min(own.low, v), max(own.high, v), "transfer" if own.rule == "exact"
+                             else own.rule, own.metric, own.cites + (note,))
 
     def _chain_milder(self, comp: tuple) -> list[tuple]:
         """Methods sharing a quality chain with ``comp`` that store more bits (methods.yaml)."""
@@ -262,8 +279,9 @@ class QualityModel:
             slack = 0.25 * sum(abs(p.loss) for p in nonzero)
             low, high = max(low - slack, 0.0), high + slack
         rules = sorted({p.rule for p in nonzero}) or ["reference"]
-        source = "measured" if rules == ["measured-small"] else ("published" if rules in (["exact"], ["reference"])
-                                                                else "transferred")
+        # one part known only from the small model trained here makes the whole figure a small-model one
+        source = "measured" if "measured-small" in rules else ("published" if rules in (["exact"], ["reference"])
+                                                              else "transferred")
         detail = " + ".join(f"{p.component[1]} {p.loss * (100 if kind == PPL else 1):.3g} ({p.rule}, {p.metric})"
                             for p in nonzero) or "16-bit dense reference"
         if len(nonzero) > 1:
@@ -274,6 +292,35 @@ class QualityModel:
     def predict_all(self, llm: LLM, cand: Candidate, context: int | None = None) -> dict:
         """Every quantity: kind -> (Estimate | None, parts, missing)."""
         return {k: self.predict(llm, cand, k, context) for k in KINDS}
+
+
+def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:
+    """Weighted least-squares fit of ``losses`` that never grows with ``sizes`` (pool-adjacent-violators;
+    models of one size are pooled together): the monotone figures closest to the evidence, each figure
+    weighted by ``weights`` (1 / half-width squared of its interval)."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    blocks: list[list] = []  # [size, weighted sum, weight, members]
+    for i in order:
+        if blocks and blocks[-1][0] == sizes[i]:
+            b = blocks[-1]
+            b[1] += losses[i] * weights[i]
+            b[2] += weights[i]
+            b[3].append(i)
+        else:
+            blocks.append([sizes[i], losses[i] * weights[i], weights[i], [i]])
+    out: list[list] = []
+    for b in blocks:
+        out.append(list(b))
+        while len(out) > 1 and out[-2][1] / out[-2][2] < out[-1][1] / out[-1][2] - 1e-15:
+            last = out.pop()
+            out[-1][1] += last[1]
+            out[-1][2] += last[2]
+            out[-1][3] += last[3]
+    fitted = [0.0] * len(sizes)
+    for b in out:
+        for i in b[3]:
+            fitted[i] = b[1] / b[2]
+    return fitted
 
 
 def paper_of(r: Row) -> str:

@@ -4,8 +4,9 @@ Every published row of one quantity is predicted with its whole group left out o
 or its model), by the lookup rules of :class:`models.quality.QualityModel` (exact, variant, family, the
 perplexity size law, transfer). Scores per method family: mean absolute error in points (points of
 relative perplexity increase for ppl_delta, score points for the drops) and the share of rows inside the
-predicted 90% interval. The monotone envelope is not applied here (it needs catalog models; held-out rows
-are often of models outside the catalog), so these figures are for the lookup it raises.
+predicted 90% interval. These figures are for the lookup rules; the monotone envelope needs catalog
+models, so :func:`held_out` also scores, under ``as_served``, the rows of catalog models through the
+whole :meth:`QualityModel.component` (pooling by size, chains, budgets) as recommend answers them.
 """
 from __future__ import annotations
 
@@ -29,22 +30,42 @@ def _family(comp: tuple) -> str:
     return "sparsity / layer drop"
 
 
+def _scores(res: list, kind: str) -> dict:
+    fams = {}
+    for r, c in res:
+        fams.setdefault(_family(r.component), []).append((r, c))
+    k = 100.0 if kind == PPL else 1.0
+    return {f: {"n": len(v), "mae_points": statistics.mean(abs(c.loss - max(r.loss, 0)) * k for r, c in v),
+                "coverage90": sum(c.low <= max(r.loss, 0) <= c.high for r, c in v) / len(v),
+                "rules": sorted({c.rule for _, c in v})} for f, v in sorted(fams.items())}
+
+
+def _served(cat, rows, key, make_model, kind):
+    """(row, component) for the held-out rows of catalog models, through the whole component() rule."""
+    for g in sorted({key(r) for r in rows if r.kind == kind and r.model in cat.llms}):
+        q = make_model([r for r in rows if key(r) != g])
+        q.catalog = cat
+        for r in rows:
+            if key(r) == g and r.kind == kind and r.model in cat.llms:
+                c = q.component(cat.llm(r.model), r.component, r.budget, kind)
+                if c is not None:
+                    yield r, c
+
+
 def held_out(cat, by: str = "paper") -> dict:
     rows = rows_from_published(cat.quality_rows)
     measured = rows_from_small_model()
     prefers = {m.id: m.get("quality_prefers") for m in cat.methods.values() if m.get("quality_prefers")}
     key = paper_of if by == "paper" else (lambda r: r.model)
-    out = {}
+    out, served = {}, {}
     for kind in KINDS:
         # widths calibrated on the training papers only (nested: the held-out group never sets them)
-        res = list(held_out_lookups(rows, key, lambda train, kind=kind: QualityModel(
-            train, measured, prefers, learn=kind == PPL, widths=calibrate_widths(train, measured, prefers)), kind))
-        fams = {}
-        for r, c in res:
-            fams.setdefault(_family(r.component), []).append((r, c))
-        k = 100.0 if kind == PPL else 1.0
-        out[kind] = {f: {"n": len(v), "mae_points": statistics.mean(abs(c.loss - max(r.loss, 0)) * k for r, c in v),
-                         "coverage90": sum(c.low <= max(r.loss, 0) <= c.high for r, c in v) / len(v),
-                         "rules": sorted({c.rule for _, c in v})} for f, v in sorted(fams.items())}
+        def make(train, kind=kind):
+            return QualityModel(train, measured, prefers, learn=kind == PPL,
+                                widths=calibrate_widths(train, measured, prefers))
+        res = list(held_out_lookups(rows, key, make, kind))
+        out[kind] = _scores(res, kind)
         out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
+        served[kind] = _scores(list(_served(cat, rows, key, make, kind)), kind)
+    out["as_served"] = served
     return out

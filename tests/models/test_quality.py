@@ -94,8 +94,8 @@ def test_learned_model_uses_published_and_measured_rows(cat):
     q = QualityModel.from_catalog(cat)
     assert q.fitted is not None and q.fitted.get_params() == {"alpha": 1.0}
     assert any(r.family == "small" for r in q.measured), "small-model measurements should feed the regression"
-    # Mistral has no published AWQ row: the learned rule answers, with its (wide) interval.
-    est, parts, _ = q.predict(cat.llm("mistral-7b"), Candidate("awq-int4"))
+    # Qwen2.5 has no published AWQ perplexity row: the learned rule answers, with its (wide) interval.
+    est, parts, _ = q.predict(cat.llm("qwen2.5-7b"), Candidate("awq-int4"))
     assert parts[0].rule == "fitted" and est.low < est.value < est.high
     assert est.high / est.low > 2  # an extrapolation says so by its width
 
@@ -118,3 +118,26 @@ def test_rounding_makes_an_interval():
     assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(8.35 / 8.15 - 1)
     drop, lo, hi = row_loss("accuracy_drop", 66.3, 65.9)
     assert drop == pytest.approx(0.4) and lo == pytest.approx(0.3) and hi == pytest.approx(0.5)
+
+
+def test_size_pooling_follows_the_better_evidence_and_stays_monotone():
+    """A figure of one size with a wide (rounding) interval does not override narrow evidence at another
+    size: the family's figures pool by weight into a fit that never grows with size."""
+    from models.quality import pool_by_size
+    w = [1 / 0.005 ** 2, 1 / 0.035 ** 2]
+    mean = (0.07 * w[0] + 0.14 * w[1]) / sum(w)
+    assert pool_by_size([8, 70], [0.07, 0.14], w) == pytest.approx([mean] * 2) and mean < 0.075
+    assert pool_by_size([1, 8, 70], [0.10, 0.05, 0.02], [1, 1, 1]) == [0.10, 0.05, 0.02]  # already monotone
+    fit = pool_by_size([8, 8, 70], [0.05, 0.07, 0.2], [1, 1, 2])
+    assert fit[0] == fit[1] == fit[2]  # tied sizes pool; then the larger violator pools with them
+
+
+def test_a_method_known_only_from_the_small_model_never_passes_a_bound(cat):
+    """bitsandbytes NF4 has no published perplexity row: what bnb-int8 loses bounds it from below only, so
+    its perplexity figure stays a small-model one, shown but unable to pass --max-ppl-delta."""
+    from models.quality import backs_a_bound
+    q = QualityModel.from_catalog(cat)
+    est, parts, _ = q.predict(cat.llm("llama3.1-8b"), Candidate("bnb-nf4"))
+    assert est is not None and not backs_a_bound(est)
+    est, _, _ = q.predict(cat.llm("llama3.1-8b"), Candidate("fp8"))
+    assert backs_a_bound(est)
