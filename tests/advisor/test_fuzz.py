@@ -129,6 +129,7 @@ def compare_args(draw):
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--gpus", st.sampled_from(["l4", "h100-sxm,l4"]), ["l5", ""]),
             ("--batch", st.integers(1, 64).map(str), BAD_NUMBERS),
+            ("--max-tpot", st.sampled_from(["50ms", "0.2s", "none", "0.03"]), ["-5ms", "0ms", "x", "infms", "1e9s"]),
             ("--usd-per-kwh", st.sampled_from(["0.1", "0.3"]), ["-1", "nan", "x"]),
     ), required=('--model',))
     if "--gpus" not in args:
