@@ -29,16 +29,21 @@ if ls "$PACK"/bin.tar.xz* >/dev/null 2>&1; then
     echo "carried binaries do not run:"; tail -5 "$W/devices.txt"
   fi
 fi
+# a build left by an earlier call on this same (still warm) machine
+if [ "$BUILT" = 0 ] && [ -x "$W/build/bin/llama-bench" ] && "$W/build/bin/llama-bench" --list-devices >"$W/devices.txt" 2>&1; then
+  BUILT=1; echo "reusing the build an earlier call left in $W/build"
+fi
 echo "setup $(( $(date +%s) - T0 ))s, carried build usable: $BUILT, cublas: $CUBLAS"
 if [ "$BUILT" = 1 ]; then
   ln -sfn "$W/build/bin" "$W/ready"
 else
   rm -rf "$W/build"
+  # NOPACK=1: keep the build on this machine only (a later call reuses it while the machine stays warm)
   ( python3 -m measurement.llamacpp.build build "$W" --arch 90 --jobs "$(nproc)" > "$W/build.log" 2>&1 \
       && ln -sfn "$W/build/bin" "$W/ready" && echo "build done $(( $(date +%s) - T0 ))s" \
-      && ( cd "$W/build" && tar -cf - bin/llama-bench bin/llama-batched-bench bin/llama-quantize bin/*.so* \
-             -C "$W/src" VERSION.json | xz -T4 -6 | split -b 15M -d - "$OUT/bin.tar.xz." ) \
-      && echo "packed $(( $(date +%s) - T0 ))s: $(ls -la $OUT/bin.tar.xz.* | awk '{print $5}' | tr '\n' ' ')" \
+      && { [ -n "${NOPACK:-}" ] || { ( cd "$W/build" && tar -cf - bin/llama-bench bin/llama-batched-bench \
+             bin/llama-quantize bin/*.so* -C "$W/src" VERSION.json | xz -T4 -6 | split -b 15M -d - "$OUT/bin.tar.xz." ) \
+           && echo "packed $(( $(date +%s) - T0 ))s: $(ls -la $OUT/bin.tar.xz.* | awk '{print $5}' | tr '\n' ' ')"; }; } \
       || { echo "BUILD FAILED"; tail -30 "$W/build.log"; } ) &
 fi
 WAIT=()

@@ -87,6 +87,13 @@ PLANS = {
                  ("mistral-7b", "Q6_K", [dict(LB_FULL, reps=3)]),
                  ("mistral-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
                  ("mistral-7b", "Q5_K_M", [dict(LB_FULL, reps=3)])],
+    # kernel types measured on one model only (Q6_K, Q5_K_M, IQ4_XS, batched Q8_0), on two more architectures,
+    # so that leaving a model out still leaves rows of every kernel; then a new size (Llama 3.2 3B) and the 13B
+    "kq_a": [(m, q, [dict(LB_FULL, reps=3)]) for m in ("mistral-7b", "qwen2.5-7b") for q in ("Q6_K", "IQ4_XS", "Q5_K_M")]
+            + [("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])])],
+    "kq_b": (_model_steps("llama3.2-3b", ["F16", "Q6_K", "IQ4_XS", "Q5_K_M", "Q4_K_M", "Q8_0", "Q4_0"],
+                          ["Q8_0", "Q6_K"], [], reps=3)
+             + [("llama2-13b", q, [dict(LB_FULL, reps=3)]) for q in ("Q6_K", "IQ4_XS", "Q5_K_M")]),
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
