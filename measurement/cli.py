@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from .harness import DEFAULT_COMPILE_MODE, REGIONAL_MODES
+from .backends import REGIONAL_MODES
+from .dataset import DEFAULT_COMPILE_MODE
 
 SWEEP_KEYS = ("model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len", "gen_len",
               "weights", "trials", "warmup", "compile_mode")
@@ -72,7 +73,9 @@ def resolve_method(name: str, kind: str, cat) -> str:
     """A method id of ``kind`` (precision|sparsity|kv); drop-N is a sparsity with N layers."""
     from profiles.catalog import UnknownProfileError
 
-    from .apply import KV_POLICIES, PRECISIONS, SPARSITIES
+    from .kv_cache import KV_POLICIES
+    from .precision import PRECISIONS
+    from .sparsity import SPARSITIES
 
     n = name.strip().lower()
     if kind == "sparsity" and _DROP.match(n):
@@ -96,7 +99,7 @@ def resolve_method(name: str, kind: str, cat) -> str:
 
 def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     """One sweep grid (lists or scalars per key) -> RunConfigs (cartesian product, validated)."""
-    from .harness import RunConfig
+    from .store import RunConfig
 
     g = dict(defaults or {})
     g.update(grid)
@@ -371,12 +374,12 @@ def measure_command(models, precision, sparsity, kv, kv_budget, batch, prompt_le
             res = run_local(configs, out_dir, ids, backend=backend_impl, on_row=on_row)
             err.print(f"{res['workers']} workers, {res['written']} rows written, {res['duplicates']} duplicates skipped")
         elif launcher == "subprocess":
-            from .harness import SubprocessLauncher
+            from .launch import SubprocessLauncher
 
             SubprocessLauncher(out_dir, deadline=deadline, on_row=on_row).run(configs)
         else:
             lg.addHandler(logging.StreamHandler(sys.stderr))
-            from .harness import InProcessLauncher
+            from .launch import InProcessLauncher
 
             InProcessLauncher(out_dir, deadline=deadline, on_row=on_row).run(configs)
     if sys.stderr.isatty():

@@ -22,13 +22,13 @@ decodes at slot 1024, position 8192.
 
 Supported: decoder layers of the Llama / Qwen2 / Mistral shape (``self_attn.{q,k,v,o}_proj``,
 ``input_layernorm``, ``post_attention_layernorm``, ``mlp``; optional ``q_norm``/``k_norm``). A sliding
-window shorter than the cache raises :class:`~measurement.apply.Unsupported`.
+window shorter than the cache raises :class:`~measurement.method_base.Unsupported`.
 """
 from __future__ import annotations
 
 import sys
 
-from .apply import _torch
+from .method_base import _torch
 
 
 def _rope_fn(model):
@@ -130,7 +130,7 @@ def fuse_projections(layer):
 
 
 def check_supported(model, cache_len: int) -> None:
-    from .apply import Unsupported, decoder_layers
+    from .method_base import Unsupported, decoder_layers
 
     sw = getattr(model.config, "sliding_window", None)
     if sw and cache_len > sw:
@@ -174,7 +174,7 @@ class GraphDecoder:
     def __init__(self, model, cache, batch: int, *, layer_fn=None, graph: bool = True, fuse: bool = False,
                  dynamic_len: bool = False):
         torch = _torch()
-        from .apply import decoder_layers
+        from .method_base import decoder_layers
 
         self.model = model
         self.layers = list(decoder_layers(model))

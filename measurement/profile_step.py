@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     import torch
 
     from .build import build_model
-    from .harness import _tune_compile
+    from .runner import _tune_compile
 
     _tune_compile()
     out = Path(a.out)

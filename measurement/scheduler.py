@@ -30,7 +30,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .harness import RowStore, RunConfig, config_key, die_with_parent
+from .launch import die_with_parent
+from .store import RowStore, RunConfig, config_key
 
 ROW_PREFIX = "ROW "
 
@@ -111,7 +112,7 @@ def harness_rows(configs: list[RunConfig], out_dir: str | Path) -> Iterator[dict
     """Run the real harness in this process on this process's GPU; yield each row as it is written."""
     import queue
 
-    from .harness import Runner
+    from .runner import Runner
 
     q: queue.Queue = queue.Queue()
     done = object()

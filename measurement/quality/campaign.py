@@ -11,162 +11,24 @@ compression method changes its held-out perplexity.
   already there (copy an earlier ``quality_rows.jsonl`` into ``--out`` to resume). After
   ``--deadline-s`` seconds no new method starts. At the end ``small_model_quality.csv`` and its
   ``.meta.json`` sidecar are written from all rows, and a short table is printed.
-Methods are applied through :mod:`measurement.apply` (see :mod:`.methods`).
+Methods are applied through :mod:`measurement.apply` (see :mod:`.methods`); the plan of methods is in
+:mod:`.plan`, the row file, CSV, sidecar and table in :mod:`.rows`.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as _dt
 import json
 import math
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from .plan import KV_BUDGETS, TRAIN_CANDIDATES, parse_candidates, plan
+from .rows import (CSV_NAME, META_NAME, ROWS_NAME, _now, append_row, metadata, print_table, provenance, read_rows,
+                   row_key, write_csv)
+
 T0 = time.monotonic()
-COLUMNS = ["model", "precision", "sparsity", "kv", "kv_budget", "metric", "seq_len", "stride", "n_tokens",
-           "baseline", "value", "delta_rel", "gpu", "torch", "transformers", "bitsandbytes", "torchao",
-           "git_commit", "date_utc", "weights", "status", "reason", "notes", "delta_ci95_lo", "delta_ci95_hi"]
-ROWS_NAME = "quality_rows.jsonl"
-CSV_NAME = "small_model_quality.csv"
-META_NAME = "small_model_quality.meta.json"
-
-PRECISIONS = ["fp16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "rtn-int4", "gptq-int4",
-              "rtn-int4-sim", "awq-int4-sim"]
-SPARSITIES = ["2:4-magnitude", "2:4-wanda", "drop-1", "drop-2"]
-KV_QUANT = ["kv-fp8", "kv-int8", "kv-int4", "kv-int2"]
-KV_EVICT = ["streamingllm", "snapkv", "pyramidkv"]
-KV_BUDGETS = [64, 128, 256]
-COMBOS = [("awq-int4", "drop-1", "kv-fp16", None), ("bnb-nf4", "2:4-wanda", "kv-fp16", None),
-          ("awq-int4", "2:4-wanda", "kv-fp16", None), ("int8-wo", "2:4-magnitude", "kv-fp16", None)]
-KV_COMBOS = [("awq-int4", "dense", "kv-int8", None), ("awq-int4", "dense", "kv-int4", None),
-             ("awq-int4", "dense", "snapkv", 128)]
-
-
-def plan(kv_budgets=KV_BUDGETS) -> list[dict]:
-    """Every measured configuration, most important first (a deadline cuts the tail)."""
-    P = lambda p, s="dense", kv="kv-fp16", b=None, metric="ppl": dict(  # noqa: E731
-        precision=p, sparsity=s, kv=kv, kv_budget=b, metric=metric)
-    out = [P("bf16")]
-    out += [P(p) for p in PRECISIONS]
-    out += [P("bf16", s) for s in SPARSITIES]
-    out += [P("bf16", metric="ppl_decode")]
-    out += [P("bf16", kv=k, metric="ppl_decode") for k in KV_QUANT]
-    out += [P("bf16", kv=k, b=b, metric="ppl_decode") for k in KV_EVICT for b in kv_budgets]
-    out += [P("bf16", kv=k, metric="ppl_decode_res0") for k in KV_QUANT]
-    out += [P(p, s, kv, b) for p, s, kv, b in COMBOS]
-    out += [P(p, s, kv, b, metric="ppl_decode") for p, s, kv, b in KV_COMBOS]
-    return out
-
-
-TRAIN_CANDIDATES = "0.1:450,0.1:800,0.2:700,0.2:1200,0.3:1000,0.3:1600"
-
-
-def parse_candidates(spec: str, default_steps: int) -> list[tuple[float, int]]:
-    """'dropout:steps,...' (steps optional: --train-steps) -> [(dropout, steps)]."""
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        d, _, st = part.partition(":")
-        out.append((float(d), int(st) if st else default_steps))
-    return out or [(0.1, default_steps)]
-
-
-def row_key(r: dict) -> tuple:
-    b = r.get("kv_budget")
-    return (r["model"], r["precision"], r["sparsity"], r["kv"], None if b in (None, "") else int(b), r["metric"],
-            int(r["seq_len"]))
-
-
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill: that method is redone
-    return rows
-
-
-def append_row(path: Path, row: dict):
-    lead = ""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            lead = "" if fh.read(1) == b"\n" else "\n"  # a line cut by a kill stays on its own line
-    with open(path, "a") as fh:
-        fh.write(lead + json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_csv(rows: list[dict], path: Path):
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
-
-
-def _git_commit() -> str:
-    """The harness's own rule (``ADVISOR_GIT_COMMIT`` first: a device copy's .git can be stale)."""
-    from ..env import git_commit
-
-    return git_commit()
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(device, git_commit: str | None) -> dict:
-    import torch
-    import transformers
-
-    gpu, gpu_extra = "cpu", {}
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        gpu = p.name
-        gpu_extra = {"gpu_uuid": str(getattr(p, "uuid", "")), "cuda": torch.version.cuda,
-                     "compute_capability": f"{p.major}.{p.minor}", "gpu_memory_mib": p.total_memory // 2**20}
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            gpu_extra["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:
-            pass
-    return {"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
-            "bitsandbytes": _version("bitsandbytes"), "torchao": _version("torchao"),
-            "git_commit": git_commit or _git_commit(), "python": sys.version.split()[0], **gpu_extra}
-
-
-def _fmt(v, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
-
-
-def print_table(rows: list[dict], file=None):
-    file = file or sys.stdout
-    print(f"{'precision':10} {'sparsity':14} {'kv':12} {'bud':>4} {'metric':16} {'value':>9} {'base':>8} "
-          f"{'delta':>8} status", file=file)
-    for r in rows:
-        reason = f" ({r['reason'][:70]})" if r.get("reason") else ""
-        print(f"{r['precision']:10} {r['sparsity']:14} {r['kv']:12} {str(r.get('kv_budget') or ''):>4} "
-              f"{r['metric']:16} {_fmt(r.get('value'), '.3f'):>9} {_fmt(r.get('baseline'), '.3f'):>8} "
-              f"{_fmt(r.get('delta_rel'), '+.2%'):>8} {r['status']}{reason}", file=file)
 
 
 def log(msg: str):
@@ -297,6 +159,8 @@ def main(argv=None) -> int:
     rows_path = out / ROWS_NAME
     rows = read_rows(rows_path)
     done = {row_key(r): r for r in rows}
+    from ..method_base import notes_of
+    from ..sparsity import apply_sparsity
     from . import methods as MM
 
     base_model = lambda: M.load_model(w_path, c_path, device=device, dtype=torch.bfloat16)  # noqa: E731
@@ -346,10 +210,10 @@ def main(argv=None) -> int:
                     log(f"2:4 semi-structured forward failed ({type(e).__name__}: {str(e)[:200]}); dense mask")
                     del model
                     model = base_model()
-                    model = MM.A.apply_sparsity(model, spec["sparsity"], calib_batches=MM.calib_list(calib),
-                                                semi_structured=False)
+                    model = apply_sparsity(model, spec["sparsity"], calib_batches=MM.calib_list(calib),
+                                           semi_structured=False)
                     notes = [f"semi-structured kernel failed ({type(e).__name__}: {str(e)[:150]}); "
-                             "mask measured in dense storage"] + MM.A.notes_of(model)
+                             "mask measured in dense storage"] + notes_of(model)
                     res = ppl(model, ids["test"], args.seq_len, batch_size=16, max_windows=args.max_windows)
             else:
                 from .evaluate import ppl_decode
@@ -405,76 +269,6 @@ def main(argv=None) -> int:
     log(f"{n_new} new rows, {len(rows)} in {rows_path}")
     print_table(rows)
     return 0
-
-
-def metadata(args, prov: dict, model_id: str, wname: str, rows: list[dict], out: Path) -> dict:
-    from . import corpus
-    from . import model as M
-
-    tl = out / "train_log.json"
-    if not tl.exists():
-        tl = M.DATA_DIR / "train_log.json"
-    train = {}
-    if tl.exists():
-        t = json.loads(tl.read_text())
-        train = {k: t.get(k) for k in ("params", "steps", "tokens", "train_wall_s", "best_step", "best_val_ppl",
-                                       "val_ppl_bf16", "test_ppl_bf16", "settings", "provenance", "date_utc")}
-    return {
-        "what": "Measured perplexity deltas of compression methods on a small Llama-architecture model trained "
-                f"here on the King James Bible. Real measurements, but of a {train.get('params') or 0:,}-parameter "
-                "model: they show the direction and rough size of each method's effect, not the deltas of "
-                "1B-70B models.",
-        "model": model_id,
-        "weights": f"measurement/data/quality/{wname} (bf16 safetensors, tied embeddings) + config.json",
-        "architecture": M.TINY if args.tiny else M.SMALL,
-        "training": train,
-        "corpus": {
-            "text": "King James Version of the Bible (1611), public domain",
-            "source": "Debian package bible-kjv-text 4.38, dumped with `bible -f Gen1:1-Rev22:21` (bible-kjv 4.38); "
-                      "kept as measurement/data/quality/kjv.txt.gz",
-            "licence": "Debian copyright file: 'The copyright for the King James Version text of the Bible is "
-                       "expired since the translation was done in 1611 under King James the first of Great Britain.'",
-            "split": corpus.SPLIT_DOC,
-            "format": "verse references stripped, one verse per line, books separated by an end-of-text token",
-        },
-        "tokenizer": "measurement/data/quality/tokenizer.json: byte-level BPE, vocab 4096 (incl. <|endoftext|>), "
-                     "trained with `tokenizers` on the train split only",
-        "protocols": {
-            "ppl": f"test split as one token stream, non-overlapping windows of {args.seq_len} tokens "
-                   f"(stride {args.seq_len}, tail dropped), one forward pass per window with no cache, "
-                   f"positions 1..{args.seq_len - 1} scored; ppl = exp(sum NLL / n_tokens). n_tokens counts "
-                   "scored predictions.",
-            "ppl_decode": f"same windows; prefill the first {args.prefix} tokens into the cache under test "
-                          "(eviction policies compress it right after prefill, as after a prompt), then feed "
-                          f"the remaining {args.seq_len - args.prefix} tokens one at a time through that cache and "
-                          "score every one of them (the first from the prefill's last logits); position ids are "
-                          "the true positions. Baseline: same protocol with the plain 16-bit DynamicCache. "
-                          "Quantized caches keep the last 128 tokens in 16 bit (apply.py default residual).",
-            "ppl_decode_res0": "as ppl_decode, but the quantized cache keeps no 16-bit residual window: every "
-                               "stored token is read back quantized (worst case). Baseline: ppl_decode's.",
-            "delta_rel": "value / baseline - 1 (baseline = bf16, dense, full cache, same metric)",
-            "delta_ci95": "delta_ci95_lo / _hi: 95% paired bootstrap interval of delta_rel over the test windows "
-                          "(2000 resamples of windows; per-window NLLs are in quality_rows.jsonl): the spread "
-                          "the choice of test text gives, not run-to-run noise (the evaluation is deterministic)",
-            "calibration": f"{args.calib_windows} windows of {args.seq_len} tokens drawn (seed 1) from the "
-                           "train split, in batches of 4: AWQ scale search, Wanda activation norms, ShortGPT "
-                           "block influence",
-            "order": "sparsity first (mask / drop layers), then precision; combos with 2:4 keep the mask in "
-                     "dense storage so the quantizer can read it",
-        },
-        "methods": "applied by measurement/apply.py (see its docstring); rtn-int4 = apply_precision('awq-int4') "
-                   "without calibration (round-to-nearest int4 g128, same torchao kernels)",
-        "provenance": prov,
-        "n_rows": len(rows),
-        "status_counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "unsupported", "error")},
-        "columns": COLUMNS,
-        "generated_utc": _now(),
-        "command": "python -m measurement.quality.campaign " + " ".join(sys.argv[1:]),
-    }
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 if __name__ == "__main__":

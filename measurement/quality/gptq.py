@@ -1,10 +1,10 @@
 """Minimal GPTQ (Frantar et al., ICLR 2023) for the small-model quality campaign.
 
-``measurement/apply.py`` raises ``Unsupported`` for gptq-int4 (no GPTQ solver or kernel in this stack),
+``measurement/precision.py`` raises ``Unsupported`` for gptq-int4 (no GPTQ solver or kernel in this stack),
 so this is the minimal version the campaign needs for a *quality* figure: the GPTQ solver (Hessian
 H = 2 X^T X / n from calibration inputs, 1% dampening, Cholesky of H^-1, column-by-column quantization
 with error feedback, blocks of 128, no act-order), quantizing every decoder ``nn.Linear`` to int4
-with one asymmetric scale/zero per group of 128 input columns (the same grid as apply.py's
+with one asymmetric scale/zero per group of 128 input columns (the same grid as awq.py's
 ``fake_quant_int4_g128`` / RTN), layer by layer, each layer calibrated on the outputs of the layers
 already quantized. The quantized weights are written back dequantized in 16 bit: the numerics of
 GPTQ int4 g128, not its kernels (rows say "simulated").
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from measurement import apply as A
+from measurement.method_base import Unsupported, decoder_layers
 
 
 def _qparams(w: torch.Tensor, bits: int = 4):
-    """Per-row asymmetric params for a [out, g] group (as apply.fake_quant_int4_g128)."""
+    """Per-row asymmetric params for a [out, g] group (as awq.fake_quant_int4_g128)."""
     levels = 2 ** bits - 1
     mx, mn = w.amax(-1, keepdim=True), w.amin(-1, keepdim=True)
     scale = (mx - mn).clamp(min=1e-8) / levels
@@ -75,9 +75,9 @@ def apply_gptq_int4(model, calib_batches, *, group_size: int = 128, damp: float 
     """Quantize-dequantize every decoder Linear with GPTQ int4 g128, layer by layer (in place)."""
     batches = [b["input_ids"] if isinstance(b, dict) else b for b in (calib_batches or [])]
     if not batches:
-        raise A.Unsupported("gptq-int4 needs calibration batches")
+        raise Unsupported("gptq-int4 needs calibration batches")
     dev = next(model.parameters()).device
-    layers = A.decoder_layers(model)
+    layers = decoder_layers(model)
     n_tok = 0
     for li, layer in enumerate(layers):
         lins = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}

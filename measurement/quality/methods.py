@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import re
 
-from measurement import apply as A
+from measurement.kv_cache import make_kv_cache
+from measurement.method_base import Unsupported, notes_of
+from measurement.precision import apply_precision
+from measurement.sparsity import apply_sparsity
 
 # Row names that are not apply.py method ids: (apply.py precision, use calibration, simulate)
 PRECISION_ALIASES = {
@@ -36,24 +39,24 @@ def apply_methods(model, spec: dict, calib) -> tuple[object, list[str]]:
             # a quantizer reads dense weights: keep the masked weights dense, then quantize them
             kw["semi_structured"] = False
             notes.append("2:4 mask kept in dense storage so the quantizer can read it")
-        model = A.apply_sparsity(model, s, calib_batches=batches, **kw)
+        model = apply_sparsity(model, s, calib_batches=batches, **kw)
     if p == "gptq-int4":
         try:
-            model = A.apply_precision(model, p, calib_batches=batches)
-        except A.Unsupported as e:
+            model = apply_precision(model, p, calib_batches=batches)
+        except Unsupported as e:
             from .gptq import apply_gptq_int4
 
             notes.append(f"apply.py: {str(e)[:120]}")
             model = apply_gptq_int4(model, batches)
     elif p != "bf16":
         real, with_calib, sim = PRECISION_ALIASES.get(p, (p, True, False))
-        model = A.apply_precision(model, real, calib_batches=batches if with_calib else None,
-                                  **({"simulate": True} if sim else {}))
+        model = apply_precision(model, real, calib_batches=batches if with_calib else None,
+                                **({"simulate": True} if sim else {}))
         if real != p:
             notes.append(f"{p}: apply_precision('{real}'"
                          + (", calibration" if with_calib else ", no calibration: round-to-nearest")
                          + (", simulate=True)" if sim else ")"))
-    notes.extend(A.notes_of(model))
+    notes.extend(notes_of(model))
     return model, notes
 
 
@@ -70,11 +73,11 @@ def cache_factory(spec: dict, model) -> tuple[object, list[str]]:
         old = state["cache"]
         if old is not None and hasattr(old, "detach"):
             old.detach()
-        cache, notes = A.make_kv_cache(kv, model.config, budget=budget, model=model, **kw)
+        cache, notes = make_kv_cache(kv, model.config, budget=budget, model=model, **kw)
         state["cache"], state["notes"] = cache, notes
         return cache
 
-    _, notes = A.make_kv_cache(kv, model.config, budget=budget, **kw)
+    _, notes = make_kv_cache(kv, model.config, budget=budget, **kw)
     notes = re.sub(r"; no model attached.*$", "; real post-rope queries of the last prompt window (hooks)", notes)
     if kw:
         notes += f"; residual {kw['residual']}"
@@ -83,7 +86,7 @@ def cache_factory(spec: dict, model) -> tuple[object, list[str]]:
 
 def classify_error(e: BaseException) -> tuple[str, str]:
     msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
-    if isinstance(e, A.Unsupported):
+    if isinstance(e, Unsupported):
         return "unsupported", str(e)[:400]
     try:
         import torch

@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from measurement import harness as H
+from measurement.backends import FUSED_MODES
 from measurement.build import build_random
 from measurement.decode_graph import GraphDecoder, compile_layer
+from measurement.runner import Runner
+from measurement.store import RunConfig
 from measurement.testing import tiny_config
 
 
@@ -93,12 +95,12 @@ def test_regional_compile_is_shared_by_layers():
 def test_harness_regional_rows(tmp_path, mode):
     rc = dict(model="tiny", backend="compiled", batch=2, prompt_len=16, gen_len=4, trials=2,
               compile_mode=mode)
-    cfgs = [H.RunConfig(**rc), H.RunConfig(**{**rc, "kv": "streamingllm", "kv_budget": 8}),
-            H.RunConfig(**{**rc, "sparsity": "drop-1"})]
-    rows = H.Runner(tmp_path, device="cpu", config_override=tiny_config()).run(cfgs)
+    cfgs = [RunConfig(**rc), RunConfig(**{**rc, "kv": "streamingllm", "kv_budget": 8}),
+            RunConfig(**{**rc, "sparsity": "drop-1"})]
+    rows = Runner(tmp_path, device="cpu", config_override=tiny_config()).run(cfgs)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"], [r.get("reason") for r in rows]
     assert all(r["compile_mode"] == mode and r["decode_ms_per_token"] > 0 for r in rows)
-    merged = mode in H.FUSED_MODES
+    merged = mode in FUSED_MODES
     assert all(("weights merged" in (r["method_notes"] or "")) == merged for r in rows)
 
 

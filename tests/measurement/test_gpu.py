@@ -7,8 +7,9 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # pragma: no cover
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from measurement import apply as A  # noqa: E402
-from measurement import harness as H  # noqa: E402
+from measurement.precision import apply_precision  # noqa: E402
+from measurement.runner import Runner  # noqa: E402
+from measurement.store import RunConfig  # noqa: E402
 from measurement.testing import tiny_config  # noqa: E402
 
 
@@ -19,18 +20,18 @@ def _cfg():
 def _rc(**kw):
     d = dict(model="tiny", batch=2, prompt_len=64, gen_len=8, trials=2)
     d.update(kw)
-    return H.RunConfig(**d)
+    return RunConfig(**d)
 
 
 @pytest.mark.parametrize("p", ["bf16", "fp8", "int8-wo", "bnb-int8", "bnb-nf4", "awq-int4"])
 def test_precision_eager_on_gpu(tmp_path, p):
-    rows = H.Runner(tmp_path, device="cuda", config_override=_cfg(), measure_peaks=False).run(
+    rows = Runner(tmp_path, device="cuda", config_override=_cfg(), measure_peaks=False).run(
         [_rc(precision=p, backend="eager")])
     assert rows[0]["status"] in ("ok", "unsupported"), rows[0].get("reason")
 
 
 def test_compiled_static_cache_and_reset(tmp_path):
-    rows = H.Runner(tmp_path, device="cuda", config_override=_cfg()).run(
+    rows = Runner(tmp_path, device="cuda", config_override=_cfg()).run(
         [_rc(backend="compiled", batch=1, prompt_len=512), _rc(backend="compiled", batch=4, prompt_len=128),
          _rc(backend="compiled", kv="snapkv", kv_budget=32, batch=2, prompt_len=128)])
     assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("reason") for r in rows]
@@ -38,7 +39,7 @@ def test_compiled_static_cache_and_reset(tmp_path):
 
 
 def test_2_4_semi_structured(tmp_path):
-    rows = H.Runner(tmp_path, device="cuda", config_override=_cfg(), measure_peaks=False).run(
+    rows = Runner(tmp_path, device="cuda", config_override=_cfg(), measure_peaks=False).run(
         [_rc(sparsity="2:4-magnitude", backend="eager", batch=16)])
     assert rows[0]["status"] in ("ok", "unsupported"), rows[0].get("reason")
 
@@ -49,7 +50,7 @@ def test_awq_int4_real_kernel_close():
     m = build_random(_cfg(), device="cuda")
     ids = torch.randint(0, 512, (2, 64), device="cuda")
     ref = m(ids).logits.float()
-    A.apply_precision(m, "awq-int4", calib_batches=[ids])
+    apply_precision(m, "awq-int4", calib_batches=[ids])
     out = m(ids).logits.float()
     assert ((out - ref).norm() / ref.norm()).item() < 0.5
 

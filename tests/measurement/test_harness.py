@@ -4,18 +4,23 @@ import json
 import pytest
 import torch
 
-from measurement import harness as H
+from measurement import scenario
+from measurement.backends import EagerBackend
+from measurement.prepare import ModelContext
+from measurement.runner import Runner
+from measurement.scenario import Scenario, add_roofline, flags_for
+from measurement.store import RowStore, RunConfig
 from measurement.testing import tiny_config
 
 
 def _rc(**kw):
     d = dict(model="tiny", backend="eager", batch=2, prompt_len=32, gen_len=4, trials=2, compile_mode="none")
     d.update(kw)
-    return H.RunConfig(**d)
+    return RunConfig(**d)
 
 
 def _runner(out, **kw):
-    return H.Runner(out, device="cpu", config_override=tiny_config(), **kw)
+    return Runner(out, device="cpu", config_override=tiny_config(), **kw)
 
 
 def test_measure_and_store(tmp_path):
@@ -52,7 +57,7 @@ def test_methods_rows(tmp_path):
 def test_resume_after_interruption(tmp_path):
     cfgs = [_rc(batch=b) for b in (1, 2, 3)]
     calls = {"n": 0}
-    orig = H.Scenario.run
+    orig = Scenario.run
 
     def flaky(self, ctx, backend):
         calls["n"] += 1
@@ -60,13 +65,13 @@ def test_resume_after_interruption(tmp_path):
             raise KeyboardInterrupt  # the process dies in the middle of the second config
         return orig(self, ctx, backend)
 
-    H.Scenario.run = flaky
+    Scenario.run = flaky
     try:
         with pytest.raises(KeyboardInterrupt):
             _runner(tmp_path).run(cfgs)
     finally:
-        H.Scenario.run = orig
-    store = H.RowStore(tmp_path)
+        Scenario.run = orig
+    store = RowStore(tmp_path)
     assert len(store.rows()) == 1
     finished = store.rows()[0]["batch"]
     # a torn last line (hard kill while writing) is ignored
@@ -84,7 +89,7 @@ def test_oom_is_a_row(tmp_path, monkeypatch):
     def boom(self, ctx, rc, state):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(H.EagerBackend, "decode", boom)
+    monkeypatch.setattr(EagerBackend, "decode", boom)
     rows = _runner(tmp_path).run([_rc(batch=64), _rc(batch=1, backend="compiled")])
     by = {r["backend"]: r for r in rows}
     assert by["eager"]["status"] == "does_not_fit" and "out of memory" in by["eager"]["reason"]
@@ -95,7 +100,7 @@ def test_error_row_and_retry_once(tmp_path, monkeypatch):
     def bad(self, ctx, rc, state):
         raise RuntimeError("weird")
 
-    monkeypatch.setattr(H.EagerBackend, "decode", bad)
+    monkeypatch.setattr(EagerBackend, "decode", bad)
     r = _runner(tmp_path).run([_rc()])
     assert r[0]["status"] == "error"
     r = _runner(tmp_path).run([_rc()])
@@ -113,13 +118,13 @@ def test_deadline_stops_new_configs(tmp_path):
 def test_roofline_fraction_and_flags():
     peaks = {"copy_bw_gbps": 1000.0, "matmul_tflops_bf16": 100.0}
     cfg = tiny_config()
-    ctx = H.ModelContext(None, cfg, "random", 1e6, 1e6, 1e5, torch.device("cpu"))
+    ctx = ModelContext(None, cfg, "random", 1e6, 1e6, 1e5, torch.device("cpu"))
     row = {"decode_ms_per_token": 0.5, "prefill_ms": 1.0}
-    H.add_roofline(row, ctx, _rc(), peaks)
+    add_roofline(row, ctx, _rc(), peaks)
     assert 0 < row["decode_roofline_frac"] < 1 and row["roofline_decode_bound"] == "memory"
     row2 = {"decode_ms_per_token": 1e-6, "prefill_ms": 1.0, "decode_spread_pct": 5.0}
-    H.add_roofline(row2, ctx, _rc(), peaks)
-    flags = H.flags_for(row2)
+    add_roofline(row2, ctx, _rc(), peaks)
+    flags = flags_for(row2)
     assert "BUG_decode_roofline_frac_gt_1" in flags and "decode_spread_gt_3pct" in flags
 
 
@@ -160,7 +165,7 @@ def test_cache_tensors_made_as_on_cuda(tmp_path, monkeypatch):
             self.keys, self.values = self.keys.clone(), self.values.clone()
 
     monkeypatch.setattr(StaticLayer, "lazy_initialization", lazy)
-    monkeypatch.setattr(H, "PREFILL_REPEAT_TOKENS", 40)
+    monkeypatch.setattr(scenario, "PREFILL_REPEAT_TOKENS", 40)
     cfgs = [_rc(backend="compiled", batch=1, prompt_len=16), _rc(backend="compiled", batch=2, prompt_len=32),
             _rc(backend="compiled", kv="snapkv", kv_budget=8, batch=2, prompt_len=32),
             _rc(backend="eager", batch=2, prompt_len=32)]
@@ -171,7 +176,7 @@ def test_cache_tensors_made_as_on_cuda(tmp_path, monkeypatch):
 def test_slow_prefill_is_timed_once(tmp_path, monkeypatch):
     """A first prefill slower than SLOW_PREFILL_S is not repeated per trial where the backend can restart
     decode from its KV; a cache that cannot restart (a quantized one, eager) still repeats it."""
-    monkeypatch.setattr(H, "SLOW_PREFILL_S", 0.0)
+    monkeypatch.setattr(scenario, "SLOW_PREFILL_S", 0.0)
     cfgs = [_rc(backend="compiled", batch=1, prompt_len=16, trials=3, compile_mode="regional-eager"),
             _rc(backend="eager", kv="kv-int8", batch=1, prompt_len=16, trials=3)]
     rows = _runner(tmp_path).run(cfgs)

@@ -79,15 +79,15 @@ def test_decode_protocol_matches_full_forward(tiny_model):
 def test_eviction_cache_that_keeps_everything_is_exact(tiny_model):
     import torch
 
-    from measurement import apply as A
+    from measurement.kv_cache import make_kv_cache
     from measurement.quality.evaluate import ppl_decode
 
     torch.manual_seed(1)
     ids = torch.randint(0, tiny_model.config.vocab_size, (2 * 32,))
     full = ppl_decode(tiny_model, ids, lambda b: None, seq_len=32, prefix=20)
-    big = ppl_decode(tiny_model, ids, lambda b: A.make_kv_cache("streamingllm", tiny_model.config, budget=64)[0],
+    big = ppl_decode(tiny_model, ids, lambda b: make_kv_cache("streamingllm", tiny_model.config, budget=64)[0],
                      seq_len=32, prefix=20)
-    small = ppl_decode(tiny_model, ids, lambda b: A.make_kv_cache("streamingllm", tiny_model.config, budget=8)[0],
+    small = ppl_decode(tiny_model, ids, lambda b: make_kv_cache("streamingllm", tiny_model.config, budget=8)[0],
                        seq_len=32, prefix=20)
     assert big["ppl"] == pytest.approx(full["ppl"], rel=1e-5)
     assert small["ppl"] != pytest.approx(full["ppl"], rel=1e-6)
@@ -142,7 +142,7 @@ def test_campaign_train_eval_resume(tmp_path, capsys):
     with open(out / "small_model_quality.csv") as fh:
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == len(rows)
-    from measurement.quality.campaign import COLUMNS
+    from measurement.quality.rows import COLUMNS
 
     assert list(csv_rows[0].keys()) == COLUMNS
     meta = json.loads((out / "small_model_quality.meta.json").read_text())
@@ -177,7 +177,7 @@ def test_deadline_stops_new_work(tmp_path):
 
 def test_gptq_beats_rtn_on_its_calibration_data():
     torch = pytest.importorskip("torch")
-    from measurement.apply import fake_quant_int4_g128
+    from measurement.awq import fake_quant_int4_g128
     from measurement.quality.gptq import gptq_quantize_weight
 
     g = torch.Generator().manual_seed(0)
@@ -213,14 +213,14 @@ def test_gptq_on_tiny_model(tiny_model):
 
 def test_kept_dataset_and_model_are_consistent():
     """The committed rows, sidecar and weights: schema, provenance, and the model reproduces its baseline."""
-    from measurement.quality import campaign
     from measurement.quality import model as M
+    from measurement.quality.rows import COLUMNS, CSV_NAME, META_NAME, ROWS_NAME
 
     d = M.DATA_DIR
     assert M.WEIGHTS_PATH.stat().st_size <= 16 * 2**20  # comes back from $OUT; travels with device calls
-    with open(d / campaign.CSV_NAME) as fh:
+    with open(d / CSV_NAME) as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and list(rows[0].keys()) == campaign.COLUMNS
+    assert rows and list(rows[0].keys()) == COLUMNS
     assert {r["status"] for r in rows} <= {"ok", "unsupported", "error"}
     for r in rows:
         assert r["model"] == M.MODEL_ID and r["weights"] == f"trained here: measurement/data/quality/{M.WEIGHTS_NAME}"
@@ -229,7 +229,7 @@ def test_kept_dataset_and_model_are_consistent():
             v, b = float(r["value"]), float(r["baseline"])
             assert float(r["delta_rel"]) == pytest.approx(v / b - 1, abs=1e-9)
             assert int(r["n_tokens"]) > 10_000 and int(r["seq_len"]) == 512 and int(r["stride"]) == 512
-    meta = json.loads((d / campaign.META_NAME).read_text())
+    meta = json.loads((d / META_NAME).read_text())
     assert meta["model"] == M.MODEL_ID and "ppl_decode" in meta["protocols"]
     assert meta["training"]["params"] == 7_344_384
     pytest.importorskip("torch")
@@ -239,7 +239,7 @@ def test_kept_dataset_and_model_are_consistent():
     from measurement.quality import corpus as C
     from measurement.quality.evaluate import ppl
 
-    base = next(json.loads(x) for x in (d / campaign.ROWS_NAME).read_text().splitlines()
+    base = next(json.loads(x) for x in (d / ROWS_NAME).read_text().splitlines()
                 if '"precision": "bf16", "sparsity": "dense", "kv": "kv-fp16"' in x and '"metric": "ppl"' in x)
     m = M.load_model(dtype=torch.float32)
     assert M.n_params(m) == 7_344_384

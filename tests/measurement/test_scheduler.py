@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from measurement.harness import RunConfig
+from measurement.store import RunConfig
 from measurement.scheduler import LockedStore, fake_rows, pending, run_local, run_ray, shares
 
 
@@ -138,7 +138,7 @@ def test_workers_die_with_their_parent(tmp_path):
     import sys
     import time
     code = ("import subprocess, sys, time\n"
-            "from measurement.harness import die_with_parent\n"
+            "from measurement.launch import die_with_parent\n"
             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=die_with_parent)\n"
             "print(p.pid, flush=True)\n"
             "time.sleep(60)\n")
