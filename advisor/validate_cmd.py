@@ -169,7 +169,8 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
     from profiles import UnknownProfileError, load
 
     from measurement.engine_rows import load_engine_rows
-    from models.engine_fit import ENGINES_FITTED, design, validate_engine
+    from models.engine_fit import ENGINES_FITTED, design
+    from models.engine_validate import validate_engine
     try:
         eid = load().resolve("engine", engine).id
     except UnknownProfileError as e:

@@ -5,8 +5,8 @@ residuals are ``log(predicted / reported)`` of every row plus a Gaussian prior o
 (``engine_speed.PARAM_PRIORS``), so a kernel with few rows stays near physically plausible values.
 Intervals are split-conformal: the 90% quantile of leave-one-source-out |log residuals| per metric group
 (decode, prefill, throughput), widened when a query uses a kernel, or a kernel on an architecture, that no
-row of the engine covers. Validation (:func:`validate_engine`) holds out whole sources and computes each
-held-out source's interval from the other sources only (nested), so its coverage is honest.
+row of the engine covers. Validation (:func:`models.engine_validate.validate_engine`) holds out whole
+sources and computes each held-out source's interval from the other sources only (nested).
 """
 from __future__ import annotations
 
@@ -311,54 +311,6 @@ def widen_factor(domain: dict, kernel: str, arch: str) -> tuple[float, list[str]
     if arch not in domain[kernel]:
         return WIDEN["kernel_arch"], [f"{kernel} never benchmarked on {arch}"]
     return 1.0, []
-
-
-# --------------------------------------------------------------------------------------- validation
-def _score(pred, lo, hi, y, groups) -> dict:
-    out = {}
-    for g in ("decode", "prefill", "throughput", "all"):
-        m = np.isfinite(pred) & ((groups == g) if g != "all" else True)
-        if not m.any():
-            continue
-        ape = np.abs(pred[m] - y[m]) / y[m]
-        cover = (lo[m] <= y[m]) & (y[m] <= hi[m])
-        out[g] = {"n": int(m.sum()), "mape": float(ape.mean()), "median_ape": float(np.median(ape)),
-                  "coverage90": float(cover.mean())}
-    return out
-
-
-def validate_engine(d: Design, nested: bool = True, by: str = "source", score=None) -> dict:
-    """Leave-one-group-out (``by`` source or model): every row predicted by a fit without its group; its 90%
-    interval from the other groups' own held-out residuals (nested), widened by the fold's domain.
-    ``score``: a mask of the rows to hold out and score (all rows still train the other folds)."""
-    groups = _groups(d)
-    pred, lo, hi = (np.full(len(d), np.nan) for _ in range(3))
-    key = _group(d, by)
-    score = np.ones(len(d), bool) if score is None else np.asarray(score, bool)
-    sources = sorted(set(key[score]))
-    for s in sources:
-        te = (key == s) & score
-        if (key == s).all():
-            continue
-        tr = d.take(key != s)
-        pr = fit_params(tr)
-        p = predict_design(pr, d.take(te))
-        inner = loso_log_residuals(tr, INNER_FOLDS, by) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
-        q = conformal_q(inner, _groups(tr))
-        dom = domain_of(tr)
-        qq = np.array([q.get(g, q["all"]) * widen_factor(dom, k, a)[0]
-                       for g, k, a in zip(groups[te], d.kernel[te], d.arch[te])])
-        pred[te], lo[te], hi[te] = p, p * np.exp(-qq), p * np.exp(qq)
-    res = {"rows": int(len(d)), "sources": len(set(d.source)), "held_out_groups": len(sources), "by": by,
-           "skipped": d.skipped}
-    for kind in ("published", "measured"):
-        m = d.kind == kind
-        if m.any():
-            res[kind] = _score(pred[m], lo[m], hi[m], d.y[m], groups[m])
-    res["all"] = _score(pred, lo, hi, d.y, groups)
-    res["pairs"] = {"pred": pred.tolist(), "true": d.y.tolist(), "metric": d.metric.tolist(),
-                    "source": d.source.tolist(), "gpu": d.gpu.tolist(), "kind": d.kind.tolist()}
-    return res
 
 
 # --------------------------------------------------------------------------------------- ship / load

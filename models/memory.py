@@ -18,7 +18,7 @@ GB = 1e9
 # rows by ``advisor fit``; carried with a wide interval.
 RUNTIME_OVERHEAD_GB = 0.6
 # Tokens per prefill forward (batch x chunk), both backends, as the harness measures them
-# (measurement/harness.py PREFILL_CHUNK_TOKENS; vLLM's chunked-prefill budget is of the same order).
+# (measurement/backends.py PREFILL_CHUNK_TOKENS; vLLM's chunked-prefill budget is of the same order).
 # Prompt-selection KV policies (SnapKV, PyramidKV) score the whole prompt, so their prefill is one
 # forward of every prompt token. A plain transformers generate() call also prefills in one forward:
 # it needs more workspace than predicted here for long prompts at large batch.

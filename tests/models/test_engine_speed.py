@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from models import engine_fit as ef
+from models import engine_validate as ev
 from models import engine_speed as es
 from models.candidate import Candidate
 from profiles import load
@@ -49,7 +50,7 @@ def test_fit_recovers_efficiencies_from_synthetic_rows(cat):
         assert abs(es.row_params(fit, "cublas-16", gid)["e_bw"] - 0.82) < 0.05
     pred = ef.predict_design(fit, d)
     assert np.median(np.abs(pred / d.y - 1)) < 0.03
-    res = ef.validate_engine(d, nested=False)
+    res = ev.validate_engine(d, nested=False)
     assert res["all"]["all"]["n"] == n
 
 
