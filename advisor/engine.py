@@ -6,6 +6,8 @@ Flow: (1) hardware support, (2) memory fit at the asked context and batch, (3) q
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from profiles import Catalog, load
@@ -346,7 +348,7 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
                    f"{req.num_gpus + 1}, a shorter --context, or a GPU with more memory"
                    + (f" ({', '.join(g.id for g in bigger)})" if bigger else ""))
     mem_q = [e for e in ev if e.rejected_by == "memory" and (req.max_quality_loss is None or (
-        e.prediction.quality_loss is not None and e.prediction.quality_loss.value <= req.max_quality_loss))]
+        backs_a_bound(e.prediction.quality_loss) and e.prediction.quality_loss.value <= req.max_quality_loss))]
     if mem_q:
         e = min(mem_q, key=lambda e: e.prediction.memory.per_gpu_gb.value)
         p = e.prediction
@@ -362,12 +364,22 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
                    f"bandwidth roofline, {p.memory.weights_gb:.1f} GB read per token, caps it at {roof:.1f})")
     q_ok = [e for e in fits if e.rejected_by != "quality"]
     if fits and not q_ok and req.max_quality_loss is not None:
-        known = [e for e in fits if e.prediction.quality_loss is not None]
+        # only a figure that may pass a bound can be relaxed to; one known only from the small model
+        # trained here (or not at all) needs --allow-unknown-quality whatever the bound
+        known = [e for e in fits if backs_a_bound(e.prediction.quality_loss)]
         if known:
             e = min(known, key=lambda e: e.prediction.quality_loss.value)
             out.append(f"quality: the least lossy candidate that fits ({e.candidate.label}) loses "
                        f"{e.prediction.quality_loss.value * 100:.2f}%: --max-ppl-delta "
                        f"{e.prediction.quality_loss.value * 100 + 0.01:.2f}% would admit it")
+        unknown = [e for e in fits if not backs_a_bound(e.prediction.quality_loss)
+                   and (not known or e.prediction.speed.per_seq_tok_s.value
+                        > max(k.prediction.speed.per_seq_tok_s.value for k in known))]
+        if unknown:
+            e = min(unknown, key=lambda e: (e.prediction.quality_loss.value if e.prediction.quality_loss else math.inf,
+                                            -e.prediction.speed.per_seq_tok_s.value))
+            out.append(f"quality: {e.candidate.label} fits and is faster, but no published figure backs its quality "
+                       "(--allow-unknown-quality admits it, with a warning)")
     s_block = [e for e in ev if e.rejected_by == "speed"]
     if s_block:
         e = max(s_block, key=lambda e: e.prediction.speed.per_seq_tok_s.value)

@@ -81,3 +81,20 @@ def test_launch_lines_use_only_the_engines_option_names(engine, gpu, prec, kv, n
     if "--quantization" in toks:
         assert toks[toks.index("--quantization") + 1] in eng.get("quantization_values")
     assert "(" not in d["command"] and all(isinstance(x, str) for x in d["requires"])
+
+
+def test_following_the_quality_relaxation_admits_a_candidate():
+    """The advice 'quality: ... --max-ppl-delta X% would admit it' must hold when followed: it names only a
+    candidate whose figure may pass a bound (not one known only from the small model trained here)."""
+    import re
+
+    from advisor.engine import Request, recommend
+    from profiles import load
+    cat = load()
+    rec = recommend(Request(gpu="h100-sxm", model="llama3.1-70b", max_quality_loss=0.02), cat)
+    assert rec.best is None
+    advice = [r for r in rec.relaxations if "--max-ppl-delta" in r]
+    assert advice
+    bound = float(re.search(r"--max-ppl-delta ([0-9.]+)%", advice[0]).group(1)) / 100
+    again = recommend(Request(gpu="h100-sxm", model="llama3.1-70b", max_quality_loss=bound), cat)
+    assert again.best is not None and again.best.prediction.quality_loss.value <= bound
