@@ -94,6 +94,10 @@ PLANS = {
     "kq_b": (_model_steps("llama3.2-3b", ["F16", "Q6_K", "IQ4_XS", "Q5_K_M", "Q4_K_M", "Q8_0", "Q4_0"],
                           ["Q8_0", "Q6_K"], [], reps=3)
              + [("llama2-13b", q, [dict(LB_FULL, reps=3)]) for q in ("Q6_K", "IQ4_XS", "Q5_K_M")]),
+    # what kq_a's first call left (its build starved the quantizer: Q6_K of the 7B took 337 s beside it)
+    "kq_c": [("mistral-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]), ("qwen2.5-7b", "Q6_K", [dict(LB_FULL, reps=3)]),
+             ("mistral-7b", "Q5_K_M", [dict(LB_FULL, reps=3)]), ("qwen2.5-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
+             ("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])])],
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
