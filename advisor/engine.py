@@ -15,7 +15,8 @@ from profiles import Catalog, load
 from models.candidate import Candidate, Scenario
 from models.facade import predict
 from models.predict import Prediction
-from models.quality import QualityModel, backs_a_bound
+from models.quality import backs_a_bound
+from models.quality_served import served as served_quality
 from models.support import engine_block, enumerate_candidates
 
 OBJECTIVES = ("throughput", "latency", "energy", "cost")
@@ -178,7 +179,7 @@ def recommend(req: Request, cat: Catalog | None = None, speed_model=None) -> Rec
     sc = Scenario(batch=req.batch, prompt_len=req.context - req.gen_len, gen_len=req.gen_len,
                   backend=req.backend, num_gpus=req.num_gpus)
     pins = resolve_pins(cat, req)
-    quality = QualityModel.from_catalog(cat)
+    quality = served_quality(cat)
     evaluated, hw_rejected = [], []
     for eid in engines:
         eng = cat.engines[eid]

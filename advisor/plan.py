@@ -18,7 +18,8 @@ from models.candidate import Candidate, Scenario
 from models.energy import idle_w as models_idle_w
 from models.predict import energy_of
 from models.facade import predict
-from models.quality import QualityModel, backs_a_bound
+from models.quality import backs_a_bound
+from models.quality_served import served as served_quality
 from models.serving import serving_latency
 from models.support import engine_block
 
@@ -122,7 +123,7 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
     context = req.prompt_len + req.gen_len
     if context > llm.max_position_embeddings:
         raise RequestError(f"prompt + generation ({context}) exceeds {llm.id}'s context ({llm.max_position_embeddings})")
-    quality = QualityModel.from_catalog(cat)
+    quality = served_quality(cat)
     engines = resolve_engines(cat, req.engine)
     pins = resolve_pins(cat, req)
     out = []

@@ -10,6 +10,7 @@ from .candidate import Candidate, Scenario
 from .estimate import Estimate
 from .memory import MemoryBreakdown, predict_memory
 from .quality import ComponentLoss, QualityModel
+from .quality_served import served as served_quality
 from .speed import SpeedPrediction, predict_speed
 
 
@@ -77,7 +78,7 @@ def assemble(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, me
         usd = Estimate(k / per_tok_s.value, k / per_tok_s.high, k / per_tok_s.low, "USD/Mtok", "analytical",
                        f"{price} USD/h ({gpu.raw['cloud_price'].get('provider')}, {gpu.raw['cloud_price'].get('date') or 'undated page'}) "
                        "/ predicted decode throughput")
-    q = quality or QualityModel.from_catalog(cat)
+    q = quality or served_quality(cat)
     allq = q.predict_all(llm, cand, context=sc.prompt_len + sc.gen_len)
     loss, parts, missing = allq["ppl_delta"]
     lat = spd.prefill_ms.scale(1e-3, "s")

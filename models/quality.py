@@ -103,13 +103,7 @@ class QualityModel:
     def component(self, llm: LLM, comp: tuple, budget: int | None = None, kind: str = PPL,
                   context: int | None = None) -> ComponentLoss | None:
         """The component's loss of quantity ``kind``, monotone by construction (:meth:`_envelope`)."""
-        if comp[0] == "precision" and comp[1] in BASE_PRECISIONS or comp[0] == "kv" and comp[1] in BASE_KV \
-                or comp == ("sparsity", "dense"):
-            return ComponentLoss(comp, 0.0, 0.0, 0.0, "reference", "-", ("16-bit dense reference",))
-        if comp[0] == "kv" and comp[1] in EVICTION and budget and context is not None and context <= budget:
-            return ComponentLoss(comp, 0.0, 0.0, 0.0, "within-budget", "-",
-                                 (f"eviction keeps every token while the context ({context}) fits the budget ({budget})",))
-        return self._envelope(llm, comp, budget, kind)
+        return fixed_component(comp, budget, context) or self._envelope(llm, comp, budget, kind)
 
     def _envelope(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
         """Monotone by construction. Along model size: the figures of the family's models are pooled into
@@ -292,6 +286,18 @@ class QualityModel:
     def predict_all(self, llm: LLM, cand: Candidate, context: int | None = None) -> dict:
         """Every quantity: kind -> (Estimate | None, parts, missing)."""
         return {k: self.predict(llm, cand, k, context) for k in KINDS}
+
+
+def fixed_component(comp: tuple, budget: int | None, context: int | None) -> ComponentLoss | None:
+    """The losses no table decides: a 16-bit dense reference part, and an eviction policy whose budget
+    holds the whole context (it keeps every token)."""
+    if comp[0] == "precision" and comp[1] in BASE_PRECISIONS or comp[0] == "kv" and comp[1] in BASE_KV \
+            or comp == ("sparsity", "dense"):
+        return ComponentLoss(comp, 0.0, 0.0, 0.0, "reference", "-", ("16-bit dense reference",))
+    if comp[0] == "kv" and comp[1] in EVICTION and budget and context is not None and context <= budget:
+        return ComponentLoss(comp, 0.0, 0.0, 0.0, "within-budget", "-",
+                             (f"eviction keeps every token while the context ({context}) fits the budget ({budget})",))
+    return None
 
 
 def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:

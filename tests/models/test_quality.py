@@ -141,3 +141,21 @@ def test_a_method_known_only_from_the_small_model_never_passes_a_bound(cat):
     assert est is not None and not backs_a_bound(est)
     est, _, _ = q.predict(cat.llm("llama3.1-8b"), Candidate("fp8"))
     assert backs_a_bound(est)
+
+
+def test_served_quality_answers_as_the_full_model_and_from_its_table(cat, tmp_path, monkeypatch):
+    """recommend's quality model keeps its answers on disk: the same figures as the full model, and a new
+    process answers from the table without parsing the rows or refitting (issue 13's warm start)."""
+    from models.quality_served import ServedQuality
+    monkeypatch.setenv("ADVISOR_CACHE_DIR", str(tmp_path))
+    full = QualityModel.from_catalog(cat)
+    first = ServedQuality(cat)
+    asks = [(m, c, k) for m in ("llama3.1-8b", "qwen2.5-7b") for c in (("precision", "fp8"), ("precision", "awq-int4"),
+                                                                       ("kv", "kv-fp8"), ("precision", "bnb-nf4"))
+            for k in ("ppl_delta", "accuracy_drop")]
+    want = [full.component(cat.llm(m), c, None, k) for m, c, k in asks]
+    assert [first.component(cat.llm(m), c, None, k) for m, c, k in asks] == want
+    first.flush()
+    second = ServedQuality(cat)
+    assert [second.component(cat.llm(m), c, None, k) for m, c, k in asks] == want
+    assert second._model is None  # nothing was parsed or fitted
