@@ -75,3 +75,15 @@ def test_bitsandbytes_pays_for_its_dequantized_copy_beyond_one_row(cat):
     q16 = es.query(cat, g, llm, Candidate("fp16"), eng)
     assert a["W"] + a["DQB"] > es.arrays(q16)["W"]
     assert es.arrays(q16)["DQB"] == 0.0
+
+
+def test_intervals_follow_the_kind_of_evidence():
+    """A query on a GPU this project measured gets the measured rows' quantile; elsewhere the published
+    rows' (which are wider: many builds, many hosts)."""
+    rng = np.random.default_rng(0)
+    groups = np.array(["decode"] * 60)
+    kinds = np.array(["measured"] * 30 + ["published"] * 30)
+    res = np.concatenate([rng.normal(0, 0.05, 30), rng.normal(0, 0.5, 30)])
+    q = ef.conformal_q(res, groups, kinds)
+    assert ef.q_for(q, "decode", "measured") < q["decode"] < ef.q_for(q, "decode", "published")
+    assert ef.q_for(ef.conformal_q(res, groups), "decode", "measured") == q["decode"]  # no kinds: pooled
