@@ -31,6 +31,10 @@ def main() -> None:
     med = statistics.median(times)
     print(f"advisor recommend cold start: median {med:.3f} s, min {min(times):.3f}, max {max(times):.3f} "
           f"over {args.runs} runs ({'json' if args.json else 'table'} output)")
+    import os
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("note: PYTHONDONTWRITEBYTECODE is set, so every run compiled the project's modules from source "
+              "(an installed package has its bytecode); `env -u PYTHONDONTWRITEBYTECODE` times what users get")
 
 
 if __name__ == "__main__":
