@@ -32,8 +32,9 @@ from profiles import Catalog, LLM
 
 from .candidate import Candidate
 from .estimate import Estimate
+from .quality_fit import pool_by_size
 from .quality_rows import (ABS_FLOOR, ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
-    LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row,
+    LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row, width_floor,
     _base_model, _component, _family_of, _half_unit, _size_of, metric_kind, row_loss, rows_from_published,
     rows_from_small_model)
 
@@ -200,7 +201,7 @@ class QualityModel:
             fitted = self._fitted(llm, comp, budget, rows)
             if fitted:
                 return fitted
-        floor = ABS_FLOOR if kind == PPL else 0.2
+        floor = width_floor(kind)
         for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
                            ("measured-small", [r for r in self.measured if r.component == comp and r.kind == kind])):
             if not pool:
@@ -223,11 +224,12 @@ class QualityModel:
                 los.append((r.lo if r.lo is not None else r.loss) * f)
                 his.append((r.hi if r.hi is not None else r.loss) * f)
             loss = _median(losses) * factor
-            width = self.widths.get(rule, REL_WIDTH[rule]) * (2.0 if below_all else 1.0)
+            calibrated = self.widths.get(f"{kind}/{rule}", self.widths.get(rule))
+            width = (calibrated if calibrated is not None else REL_WIDTH[rule]) * (2.0 if below_all else 1.0)
             # how far this rule's answers fell from held-out papers' figures (calibrate_widths), around the
             # figures as printed (rounding) and the spread of the rows
             half = max(max(abs(loss), floor) * width, (max(losses) - min(losses)) / 2)
-            if rule == "exact" and not below_all and rule not in self.widths:
+            if rule == "exact" and not below_all and calibrated is None:
                 half = 0.0
             low, high = min(loss - half, min(los)), max(loss + half, max(his))
             # never a gain: a method or a policy does not improve on the 16-bit dense model
@@ -300,35 +302,6 @@ def fixed_component(comp: tuple, budget: int | None, context: int | None) -> Com
     return None
 
 
-def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:
-    """Weighted least-squares fit of ``losses`` that never grows with ``sizes`` (pool-adjacent-violators;
-    models of one size are pooled together): the monotone figures closest to the evidence, each figure
-    weighted by ``weights`` (1 / half-width squared of its interval)."""
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    blocks: list[list] = []  # [size, weighted sum, weight, members]
-    for i in order:
-        if blocks and blocks[-1][0] == sizes[i]:
-            b = blocks[-1]
-            b[1] += losses[i] * weights[i]
-            b[2] += weights[i]
-            b[3].append(i)
-        else:
-            blocks.append([sizes[i], losses[i] * weights[i], weights[i], [i]])
-    out: list[list] = []
-    for b in blocks:
-        out.append(list(b))
-        while len(out) > 1 and out[-2][1] / out[-2][2] < out[-1][1] / out[-1][2] - 1e-15:
-            last = out.pop()
-            out[-1][1] += last[1]
-            out[-1][2] += last[2]
-            out[-1][3] += last[3]
-    fitted = [0.0] * len(sizes)
-    for b in out:
-        for i in b[3]:
-            fitted[i] = b[1] / b[2]
-    return fitted
-
-
 def paper_of(r: Row) -> str:
     return r.cite.split(",")[0]
 
@@ -363,15 +336,18 @@ def held_out_lookups(published: list[Row], key, make_model, kind: str | None = N
 
 def calibrate_widths(published: list[Row], measured: list[Row], prefers: dict, coverage: float = 0.9,
                      min_rows: int = 10) -> dict:
-    """Relative half-width per lookup rule: the ``coverage`` quantile of |held-out - predicted| /
-    max(|predicted|, floor) with each paper left out in turn (the regression rule keeps its own interval)."""
+    """Relative half-width per lookup rule, and per quantity and rule (``"kind/rule"``) where that has
+    ``min_rows``: the ``coverage`` quantile of |held-out - predicted| / max(|predicted|, floor) with each
+    paper left out in turn (the regression rule keeps its own interval). A perplexity ratio and a score
+    drop in points err differently, so one pooled width would over-cover one and under-cover the other."""
     res: dict[str, list[float]] = {}
     for r, c in held_out_lookups(published, paper_of, lambda train: QualityModel(train, measured, prefers,
                                                                                  learn=False)):
         if c.rule not in WIDTH_RULES:
             continue
-        floor = 0.01 if r.kind == PPL else 1.0
-        res.setdefault(c.rule, []).append(abs(max(r.loss, 0.0) - c.loss) / max(abs(c.loss), floor))
+        e = abs(max(r.loss, 0.0) - c.loss) / max(abs(c.loss), width_floor(r.kind))
+        res.setdefault(c.rule, []).append(e)
+        res.setdefault(f"{r.kind}/{c.rule}", []).append(e)
     out = {}
     for rule, v in res.items():
         if len(v) >= min_rows:
@@ -382,7 +358,8 @@ def calibrate_widths(published: list[Row], measured: list[Row], prefers: dict, c
 
 def _widths_cached(published: list[Row], measured: list[Row], prefers: dict) -> dict:
     from profiles import cache
-    key = cache.digest(repr([(r.model, r.component, r.budget, r.metric, r.loss, r.cite, r.kind) for r in published]),
+    key = cache.digest("widths v2: per kind", repr([(r.model, r.component, r.budget, r.metric, r.loss, r.cite, r.kind)
+                                                    for r in published]),
                        repr(sorted(prefers.items())), repr([(r.model, r.component, r.loss) for r in measured]))
     hit = cache.get("quality-widths", key)
     if hit is not None:

@@ -64,6 +64,14 @@ SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
 REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "measured-small": 2.0}
 ABS_FLOOR = 0.002
+# Below these a loss is within what published tables resolve (rounding, run-to-run noise): interval
+# half-widths are relative to max(|loss|, floor), the same floor where they are calibrated and applied.
+WIDTH_FLOOR = {"ppl_delta": 0.01, "score": 1.0}
+
+
+def width_floor(kind: str) -> float:
+    """The loss below which an interval's half-width stops shrinking (fraction for ppl_delta, points else)."""
+    return WIDTH_FLOOR.get(kind, WIDTH_FLOOR["score"])
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def test_rounding_makes_an_interval():
 def test_size_pooling_follows_the_better_evidence_and_stays_monotone():
     """A figure of one size with a wide (rounding) interval does not override narrow evidence at another
     size: the family's figures pool by weight into a fit that never grows with size."""
-    from models.quality import pool_by_size
+    from models.quality_fit import pool_by_size
     w = [1 / 0.005 ** 2, 1 / 0.035 ** 2]
     mean = (0.07 * w[0] + 0.14 * w[1]) / sum(w)
     assert pool_by_size([8, 70], [0.07, 0.14], w) == pytest.approx([mean] * 2) and mean < 0.075
