@@ -21,6 +21,7 @@ from models.facade import predict
 from models.quality import backs_a_bound
 from models.quality_served import served as served_quality
 from models.serving import serving_latency
+from models.speed import DEFAULT_LINK_GBPS
 from models.support import engine_block
 
 from .engine import RequestError, _pinned, resolve_engines, resolve_pins
@@ -202,7 +203,10 @@ def _size_replicas(gpu, cand, sc, req: PlanRequest, price, loss, spd, one, label
     watts = gpus * (idle_w + (busy_w - idle_w) * util)
     kwh = watts * HOURS_PER_MONTH / 1000
     ic = gpu.interconnect
-    link = f"{ic.get('kind', '?')} {ic.get('gpu_to_gpu_gbps', '?')} GB/s" if sc.num_gpus > 1 else "-"
+    gbps = ic.get("gpu_to_gpu_gbps")
+    link = (f"{ic.get('kind') or '?'} {gbps} GB/s" if gbps else
+            f"{ic.get('kind') or '?'} (not in the catalog: {DEFAULT_LINK_GBPS:g} GB/s a direction assumed)") \
+        if sc.num_gpus > 1 else "-"
     jpt = busy_w * sc.num_gpus * tau0 / sc.batch
     return PlanOption(gpu.id, cand.label, sc.batch, sc.num_gpus, r, gpus,
                       gpus * price * HOURS_PER_MONTH if price else None, kwh,

@@ -110,3 +110,11 @@ def test_compare_refuses_an_absurd_batch_at_once():
     for b in ("1e23", "100000", "0"):
         r = CliRunner().invoke(main, ["compare", "--model", "llama3.1-8b", "--gpus", "l4", "--batch", b])
         assert r.exit_code == 2 and "--batch" in r.output
+
+
+def test_a_link_the_catalog_lacks_is_said_not_shown_as_none():
+    """The A10G profile has no GPU-to-GPU figure: a plan over several of them names the assumption."""
+    p = plan(PlanRequest("llama3.1-8b", qps=5, gpus=("a10g",)))[0].best
+    assert p is not None and "None" not in p.interconnect
+    if p.tp > 1:
+        assert "assumed" in p.interconnect
