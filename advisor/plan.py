@@ -49,6 +49,7 @@ class PlanRequest:
     max_quality_loss: float | None = 0.02
     grid_gco2_per_kwh: float | None = None
     backend: str = "compiled"
+    max_accuracy_drop: float | None = None  # points of a 0-100 task score (as recommend's bound)
     engine: str = "vllm"
     pin_precision: str | None = None
     pin_sparsity: str | None = None
@@ -63,6 +64,8 @@ class PlanRequest:
         for name, v, hi in (("--ttft-p95", self.ttft_p95_s, 3600.0), ("--tpot-p95", self.tpot_p95_s, 60.0)):
             if not (0 < v <= hi and math.isfinite(v)):
                 raise RequestError(f"{name} must be above 0 and at most {hi:g} s, got {v:g} s")
+        if self.max_accuracy_drop is not None and not (0 <= self.max_accuracy_drop <= 100):
+            raise RequestError(f"--max-accuracy-drop must be between 0 and 100 points, got {self.max_accuracy_drop:g}")
         if self.grid_gco2_per_kwh is not None and not (0 <= self.grid_gco2_per_kwh <= 5000):
             raise RequestError(f"--grid-gco2-per-kwh must be between 0 and 5000 g/kWh, got {self.grid_gco2_per_kwh:g}")
 
@@ -145,6 +148,13 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
                 gp.blocked.setdefault("quality", f"{cand.label}: " + (
                     f"loss {loss.value * 100:.2f}% > bound" if loss else "no quality data"))
                 continue
+            if req.max_accuracy_drop is not None:
+                acc = quality.predict(llm, cand, "accuracy_drop")[0]
+                if not backs_a_bound(acc) or acc.value > req.max_accuracy_drop:
+                    gp.blocked.setdefault("quality", f"{cand.label}: " + (
+                        f"accuracy drop {acc.value:.2f} points > {req.max_accuracy_drop:g}" if backs_a_bound(acc)
+                        else "no published accuracy-drop figure"))
+                    continue
             sm = speed_model if eng.runs_everything else None
             for tp in TP_DEGREES:
                 if engine_block(cat, eng, gpu, llm, cand, tp):
@@ -247,7 +257,7 @@ COMPARE_NUM_GPUS = (1, 2, 4, 8)
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
             cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None,
-            max_tpot_s: float | None = None) -> list[CompareRow]:
+            max_tpot_s: float | None = None, max_accuracy_drop: float | None = None) -> list[CompareRow]:
     """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``, halving) that fits and
     keeps each sequence's time per output token within ``max_tpot_s`` (seconds; the decode step, None =
     no bound), on the fewest GPUs (1, 2, 4, 8, tensor parallel) on which something does. A decode step
@@ -272,6 +282,7 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
                                         gen_len=gen_len, batch=b, objective="cost" if price else "throughput",
                                         engine=engine, num_gpus=n,
                                         min_tok_s=1.0 / max_tpot_s if max_tpot_s else None,
+                                        max_accuracy_drop=max_accuracy_drop,
                                         **{f"pin_{k}": v for k, v in (pins or {}).items()}),
                                 cat, speed_model)
                 if rec.best:

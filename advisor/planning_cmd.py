@@ -65,6 +65,12 @@ def _model_gpus_quality_context(gpus_default: str, gpus_help: str):
     return apply
 
 
+def _accuracy_option(f):
+    return click.option("--max-accuracy-drop", "max_accuracy_drop", default=None,
+                        help="Largest task-accuracy drop in points (MMLU, Open LLM average, zero-shot average), "
+                             "e.g. 1; a candidate with no published figure is refused.")(f)
+
+
 def _engine_pins_json(f):
     """--engine, the method pins (--precision, --sparsity, --kv) and --json, as plan and compare declare them."""
     for opt in reversed((
@@ -80,7 +86,7 @@ def _engine_pins_json(f):
 
 
 def register_planning(main: click.Group) -> None:
-    from .options import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction
+    from .options import EXIT_INFEASIBLE, _emit_json, _err, parse_fraction, parse_points
 
     @main.command()
     @click.option("--model", required=True)
@@ -95,9 +101,10 @@ def register_planning(main: click.Group) -> None:
     @click.option("--max-ppl-delta", default="2%", show_default=True)
     @click.option("--grid-gco2-per-kwh", type=Finite(0, 5000), default=None,
                   help="Grid carbon intensity (g CO2 / kWh) for the CO2 column; none shown without it.")
+    @_accuracy_option
     @_engine_pins_json
-    def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh, engine,
-             pin_precision, pin_sparsity, pin_kv, as_json):
+    def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh,
+             max_accuracy_drop, engine, pin_precision, pin_sparsity, pin_kv, as_json):
         """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
         from profiles import UnknownProfileError
 
@@ -109,7 +116,7 @@ def register_planning(main: click.Group) -> None:
         req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
                           parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
                           grid_gco2_per_kwh, engine=engine, pin_precision=pin_precision, pin_sparsity=pin_sparsity,
-                          pin_kv=pin_kv)
+                          pin_kv=pin_kv, max_accuracy_drop=parse_points(max_accuracy_drop, "--max-accuracy-drop"))
         try:
             plans = run(req, speed_model=sm)
         except (UnknownProfileError, RequestError) as e:
@@ -155,9 +162,10 @@ def register_planning(main: click.Group) -> None:
                   help="Time per output token each user may see: 50ms, 0.05s, a bare number of SECONDS, or none.")
     @click.option("--usd-per-kwh", type=Finite(0, 100), default=None,
                   help="Your electricity price, subtracted from rent savings in the payback.")
+    @_accuracy_option
     @_engine_pins_json
-    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, max_tpot, usd_per_kwh, engine, pin_precision,
-                pin_sparsity, pin_kv, as_json):
+    def compare(model, gpus, max_ppl_delta, context, gen_len, batch, max_tpot, usd_per_kwh, max_accuracy_drop, engine,
+                pin_precision, pin_sparsity, pin_kv, as_json):
         """Procurement: GPUs ranked by $ per million tokens at a quality bound, with payback."""
         from dataclasses import asdict
 
@@ -176,7 +184,7 @@ def register_planning(main: click.Group) -> None:
                        usd_per_kwh, sm, engine=engine, pins={k: v for k, v in (("precision", pin_precision),
                                                                                ("sparsity", pin_sparsity),
                                                                                ("kv", pin_kv)) if v},
-                       max_tpot_s=tpot)
+                       max_tpot_s=tpot, max_accuracy_drop=parse_points(max_accuracy_drop, "--max-accuracy-drop"))
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
         click.echo(f"note: {note}", err=True)

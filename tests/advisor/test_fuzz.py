@@ -114,6 +114,7 @@ def plan_args(draw):
             ("--ttft-p95", st.sampled_from(["1s", "500ms", "2", "0.5s"]), ["-1s", "0", "abc", "nanms", "1e308s"]),
             ("--tpot-p95", st.sampled_from(["50ms", "0.1s", "0.05"]), ["-5ms", "0ms", "x", "infms"]),
             ("--prompt-len", st.integers(1, 3800).map(str), BAD_NUMBERS),  # + gen 256 within 4k
+            ("--max-accuracy-drop", st.sampled_from(["1", "0.5", "none", "3pt"]), ["-1", "101", "nan", "x"]),
     ), required=('--model', '--qps'))
     if "--gpus" not in args:
         args += ["--gpus", "l4"]  # keep a run short
@@ -130,6 +131,7 @@ def compare_args(draw):
             ("--gpus", st.sampled_from(["l4", "h100-sxm,l4"]), ["l5", ""]),
             ("--batch", st.integers(1, 64).map(str), BAD_NUMBERS),
             ("--max-tpot", st.sampled_from(["50ms", "0.2s", "none", "0.03"]), ["-5ms", "0ms", "x", "infms", "1e9s"]),
+            ("--max-accuracy-drop", st.sampled_from(["1", "0.5", "none"]), ["-1", "101", "nan", "x"]),
             ("--usd-per-kwh", st.sampled_from(["0.1", "0.3"]), ["-1", "nan", "x"]),
     ), required=('--model',))
     if "--gpus" not in args:

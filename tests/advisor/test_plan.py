@@ -118,3 +118,22 @@ def test_a_link_the_catalog_lacks_is_said_not_shown_as_none():
     assert p is not None and "None" not in p.interconnect
     if p.tp > 1:
         assert "assumed" in p.interconnect
+
+
+def test_plan_and_compare_gate_the_accuracy_drop_too():
+    """--max-accuracy-drop bounds plan's and compare's candidates as it does recommend's (issue 11)."""
+    from models.candidate import Candidate
+    from models.quality_served import served
+    from profiles import load
+    cat = load()
+    q = served(cat)
+    for bound in (0.3, 5.0):
+        p = plan(PlanRequest("llama3.1-8b", qps=2, gpus=("l4",), max_accuracy_drop=bound))[0].best
+        assert p is not None
+        prec, sp, kv = p.candidate.split(" + ")
+        acc = q.predict(cat.llm("llama3.1-8b"), Candidate(prec, sp, kv), "accuracy_drop")[0]
+        assert acc is not None and acc.value <= bound
+    r = compare("llama3.1-8b", gpus=("l4",), batch=8, max_accuracy_drop=0.3)[0]
+    assert r.candidate is not None
+    with pytest.raises(RequestError):
+        plan(PlanRequest("llama3.1-8b", qps=2, gpus=("l4",), max_accuracy_drop=-1))
