@@ -89,8 +89,10 @@ def _validate_energy(by: str, as_json: bool) -> None:
 
     from profiles import load
 
-    from models.energy_fit import validate as energy_validate
-    res = energy_validate(load(), by)
+    from models.energy_fit import published_rows, validate as energy_validate
+    cat = load()
+    res = energy_validate(cat, by)
+    res["end_to_end_j_per_token"] = _end_to_end(published_rows(cat))
     if as_json:
         click.echo(_json.dumps(res, indent=2))
         return
@@ -106,6 +108,26 @@ def _validate_energy(by: str, as_json: bool) -> None:
     for g, sc in res["end_to_end_j_per_token"].items():
         click.echo(f"  {g:18s} n={sc['n']:4d}  MAPE {sc['mape'] * 100:5.1f}%  median APE {sc['median_ape'] * 100:5.1f}%  "
                    f"90% coverage {sc['coverage90'] * 100:5.1f}%")
+
+
+def _end_to_end(pub: list[dict]) -> dict:
+    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch and
+    GPUs; prompt 600 and 400 generated tokens, about the benchmark's averages) -> J/token, speed included."""
+    import advisor
+    from models.energy_fit import _scores
+    by = {}
+    for r in pub:
+        try:
+            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision="bf16", batch=int(r["batch"]),
+                                prompt_len=600, gen_len=400, num_gpus=r["n"])
+        except ValueError:
+            continue
+        if not p["supported"]:
+            continue
+        j = p["j_per_token"]
+        by.setdefault(r["gpu"], []).append((r["j_per_token"], j["value"], j["low"], j["high"]))
+    return {g: _scores([a for a, *_ in v], [b for _, b, _, _ in v], [lo for *_, lo, _ in v], [hi for *_, hi in v])
+            for g, v in sorted(by.items())}
 
 
 def _validate_quality(by: str, as_json: bool) -> None:

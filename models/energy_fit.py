@@ -215,33 +215,13 @@ def validate(cat, by: str = "source") -> dict:
     pub_by_gpu = {}
     for r, a, b in zip(pub, jy, jp, strict=True):
         pub_by_gpu.setdefault(r["gpu"], []).append((a, b))
-    e2e = _end_to_end(pub)
-    return {"held_out_by": by, "end_to_end_j_per_token": e2e, "measured": {"groups": per,
+    return {"held_out_by": by, "measured": {"groups": per,
                                             "all": _scores([a for a, _ in res], [b for _, b in res])},
             "published_j_per_token": {g: _scores([a for a, _ in v], [b for _, b in v],
                                                  [b * math.exp(-q_all) for _, b in v],
                                                  [b * math.exp(q_all) for _, b in v])
                                       for g, v in sorted(pub_by_gpu.items())},
             "params": full, "interval_factor": math.exp(q_all), "rows": len(rows), "published_rows": len(pub)}
-
-
-def _end_to_end(pub: list[dict]) -> dict:
-    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch and
-    GPUs; prompt 600 and 400 generated tokens, about the benchmark's averages) -> J/token, speed included."""
-    import advisor
-    by = {}
-    for r in pub:
-        try:
-            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision="bf16", batch=int(r["batch"]),
-                                prompt_len=600, gen_len=400, num_gpus=r["n"])
-        except ValueError:
-            continue
-        if not p["supported"]:
-            continue
-        j = p["j_per_token"]
-        by.setdefault(r["gpu"], []).append((r["j_per_token"], j["value"], j["low"], j["high"]))
-    return {g: _scores([a for a, *_ in v], [b for _, b, _, _ in v], [lo for *_, lo, _ in v], [hi for *_, hi in v])
-            for g, v in sorted(by.items())}
 
 
 def _conformal_q(rows, cat, key) -> float:
