@@ -153,6 +153,13 @@ def _validate_quality(by: str, as_json: bool) -> None:
                 continue
             click.echo(f"  {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
                        f"{sc['coverage90'] * 100:5.1f}%  ({', '.join(sc['rules'])})")
+    click.echo("catalog methods only (the ones recommend can answer; published tables also hold others):")
+    for kind, fams in res.items():
+        if kind in ("held_out_by", "as_served"):
+            continue
+        for f, sc in (fams.get("_catalog_methods") or {}).items():
+            click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
+                       f"{sc['coverage90'] * 100:5.1f}%")
     click.echo("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
                "chains, budgets)")
     for kind, fams in res["as_served"].items():

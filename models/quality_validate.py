@@ -65,6 +65,8 @@ def held_out(cat, by: str = "paper") -> dict:
                                 widths=calibrate_widths(train, measured, prefers))
         res = list(held_out_lookups(rows, key, make, kind))
         out[kind] = _scores(res, kind)
+        # the methods the product can recommend (published tables also hold e.g. round-to-nearest int4)
+        out[kind]["_catalog_methods"] = _scores([(r, c) for r, c in res if r.component[1] in cat.methods], kind)
         out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
         served[kind] = _scores(list(_served(cat, rows, key, make, kind)), kind)
     out["as_served"] = served
