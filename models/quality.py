@@ -247,7 +247,9 @@ class QualityModel:
         loss = max(float(m.predict([q])[0]), 0.0)
         k = math.exp(self.fitted_q90)
         n_pub = len(rows)
-        return ComponentLoss(comp, loss, loss / k, loss * k, "fitted", metric,
+        # multiplicative, but a loss within the tables' resolution (width_floor) may also be none at all
+        low = max(0.0, min(loss / k, loss - width_floor(PPL)))
+        return ComponentLoss(comp, loss, low, loss * k, "fitted", metric,
                              (f"perplexity regression over {len(self.published_ppl)} published + {len(self.measured)} "
                               f"measured perplexity rows ({n_pub} for this method; models/quality_fit.py)",))
 
