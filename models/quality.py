@@ -324,14 +324,20 @@ def _row_llm(r: Row):
                            raw={})
 
 
-def held_out_lookups(published: list[Row], key, make_model, kind: str | None = None):
-    """(row, lookup) for every published row (of ``kind``) that the rules answer, each from
-    ``make_model(training rows)`` built without the row's group (``key(row)``: its paper, its model)."""
+def lookup_of(q: "QualityModel", r: Row) -> ComponentLoss | None:
+    """What the lookup rules answer for a published row's own model, component, budget and quantity."""
+    return q._lookup(_row_llm(r), r.component, r.budget, r.kind)
+
+
+def held_out_lookups(published: list[Row], key, make_model, kind: str | None = None, ask=lookup_of):
+    """(row, answer) for every published row (of ``kind``) that ``ask(model, row)`` answers (not None; by
+    default :func:`lookup_of`), each from ``make_model(training rows)`` built without the row's group
+    (``key(row)``: its paper, its model)."""
     for g in sorted({key(r) for r in published if kind is None or r.kind == kind}):
         q = make_model([r for r in published if key(r) != g])
         for r in published:
             if key(r) == g and (kind is None or r.kind == kind):
-                c = q._lookup(_row_llm(r), r.component, r.budget, r.kind)
+                c = ask(q, r)
                 if c is not None:
                     yield r, c
 

@@ -6,14 +6,15 @@ perplexity size law, transfer). Scores per method family: mean absolute error in
 relative perplexity increase for ppl_delta, score points for the drops) and the share of rows inside the
 predicted 90% interval. These figures are for the lookup rules; the monotone envelope needs catalog
 models, so :func:`held_out` also scores, under ``as_served``, the rows of catalog models through the
-whole :meth:`QualityModel.component` (pooling by size, chains, budgets) as recommend answers them.
+whole :meth:`QualityModel.component` (pooling by size, chains, budgets) as recommend answers them, from the
+same model of each fold.
 """
 from __future__ import annotations
 
 import statistics
 
-from .quality import (KINDS, PPL, QualityModel, calibrate_widths, held_out_lookups, paper_of, rows_from_published,
-                      rows_from_small_model)
+from .quality import (KINDS, PPL, QualityModel, calibrate_widths, held_out_lookups, lookup_of, paper_of,
+                      rows_from_published, rows_from_small_model)
 
 FAMILY = {"awq-int4": "4-bit weight", "gptq-int4": "4-bit weight", "rtn-int4": "4-bit weight", "bnb-nf4": "4-bit weight",
           "int8-wo": "8-bit weight", "bnb-int8": "8-bit weight", "fp8": "8-bit weight", "w8a8": "8-bit weight",
@@ -40,18 +41,6 @@ def _scores(res: list, kind: str) -> dict:
                 "rules": sorted({c.rule for _, c in v})} for f, v in sorted(fams.items())}
 
 
-def _served(cat, rows, key, make_model, kind):
-    """(row, component) for the held-out rows of catalog models, through the whole component() rule."""
-    for g in sorted({key(r) for r in rows if r.kind == kind and r.model in cat.llms}):
-        q = make_model([r for r in rows if key(r) != g])
-        q.catalog = cat
-        for r in rows:
-            if key(r) == g and r.kind == kind and r.model in cat.llms:
-                c = q.component(cat.llm(r.model), r.component, r.budget, kind)
-                if c is not None:
-                    yield r, c
-
-
 def held_out(cat, by: str = "paper") -> dict:
     rows = rows_from_published(cat.quality_rows)
     measured = rows_from_small_model()
@@ -61,13 +50,21 @@ def held_out(cat, by: str = "paper") -> dict:
     for kind in KINDS:
         # widths calibrated on the training papers only (nested: the held-out group never sets them)
         def make(train, kind=kind):
-            return QualityModel(train, measured, prefers, learn=kind == PPL,
+            return QualityModel(train, measured, prefers, learn=kind == PPL, catalog=cat,
                                 widths=calibrate_widths(train, measured, prefers))
-        res = list(held_out_lookups(rows, key, make, kind))
+
+        def ask(q, r, kind=kind):
+            """The lookup, and for a catalog model the whole served rule too, from one model per fold."""
+            c = lookup_of(q, r)
+            if c is None:
+                return None
+            return c, (q.component(cat.llm(r.model), r.component, r.budget, kind) if r.model in cat.llms else None)
+        pairs = list(held_out_lookups(rows, key, make, kind, ask))
+        res = [(r, c) for r, (c, _) in pairs]
         out[kind] = _scores(res, kind)
         # the methods the product can recommend (published tables also hold e.g. round-to-nearest int4)
         out[kind]["_catalog_methods"] = _scores([(r, c) for r, c in res if r.component[1] in cat.methods], kind)
         out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
-        served[kind] = _scores(list(_served(cat, rows, key, make, kind)), kind)
+        served[kind] = _scores([(r, s) for r, (_, s) in pairs if s is not None], kind)
     out["as_served"] = served
     return out
