@@ -153,16 +153,16 @@ def _validate_quality(by: str, as_json: bool) -> None:
                 continue
             click.echo(f"  {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
                        f"{sc['coverage90'] * 100:5.1f}%  ({', '.join(sc['rules'])})")
-    click.echo("catalog methods only (the ones recommend can answer; published tables also hold others):")
-    for kind, fams in res.items():
-        if kind in ("held_out_by", "as_served"):
-            continue
-        for f, sc in (fams.get("_catalog_methods") or {}).items():
-            click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
-                       f"{sc['coverage90'] * 100:5.1f}%")
-    click.echo("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
-               "chains, budgets)")
-    for kind, fams in res["as_served"].items():
+    _echo_by_kind("catalog methods only (the ones recommend can answer; published tables also hold others):",
+                  {k: f.get("_catalog_methods") or {} for k, f in res.items() if k not in ("held_out_by", "as_served")})
+    _echo_by_kind("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
+                  "chains, budgets)", res["as_served"])
+
+
+def _echo_by_kind(title: str, by_kind: dict) -> None:
+    """One line per quantity and method family: n, MAE in points, 90% coverage."""
+    click.echo(title)
+    for kind, fams in by_kind.items():
         for f, sc in fams.items():
             click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points  90% coverage "
                        f"{sc['coverage90'] * 100:5.1f}%")
