@@ -69,10 +69,21 @@ def _options(draw, args, specs, required=()):
     return invalid
 
 
+def _invocation(draw, command, specs, required, gpus_default=None):
+    """[command, options...] with at most one invalid option (see _options), ``--gpus`` set to
+    ``gpus_default`` when not drawn (keeps a run short), and ``--json`` half of the time."""
+    args = [command]
+    invalid = _options(draw, args, specs, required)
+    if gpus_default and "--gpus" not in args:
+        args += ["--gpus", gpus_default]
+    if draw(st.booleans()):
+        args.append("--json")
+    return args, invalid
+
+
 @st.composite
 def recommend_args(draw):
-    args = ["recommend"]
-    invalid = _options(draw, args, (
+    return _invocation(draw, "recommend", (
             ("--gpu", st.sampled_from(GPUS), BAD_IDS),
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--max-ppl-delta", st.sampled_from(["2%", "0.02", "2", "none", "0.5%", "100%"]),
@@ -81,16 +92,12 @@ def recommend_args(draw):
             ("--batch", st.integers(1, 256).map(str), BAD_NUMBERS),
             ("--engine", st.sampled_from(ENGINES), ["vllm2", "", "TRT"]),
             ("--num-gpus", st.sampled_from(["1", "2", "4", "8"]), BAD_NUMBERS),
-    ), required=('--gpu', '--model'))
-    if draw(st.booleans()):
-        args.append("--json")
-    return args, invalid
+    ), ('--gpu', '--model'))
 
 
 @st.composite
 def predict_args(draw):
-    args = ["predict"]
-    invalid = _options(draw, args, (
+    return _invocation(draw, "predict", (
             ("--gpu", st.sampled_from(GPUS), BAD_IDS),
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--engine", st.sampled_from(ENGINES[:-1]), ["auto2", "x"]),
@@ -98,16 +105,12 @@ def predict_args(draw):
             ("--batch", st.integers(1, 512).map(str), BAD_NUMBERS),
             ("--prompt-len", st.integers(1, 32000).map(str), BAD_NUMBERS),
             ("--gen-len", st.integers(1, 4096).map(str), BAD_NUMBERS),
-    ), required=('--gpu', '--model'))
-    if draw(st.booleans()):
-        args.append("--json")
-    return args, invalid
+    ), ('--gpu', '--model'))
 
 
 @st.composite
 def plan_args(draw):
-    args = ["plan"]
-    invalid = _options(draw, args, (
+    return _invocation(draw, "plan", (
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--qps", st.sampled_from(["0.5", "1", "10", "100"]), ["-1", "0", "nan", "inf", "1e308", "x"]),
             ("--gpus", st.sampled_from(["l4", "h100-sxm", "l4,a100-80g-sxm"]), ["l5", "h100-sxm,zzz"]),
@@ -115,30 +118,19 @@ def plan_args(draw):
             ("--tpot-p95", st.sampled_from(["50ms", "0.1s", "0.05"]), ["-5ms", "0ms", "x", "infms"]),
             ("--prompt-len", st.integers(1, 3800).map(str), BAD_NUMBERS),  # + gen 256 within 4k
             ("--max-accuracy-drop", st.sampled_from(["1", "0.5", "none", "3pt"]), ["-1", "101", "nan", "x"]),
-    ), required=('--model', '--qps'))
-    if "--gpus" not in args:
-        args += ["--gpus", "l4"]  # keep a run short
-    if draw(st.booleans()):
-        args.append("--json")
-    return args, invalid
+    ), ('--model', '--qps'), gpus_default="l4")
 
 
 @st.composite
 def compare_args(draw):
-    args = ["compare"]
-    invalid = _options(draw, args, (
+    return _invocation(draw, "compare", (
             ("--model", st.sampled_from(MODELS), BAD_IDS),
             ("--gpus", st.sampled_from(["l4", "h100-sxm,l4"]), ["l5", ""]),
             ("--batch", st.integers(1, 64).map(str), BAD_NUMBERS),
             ("--max-tpot", st.sampled_from(["50ms", "0.2s", "none", "0.03"]), ["-5ms", "0ms", "x", "infms", "1e9s"]),
             ("--max-accuracy-drop", st.sampled_from(["1", "0.5", "none"]), ["-1", "101", "nan", "x"]),
             ("--usd-per-kwh", st.sampled_from(["0.1", "0.3"]), ["-1", "nan", "x"]),
-    ), required=('--model',))
-    if "--gpus" not in args:
-        args += ["--gpus", "l4"]
-    if draw(st.booleans()):
-        args.append("--json")
-    return args, invalid
+    ), ('--model',), gpus_default="l4")
 
 
 @SETTINGS
