@@ -309,6 +309,16 @@ def conformal_q(res: np.ndarray, groups: np.ndarray, kinds: np.ndarray | None = 
 MIN_KIND_ROWS = 20
 
 
+def measured_gpus(d: Design) -> list[str]:
+    """GPUs this project measured the engine on (their queries get the measured rows' interval)."""
+    return sorted(set(d.gpu[d.kind == "measured"]))
+
+
+def evidence_kind(gpu: str, measured: list[str] | set[str]) -> str:
+    """'measured' for a GPU with measured rows, else 'published': which quantile of :func:`q_for` applies."""
+    return "measured" if gpu in measured else "published"
+
+
 def q_for(q: dict, group: str, kind: str) -> float:
     """The interval quantile for a row or query of ``kind`` (measured here, or published) and metric group."""
     qq = q.get(kind, q)
@@ -349,7 +359,7 @@ def fit_all(df, cat: Catalog | None = None, engines=ENGINES_FITTED) -> dict:
         doc["engines"][e] = {"params": params, "q90": conformal_q(res, _groups(d), d.kind), "domain": domain_of(d),
                              "rows": int(len(d)), "sources": sorted(set(d.source)), "snapshot": snap,
                              "skipped": d.skipped, "gpus": sorted(set(d.gpu)),
-                             "measured_gpus": sorted(set(d.gpu[d.kind == "measured"]))}
+                             "measured_gpus": measured_gpus(d)}
     return doc
 
 

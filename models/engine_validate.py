@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine_fit import (INNER_FOLDS, Design, _group, _groups, conformal_q, domain_of, fit_params,
-                         loso_log_residuals, predict_design, q_for, widen_factor)
+                         evidence_kind, loso_log_residuals, measured_gpus, predict_design, q_for, widen_factor)
 
 
 def _score(pred, lo, hi, y, groups) -> dict:
@@ -45,8 +45,8 @@ def validate_engine(d: Design, nested: bool = True, by: str = "source", score=No
         dom = domain_of(tr)
         # a row's interval is the one its kind of evidence earns: measured when the training folds hold
         # measured rows of its GPU (as the product decides for a query), else published
-        mg = set(tr.gpu[tr.kind == "measured"])
-        qq = np.array([q_for(q, g, "measured" if gpu in mg else "published") * widen_factor(dom, k, a)[0]
+        mg = set(measured_gpus(tr))
+        qq = np.array([q_for(q, g, evidence_kind(gpu, mg)) * widen_factor(dom, k, a)[0]
                        for g, k, a, gpu in zip(groups[te], d.kernel[te], d.arch[te], d.gpu[te])])
         pred[te], lo[te], hi[te] = p, p * np.exp(-qq), p * np.exp(qq)
     res = {"rows": int(len(d)), "sources": len(set(d.source)), "held_out_groups": len(sources), "by": by,

@@ -15,7 +15,7 @@ from profiles.engines import arch_of
 
 from . import engine_speed as es
 from .candidate import Candidate, Scenario
-from .engine_fit import load_params, q_for, widen_factor
+from .engine_fit import evidence_kind, load_params, q_for, widen_factor
 from .estimate import Estimate
 from .memory import MemoryBreakdown
 from .predict import Prediction, assemble, energy_of, predict as predict_harness
@@ -58,7 +58,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     arch = arch_of(gpu.cc)
     if doc:
         w, why = widen_factor(doc["domain"], q.kernel, arch)
-        kind = "measured" if gpu.id in doc.get("measured_gpus", []) else "published"
+        kind = evidence_kind(gpu.id, doc.get("measured_gpus", []))
         qd, qp = q_for(doc["q90"], "decode", kind) * w, q_for(doc["q90"], "prefill", kind) * w
         notes += [f"{eng.id}: {x}" for x in why]
         if gpu.id not in doc.get("gpus", []):
