@@ -38,8 +38,8 @@ METHOD_LITERAL_CEILING = {
 def _method_literals() -> dict[str, int]:
     import re
 
-    import yaml
-    ids = [m["id"] for m in yaml.safe_load((ROOT / "profiles/data/methods.yaml").read_text())["methods"]]
+    from profiles import load
+    ids = list(load().methods)
     pat = re.compile(r"""["'](%s)["']""" % "|".join(re.escape(i) for i in sorted(ids, key=len, reverse=True)))
     out = {}
     for pkg in PACKAGES:
