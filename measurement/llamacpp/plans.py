@@ -69,6 +69,14 @@ PLANS = {
     "kq_c": [("mistral-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]), ("qwen2.5-7b", "Q6_K", [dict(LB_FULL, reps=3)]),
              ("mistral-7b", "Q5_K_M", [dict(LB_FULL, reps=3)]), ("qwen2.5-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
              ("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])])],
+    # batched K/IQ types on more than one model (until now Q6_K batches existed for the 3B only, so leaving the
+    # 3B out left none), then what kq_c left; the 1B first since its quantizations take seconds
+    "kq_d": ([("llama3.2-1b", q, [dict(BB)]) for q in ("Q6_K", "Q5_K_M", "IQ4_XS", "Q4_0", "Q8_0")]
+             + [("qwen2.5-7b", "Q6_K", [dict(LB_FULL, reps=3), dict(BB, npl=[1, 4, 16, 64])]),
+                ("mistral-7b", "Q5_K_M", [dict(LB_FULL, reps=3), dict(BB, npl=[1, 4, 16, 64])]),
+                ("qwen2.5-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
+                ("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])]),
+                ("qwen2.5-7b", "Q5_K_M", [dict(LB_FULL, reps=3)])]),
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
