@@ -81,6 +81,9 @@ PLANS = {
     "kq_e": [("mistral-7b", "Q5_K_M", [dict(BB, npl=[1, 4, 16, 64])]), ("qwen2.5-7b", "IQ4_XS", [dict(LB_FULL, reps=3)]),
              ("mistral-7b", "Q8_0", [dict(BB, npl=[1, 4, 16, 64])]), ("qwen2.5-7b", "Q5_K_M", [dict(LB_FULL, reps=3)]),
              ("mistral-7b", "IQ4_XS", [dict(BB, npl=[1, 4, 16, 64])])],
+    # a third call on the warm machine: batched K/IQ types on the 8B
+    "kq_f": [("llama3.1-8b", "Q6_K", [dict(BB, npl=[1, 4, 16, 64])]), ("llama3.1-8b", "Q5_K_M", [dict(BB, npl=[1, 4, 16, 64])]),
+             ("mistral-7b", "IQ4_XS", [dict(BB, npl=[1, 4, 16, 64])])],
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),
