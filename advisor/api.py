@@ -14,7 +14,7 @@ import math
 
 from profiles import UnknownProfileError, load
 
-from models.candidate import Candidate, Scenario
+from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict as _predict, ttft_ms
 from models.support import engine_block
 
@@ -78,9 +78,10 @@ def _positive_int(name: str, v, lo: int = 1, hi: int = 10_000_000) -> int:
     return int(v)
 
 
-def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str = "bf16", sparsity: str = "dense",
-            kv: str = "kv-fp16", batch: int = 1, prompt_len: int = 512, gen_len: int = 128, num_gpus: int = 1,
-            kv_budget: int | None = None, backend: str = "compiled", split: str | None = None) -> dict:
+def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str = DEFAULT_PRECISION,
+            sparsity: str = DEFAULT_SPARSITY, kv: str = DEFAULT_KV, batch: int = 1, prompt_len: int = 512,
+            gen_len: int = 128, num_gpus: int = 1, kv_budget: int | None = None, backend: str = "compiled",
+            split: str | None = None) -> dict:
     """Predict one pinned configuration. See the module docstring for the shape of the result."""
     cat = _cat()
     mid, gid, eid = _resolve("model", model), _resolve("gpu", gpu), _resolve("engine", engine)

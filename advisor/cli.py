@@ -9,6 +9,9 @@ import sys
 import click
 
 from profiles import SchemaError, UnknownProfileError
+from profiles.dtypes import BF16, FP8
+
+from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY
 
 from .options import (EXIT_BAD_INPUT, EXIT_INFEASIBLE, Finite, _emit_json, _err,  # noqa: F401 - re-exported
                       parse_fraction, parse_points)
@@ -92,9 +95,10 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
 @click.option("--gpu", required=True, help="GPU id or alias.")
 @click.option("--model", required=True, help="Model id, alias or Hugging Face id.")
 @click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
-@click.option("--precision", default="bf16", show_default=True, help="Weight method id (advisor profiles list methods).")
-@click.option("--sparsity", default="dense", show_default=True)
-@click.option("--kv", default="kv-fp16", show_default=True, help="KV-cache method id.")
+@click.option("--precision", default=DEFAULT_PRECISION, show_default=True,
+              help="Weight method id (advisor profiles list methods).")
+@click.option("--sparsity", default=DEFAULT_SPARSITY, show_default=True)
+@click.option("--kv", default=DEFAULT_KV, show_default=True, help="KV-cache method id.")
 @click.option("--kv-budget", type=click.IntRange(1, 1 << 20), default=None, help="Tokens kept per sequence (eviction policies).")
 @click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--prompt-len", type=click.IntRange(1, 1 << 20), default=512, show_default=True, help="Prompt tokens.")
@@ -156,7 +160,7 @@ def profiles_list(kind, as_json):
     cat = load()
     if kind == "gpus":
         rows = [{"id": g.id, "name": g.name, "memory_gb": g.memory_gb, "mem_bw_gbps": g.mem_bw_gbps,
-                 "bf16_tflops": g.peak_tflops("bf16"), "fp8_tflops": g.peak_tflops("fp8"), "tdp_w": g.tdp_w,
+                 "bf16_tflops": g.peak_tflops(BF16), "fp8_tflops": g.peak_tflops(FP8), "tdp_w": g.tdp_w,
                  "cc": g.compute_capability, "usd_per_hour": g.cloud_usd_per_hour} for g in cat.gpus.values()]
     elif kind == "models":
         rows = [{"id": m.id, "hf_id": m.hf_id, "family": m.family, "params_b": m.published_params_b,

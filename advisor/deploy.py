@@ -7,6 +7,7 @@ file) is returned separately in ``requires``, never inside the command.
 from __future__ import annotations
 
 from profiles import GPU, LLM, Catalog
+from profiles.dtypes import BF16
 from profiles.engines import arch_of
 
 from models.candidate import Candidate
@@ -19,7 +20,7 @@ def launch(cat: Catalog, engine: str, gpu: GPU, llm: LLM, cand: Candidate, conte
     arch = arch_of(gpu.cc) if gpu.cc else ""
     requires: list[str] = []
     if eng.runs_everything:
-        return {"engine": eng.label, "command": transformers_snippet(cat, llm, cand, bool(gpu.peak_tflops("bf16"))),
+        return {"engine": eng.label, "command": transformers_snippet(cat, llm, cand, bool(gpu.peak_tflops(BF16))),
                 "requires": requires}
     m = eng.method_entry(cand.precision)
     if m.get("requires"):
@@ -29,12 +30,10 @@ def launch(cat: Catalog, engine: str, gpu: GPU, llm: LLM, cand: Candidate, conte
                         "(ShortGPT block influence) and num_hidden_layers set to match")
     dtype = ""
     flag = eng.flag(cand.precision, arch)
-    if engine in ("vllm", "sglang"):
-        d16 = "bfloat16" if gpu.peak_tflops("bf16") else "float16"
-        dtype = f"--dtype {d16}" if cand.precision in ("bf16", "fp16") else ""
-        if cand.precision in ("bf16", "fp16"):
-            flag = None
-            dtype = "--dtype float16" if cand.precision == "fp16" or d16 == "float16" else "--dtype bfloat16"
+    torch_dtype = cat.methods[cand.precision].get("torch_dtype")  # unquantized 16-bit weights: --dtype, no flag
+    if engine in ("vllm", "sglang") and torch_dtype:
+        flag = None
+        dtype = f"--dtype {torch_dtype if gpu.peak_tflops(BF16) else 'float16'}"
     model = llm.hf_id
     ctx_total = context * batch
     if engine == "llama.cpp":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from profiles import Catalog, load
 
-from models.candidate import Candidate, Scenario
+from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict
 from models.predict import Prediction
 from models.quality import backs_a_bound
@@ -280,7 +280,9 @@ TIE_TOLERANCE = 0.05  # objective values this close count as a tie (far inside a
 
 
 def _complexity(c: Candidate) -> int:
-    return (c.precision not in ("fp16", "bf16")) + (c.sparsity != "dense") + (c.kv != "kv-fp16")
+    """Methods on top of the plain model: quantized weights (no torch_dtype), pruning, a non-default KV cache."""
+    quantized = not load().methods[c.precision].get("torch_dtype")
+    return quantized + (c.sparsity != DEFAULT_SPARSITY) + (c.kv != DEFAULT_KV)
 
 
 def _prefer_simple(feasible: list[Evaluated], objective: str) -> None:

@@ -29,7 +29,6 @@ from .engine import RequestError, _pinned, resolve_engines, resolve_pins
 HOURS_PER_MONTH = 730.0  # 8760 / 12
 CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TP_DEGREES = (1, 2, 4, 8)
-PLAN_KV = ("kv-fp16", "kv-fp8")
 MAX_REPLICAS = 100_000
 
 
@@ -108,9 +107,12 @@ def _resolve_gpus(cat: Catalog, names) -> list[str]:
 
 def _plan_candidates(cat: Catalog, engine: str) -> list[Candidate]:
     eng = cat.engines[engine]
+    # the harness engine runs every KV policy; a capacity plan for it uses those the default serving engine offers
+    serving = cat.engines[cat.default_engine]
     kvs = [k for k in cat.methods if cat.methods[k].kind == "kv" and not cat.methods[k].get("budgets")
-           and (eng.runs_everything and k in PLAN_KV or not eng.runs_everything and eng.kv_entry(k) is not None)]
-    return [Candidate(p.id, "dense", kv) for p in cat.methods_of("precision") for kv in kvs]
+           and (eng.runs_everything and serving.kv_entry(k) is not None
+                or not eng.runs_everything and eng.kv_entry(k) is not None)]
+    return [Candidate(p.id, kv=kv) for p in cat.methods_of("precision") for kv in kvs]
 
 
 def _speed_mem(cat, gpu, llm, cand, sc, speed_model, engine, quality):

@@ -6,6 +6,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY
 from models.estimate import Estimate
 
 from .engine import Recommendation
@@ -111,12 +112,12 @@ def _explain_named(rec: Recommendation, console: Console) -> None:
     seen = set()
     for e in rec.evaluated:
         c = e.candidate
-        if c.sparsity != "dense" or c.kv != "kv-fp16" or c.precision in seen or e is rec.best:
+        if c.sparsity != DEFAULT_SPARSITY or c.kv != DEFAULT_KV or c.precision in seen or e is rec.best:
             continue
         seen.add(c.precision)
         why = e.reason if e.rejected_by else e.lost_because
         console.print(f"[dim]  {c.precision}: {'rejected (' + e.rejected_by + '): ' if e.rejected_by else ''}{why}[/]")
     for c, r in rec.hardware_rejected:
-        if c.sparsity == "dense" and c.kv == "kv-fp16" and c.precision not in seen:
+        if c.sparsity == DEFAULT_SPARSITY and c.kv == DEFAULT_KV and c.precision not in seen:
             seen.add(c.precision)
             console.print(f"[dim]  {c.precision}: rejected (hardware): {r}[/]")

@@ -6,6 +6,7 @@ import html
 import math
 
 from profiles import Catalog, load
+from profiles.dtypes import dtype16
 
 from models.candidate import Candidate, Scenario
 from models.roofline import decode_step, peak_flops, prefill_step
@@ -120,10 +121,13 @@ def pareto_svg(rec) -> str:
 
 def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
     gpu, llm = cat.gpus[gpu_id], cat.llm(model)
-    peak = peak_flops(gpu, "bf16" if gpu.peak_tflops("bf16") else "fp16")
+    peak = peak_flops(gpu, dtype16(gpu))
     bw = gpu.mem_bw_gbps * 1e9
     pts = []
-    for prec in ("bf16" if gpu.peak_tflops("bf16") else "fp16", "awq-int4"):
+    # the unquantized precision in the GPU's 16-bit type, and one 4-bit weight-only method
+    d16 = dtype16(gpu)
+    plain = next(m.id for m in cat.methods_of("precision") if m.get("torch_dtype") and m.get("matmul_dtype") == d16)
+    for prec in (plain, "awq-int4"):
         for b in (1, 8, 64):
             cand, sc = Candidate(prec), Scenario(b, 1024, 128)
             for phase, step in (("decode", decode_step(cat, llm, cand, sc)), ("prefill", prefill_step(cat, llm, cand, sc))):

@@ -114,12 +114,13 @@ def _end_to_end(pub: list[dict]) -> dict:
     """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch and
     GPUs; prompt 600 and 400 generated tokens, about the benchmark's averages) -> J/token, speed included."""
     import advisor
+    from models.candidate import DEFAULT_PRECISION  # unquantized bf16, as the benchmark served the models
     from models.energy_fit import _scores
     by = {}
     for r in pub:
         try:
-            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision="bf16", batch=int(r["batch"]),
-                                prompt_len=600, gen_len=400, num_gpus=r["n"])
+            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision=DEFAULT_PRECISION,
+                                batch=int(r["batch"]), prompt_len=600, gen_len=400, num_gpus=r["n"])
         except ValueError:
             continue
         if not p["supported"]:

@@ -4,11 +4,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def _catalog_ids() -> tuple[str, str, str, str]:
+    """The default precision, sparsity and KV method, and the layer-dropping method (the sparsity with
+    ``drop_fractions``), from profiles/data/methods.yaml."""
+    from profiles import load
+    cat = load()
+    drop = next(m.id for m in cat.methods_of("sparsity") if m.get("drop_fractions"))
+    return cat.default_method("precision"), cat.default_method("sparsity"), cat.default_method("kv"), drop
+
+
+DEFAULT_PRECISION, DEFAULT_SPARSITY, DEFAULT_KV, DROP_LAYERS = _catalog_ids()
+
+
 @dataclass(frozen=True)
 class Candidate:
     precision: str
-    sparsity: str = "dense"          # dense | 2:4-* | drop-N
-    kv: str = "kv-fp16"
+    sparsity: str = DEFAULT_SPARSITY  # the default (no pruning) | 2:4-* | drop-N
+    kv: str = DEFAULT_KV
     kv_budget: int | None = None     # tokens kept per sequence, eviction policies only
 
     @property
@@ -17,13 +29,13 @@ class Candidate:
 
     @property
     def sparsity_method(self) -> str:
-        return "drop-layers" if self.sparsity.startswith("drop-") else self.sparsity
+        return DROP_LAYERS if self.sparsity.startswith("drop-") else self.sparsity
 
     @property
     def short(self) -> str:
         """Compact label: the precision, then only the non-default parts."""
-        parts = [self.precision] + ([self.sparsity] if self.sparsity != "dense" else [])
-        if self.kv != "kv-fp16":
+        parts = [self.precision] + ([self.sparsity] if self.sparsity != DEFAULT_SPARSITY else [])
+        if self.kv != DEFAULT_KV:
             parts.append(f"{self.kv}@{self.kv_budget}" if self.kv_budget else self.kv)
         return "+".join(parts)
 

@@ -19,14 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from profiles import GPU, LLM, Catalog
+from profiles import GPU, LLM, Catalog, load
 
-from .candidate import Candidate, Scenario
+from .candidate import DEFAULT_SPARSITY, Candidate, Scenario
 from .estimate import Estimate
 from .memory import MemoryBreakdown
 
 TARGETS = ("decode_ms", "prefill_ms", "peak_mem_gb", "j_per_token")
-PRECISIONS = ("fp16", "bf16", "fp8", "bnb-int8", "int8-wo", "w8a8", "bnb-nf4", "awq-int4", "gptq-int4")
+
+
+def _harness_precisions() -> tuple[str, ...]:
+    """The precisions the measurement harness runs (the catalog's harness engine less its not_run), in catalog
+    order: one fitted feature each (fitted.json stores the feature list: a changed list asks for a refit, never
+    misreads)."""
+    cat = load()
+    harness = next(e for e in cat.engines.values() if e.runs_everything)
+    return tuple(m.id for m in cat.methods_of("precision") if m.id not in (harness.get("not_run") or []))
+
+
+PRECISIONS = _harness_precisions()
 FEATURES = ("log_batch", "log_prompt", "eager", "eager_log_batch", "eager_layers", "sparse24", "drop_frac",
             "kv_int", "kv_fp8", "evict", "log_params", "log_util", "hopper", "log_bw", "eager_sparse24",
             "eager_kv_int", "v_unfused", "v_nocompile", "v_cdt") + tuple(f"p_{p}" for p in PRECISIONS) + \
@@ -46,13 +57,14 @@ def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: flo
     """``compile_mode``: a measured row's compiled-backend variant (VARIANTS); None for a prediction."""
     eager = 1.0 if sc.backend == "eager" else 0.0
     layers = llm.num_hidden_layers - cand.dropped_layers
+    kv_dequant = load().methods[cand.kv].get("kv_dequant")  # int / float: a quantized cache (methods.yaml)
     row = {
         "log_batch": math.log(sc.batch), "log_prompt": math.log(max(sc.prompt_len, 1)), "eager": eager,
         "eager_log_batch": eager * math.log(sc.batch), "eager_layers": eager * layers / 32,
         "sparse24": 1.0 if cand.sparsity.startswith("2:4") else 0.0,
         "drop_frac": cand.dropped_layers / llm.num_hidden_layers,
-        "kv_int": 1.0 if cand.kv in ("kv-int8", "kv-int4", "kv-int2") else 0.0,
-        "kv_fp8": 1.0 if cand.kv == "kv-fp8" else 0.0, "evict": 1.0 if cand.kv_budget else 0.0,
+        "kv_int": 1.0 if kv_dequant == "int" else 0.0,
+        "kv_fp8": 1.0 if kv_dequant == "float" else 0.0, "evict": 1.0 if cand.kv_budget else 0.0,
         "log_params": math.log(llm.published_params_b), "log_util": math.log(max(utilisation, 1e-4)),
         "hopper": 1.0 if gpu.cc[0] == 9 else 0.0, "log_bw": math.log(gpu.mem_bw_gbps / 1000),
     }
@@ -68,7 +80,7 @@ def features(gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, utilisation: flo
 
 def sparsity_kind(sparsity: str) -> str:
     """dense, 2:4 (any mask) or drop (any count): what the interval widening asks was measured."""
-    return "2:4" if sparsity.startswith("2:4") else "drop" if sparsity.startswith("drop") else "dense"
+    return "2:4" if sparsity.startswith("2:4") else "drop" if sparsity.startswith("drop") else DEFAULT_SPARSITY
 
 
 def _count_models(rows) -> dict:

@@ -20,7 +20,7 @@ from sklearn.linear_model import Ridge
 
 from profiles import Catalog, load
 
-from .candidate import Candidate, Scenario
+from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
 from .memory import predict_memory
 from .speed import predict_speed
@@ -82,7 +82,8 @@ def usable_rows(df):
 def _cand(r) -> Candidate:
     budget = r.get("kv_budget")
     budget = int(budget) if budget is not None and not (isinstance(budget, float) and math.isnan(budget)) else None
-    return Candidate(str(r["precision"]), str(r.get("sparsity") or "dense"), str(r.get("kv") or "kv-fp16"), budget)
+    return Candidate(str(r["precision"]), str(r.get("sparsity") or DEFAULT_SPARSITY), str(r.get("kv") or DEFAULT_KV),
+                     budget)
 
 
 def design(df, cat: Catalog | None = None):

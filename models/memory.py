@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiles import LLM, Catalog
+from profiles import LLM, Catalog, load
 
-from .candidate import Candidate, Scenario
+from .candidate import DEFAULT_KV, Candidate, Scenario
 from .estimate import Estimate
 
 GB = 1e9
@@ -19,11 +19,11 @@ GB = 1e9
 RUNTIME_OVERHEAD_GB = 0.6
 # Tokens per prefill forward (batch x chunk), both backends, as the harness measures them
 # (measurement/backends.py PREFILL_CHUNK_TOKENS; vLLM's chunked-prefill budget is of the same order).
-# Prompt-selection KV policies (SnapKV, PyramidKV) score the whole prompt, so their prefill is one
+# Prompt-selection KV policies (methods.yaml whole_prompt_prefill) score the whole prompt, so their prefill is one
 # forward of every prompt token. A plain transformers generate() call also prefills in one forward:
 # it needs more workspace than predicted here for long prompts at large batch.
 PREFILL_CHUNK_TOKENS = 16384
-UNCHUNKED_KV = ("snapkv", "pyramidkv")
+UNCHUNKED_KV = tuple(m.id for m in load().methods_of("kv") if m.get("whole_prompt_prefill"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def kv_bytes(cat: Catalog, llm: LLM, cand: Candidate, sc: Scenario) -> float:
     return steady
 
 
-def activation_bytes(llm: LLM, sc: Scenario, kv: str = "kv-fp16") -> float:
+def activation_bytes(llm: LLM, sc: Scenario, kv: str = DEFAULT_KV) -> float:
     """Prefill workspace: hidden states, q/k/v and the MLP intermediates of one chunk (16 bit).
 
     Attention itself is assumed to run in a fused (flash/SDPA) kernel, O(tokens) memory.

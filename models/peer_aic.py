@@ -20,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from profiles import load
+from profiles.dtypes import FP8
+
 AIC_SYSTEMS = {"h100-sxm": "h100_sxm", "h200": "h200_sxm", "b200": "b200_sxm", "a100-80g-sxm": "a100_sxm",
                "l40s": "l40s", "l4": "l4", "h100-pcie": "h100_pcie", "a100-40g-pcie": "a100_pcie"}
 AIC_BACKEND = {"tensorrt-llm": "trtllm", "vllm": "vllm", "sglang": "sglang"}
-AIC_GEMM = {"fp16": "bfloat16", "bf16": "bfloat16", "fp8": "fp8", "int8-wo": "int8_wo", "awq-int4": "int4_wo",
-            "gptq-int4": "int4_wo", "w8a8": "sq", "nvfp4": "nvfp4"}
+# each method's gemm_quant_mode in AIConfigurator (methods.yaml aiconfigurator_gemm); others are not queried
+AIC_GEMM = {m.id: m.get("aiconfigurator_gemm") for m in load().methods.values() if m.get("aiconfigurator_gemm")}
 METRICS = ("output_tok_s", "tpot_ms", "ttft_ms")
 
 DRIVER = r"""
@@ -100,7 +103,7 @@ def queries(d, df, cat, limit: int = 150, seed: int = 0) -> list[tuple[int, dict
         out.append((i, {"model_path": _config_dir(cat, d.model[i], root), "system": AIC_SYSTEMS[d.gpu[i]],
                         "backend": backend, "isl": int(d.prompt[i]), "osl": int(max(d.gen[i], 2)),
                         "batch": int(max(1, round(d.batch[i]))), "tp": int(float(r.get("num_gpus") or 1)),
-                        "gemm": AIC_GEMM[str(r["precision"])], "kv": "fp8" if "fp8" in kv else None}))
+                        "gemm": AIC_GEMM[str(r["precision"])], "kv": FP8 if FP8 in kv else None}))
     return out
 
 

@@ -23,14 +23,14 @@ import numpy as np
 
 from profiles import load
 
-from .candidate import Candidate, Scenario
+from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from .speed import predict_speed
 from .validate import published_rows
 
 PEER_GPU = {"a10g": "a10g-pcie-24gb", "a100-40g-pcie": "a100-pcie-40gb", "a100-80g-sxm": "a100-sxm-80gb",
             "h100-sxm": "h100-sxm-80gb", "h100-pcie": "h100-pcie-80gb", "v100-32g": "v100-sxm-32gb"}
-PEER_DTYPE = {"fp16": "w16a16e16", "bf16": "w16a16e16", "fp8": "w8a8e16", "w8a8": "w8a8e16", "int8-wo": "w8a16e16",
-              "bnb-int8": "w8a16e16", "bnb-nf4": "w4a16e16", "awq-int4": "w4a16e16", "gptq-int4": "w4a16e16"}
+# each method's dtype config in llm-analysis (methods.yaml llm_analysis_dtype); others are not compared
+PEER_DTYPE = {m.id: m.get("llm_analysis_dtype") for m in load().methods.values() if m.get("llm_analysis_dtype")}
 
 
 def _peer_model_file(llm, folder: Path) -> str:
@@ -69,7 +69,8 @@ def _measured_rows(cat) -> list[dict]:
     cv = cross_val(X, A, Y, sub["model"].astype(str).to_numpy())["decode_ms"]
     rows = []
     for i, (_, r) in enumerate(sub.iterrows()):
-        if r["gpu"] not in PEER_GPU or r["sparsity"] != "dense" or r["kv"] != "kv-fp16" or not np.isfinite(cv["pred"][i]):
+        if r["gpu"] not in PEER_GPU or r["sparsity"] != DEFAULT_SPARSITY or r["kv"] != DEFAULT_KV \
+                or not np.isfinite(cv["pred"][i]):
             continue
         rows.append({"gpu": r["gpu"], "model": r["model"], "precision": r["precision"], "engine": f"harness-{r['backend']}",
                      "batch": int(r["batch"]), "prompt_len": int(r["prompt_len"]), "gen_len": int(r["gen_len"]),

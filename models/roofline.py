@@ -10,25 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiles import GPU, LLM, Catalog
+from profiles import GPU, LLM, Catalog, load
+from profiles.dtypes import BF16, FP16, dtype16
 
 from .candidate import Candidate, Scenario
 from .memory import kv_bytes_per_token, kv_tokens, linear_bytes_per_weight, param_counts
 
-# Tensor dtype that does the matmuls of each precision.
-COMPUTE_DTYPE = {"fp16": "fp16", "bf16": "bf16", "fp8": "fp8", "w8a8": "int8", "bnb-int8": "int8"}
-
 
 def compute_dtype(precision: str, gpu: GPU) -> str:
-    """Weight-only formats compute in 16 bit: bf16 where the GPU has it, else fp16."""
-    if precision in COMPUTE_DTYPE:
-        return COMPUTE_DTYPE[precision]
-    return "bf16" if gpu.peak_tflops("bf16") else "fp16"
+    """Tensor dtype that does the matmuls of ``precision`` (its ``matmul_dtype`` in methods.yaml); weight-only
+    formats compute in 16 bit: bf16 where the GPU has it, else fp16."""
+    m = load().methods.get(precision)
+    return (m.get("matmul_dtype") if m else None) or dtype16(gpu)
 
 
 def peak_flops(gpu: GPU, dtype: str) -> float:
     """Dense peak in FLOP/s for ``dtype``, falling back to fp16 where the entry is missing."""
-    for d in (dtype, "fp16", "bf16"):
+    for d in (dtype, FP16, BF16):
         v = gpu.peak_tflops(d)
         if v:
             return v * 1e12

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from profiles import GPU, LLM, Catalog
+from profiles.dtypes import BF16, FP16
 
 from . import efficiency as eff
-from .candidate import Candidate, Scenario
+from .candidate import DEFAULT_PRECISION, Candidate, Scenario
 from .estimate import Estimate
 from .memory import PREFILL_CHUNK_TOKENS, param_counts
 from .roofline import StepCost, compute_dtype, decode_step, peak_flops, prefill_step, roofline_s
@@ -90,7 +91,8 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
         elif backend == "compiled":
             row_factor = 1.0 + eff.SPARSE_24["row_factor"] * (rows - 16)
     gemv_rows = kern.get("gemv_max_rows")
-    if cand.precision in ("awq-int4", "gptq-int4") and backend == "compiled" and rows > 1:
+    batch_cost = kern.get("compiled_batch_cost") if backend == "compiled" and rows > 1 else None
+    if batch_cost == "row_factor":
         row_factor = 1.0 + eff.INT4_COMPILED_ROW_FACTOR * (rows - 1)
         notes.append(f"{cand.precision} compiled: the int4 g128 kernel's time grows with the batch (measured)")
     elif gemv_rows is not None and rows > gemv_rows:
@@ -99,11 +101,11 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
         frac = eff.DEQUANT_PATH_BW[backend]
         notes.append(f"{cand.precision}: batch > {gemv_rows} row(s) takes the dequantize + 16-bit GEMM path")
     t_rows = 0.0
-    if cand.precision == "int8-wo" and backend == "compiled" and rows > 1:
+    if batch_cost == "weight_reread":
         pc = param_counts(llm, cand.dropped_layers)
         t_rows = pc.linear * rows * eff.INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW / copy_bw
-        notes.append("int8-wo compiled at batch > 1: torchao's int8 weight-only matmul under inductor re-reads "
-                     "the weights per row (measured ~16 ms per row for an 8B model on the H200)")
+        notes.append(f"{cand.precision} compiled at batch > 1: torchao's int8 weight-only matmul under inductor "
+                     "re-reads the weights per row (measured ~16 ms per row for an 8B model on the H200)")
     dtype = compute_dtype(cand.precision, gpu)
     peak = peak_flops(gpu, dtype) * eff.MATMUL_FRACTION * n
     rows_eff = max(rows, 16) if cand.sparsity.startswith("2:4") else rows
@@ -111,14 +113,15 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     layers = llm.num_hidden_layers - cand.dropped_layers
     kv_extra = 0.0
     kvq_host = 0.0
-    if cand.kv in ("kv-fp8", "kv-int8", "kv-int4", "kv-int2"):
+    if cat.methods[cand.kv].get("kv_dequant"):
         kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
         kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
         kvq_host = eff.KVQ_HOST_MS_PER_LAYER[cand.kv] * 1e-3 * layers
     kv_frac = eff.KV_READ_FRACTION[backend]
     t_kv = step.kv_bytes / (copy_bw * kv_frac)
-    t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction("bf16", backend)) + t_kv,
-                  step.other_flops / (peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n))
+    # the 16-bit parts (lm_head, norms, attention) run at the reference precision's kernels
+    t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction(DEFAULT_PRECISION, backend)) + t_kv,
+                  step.other_flops / (peak_flops(gpu, FP16 if dtype == FP16 else BF16) * eff.MATMUL_FRACTION * n))
     overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
     overhead += eff.layer_ms(cand.precision, backend_overhead) * 1e-3 * layers
     if backend_overhead == "eager":
@@ -136,8 +139,8 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     dtype = compute_dtype(cand.precision, gpu)
     k = eff.kernel(cand.precision)
     peak = peak_flops(gpu, dtype) * k["compute"] * n  # k["compute"]: fraction of the dtype's dense peak
-    peak16 = peak_flops(gpu, "fp16" if dtype == "fp16" else "bf16") * eff.MATMUL_FRACTION * n
-    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction("bf16", "compiled") * n
+    peak16 = peak_flops(gpu, FP16 if dtype == FP16 else BF16) * eff.MATMUL_FRACTION * n
+    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction(DEFAULT_PRECISION, "compiled") * n
     t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
     layers = llm.num_hidden_layers - cand.dropped_layers
     # Prefill runs as one eager forward per chunk in both measured backends (graphs serve decode only,

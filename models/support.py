@@ -3,19 +3,18 @@ cannot run one (the engine catalog for serving engines; each method's min_cc for
 from __future__ import annotations
 
 from profiles import GPU, LLM, Catalog
+from profiles.dtypes import BF16, FP16, FP8, INT8
 
 from profiles.engines import Engine, arch_of
 
 from .candidate import Candidate
-
-AMD_OK = {"fp16", "bf16", "fp8"}  # the advisor's catalog has no ROCm path for the others
 
 
 def enumerate_candidates(cat: Catalog, llm: LLM, context: int) -> list[Candidate]:
     precisions = [m.id for m in cat.methods_of("precision")]
     sparsities = []
     for m in cat.methods_of("sparsity"):
-        if m.id == "drop-layers":
+        if m.get("drop_fractions"):
             for f in m.get("drop_fractions", []):
                 n = round(f * llm.num_hidden_layers)
                 if 0 < n < llm.num_hidden_layers:
@@ -45,7 +44,7 @@ def hardware_block(cat: Catalog, gpu: GPU, cand: Candidate) -> str | None:
     for mid in (cand.precision, cand.sparsity_method, cand.kv):
         m = cat.methods[mid]
         if gpu.vendor == "amd":
-            if m.kind == "precision" and mid not in AMD_OK:
+            if m.kind == "precision" and not m.get("rocm"):
                 return f"{mid}: no ROCm kernel for {gpu.name} in this advisor's catalog"
             if m.kind == "sparsity" and mid.startswith("2:4"):
                 return f"{mid}: no ROCm 2:4 kernel path in this advisor's catalog"
@@ -53,12 +52,11 @@ def hardware_block(cat: Catalog, gpu: GPU, cand: Candidate) -> str | None:
             return f"{mid} needs compute capability {m.min_cc}+ ({gpu.name} is {gpu.compute_capability})"
         if "sparse_2_4" in (m.get("needs") or []) and not gpu.sparse_2_4:
             return f"{mid} needs 2:4 sparse tensor cores ({gpu.name} has none)"
-    if cand.precision == "bf16" and not gpu.peak_tflops("bf16"):
-        return f"bf16 needs bf16 tensor cores ({gpu.name} has none): use fp16"
-    if cand.precision == "fp8" and not gpu.peak_tflops("fp8"):
-        return f"fp8 needs fp8 tensor cores ({gpu.name} has none)"
-    if cand.precision in ("w8a8", "bnb-int8") and gpu.tflops_dense.get("int8") is None and gpu.vendor == "nvidia" \
-            and gpu.cc < (7, 5):
+    dt = cat.methods[cand.precision].get("matmul_dtype")  # the tensor cores its matmuls need
+    if dt in (BF16, FP8) and not gpu.peak_tflops(dt):
+        hint = f": use {FP16}" if dt == BF16 else ""
+        return f"{cand.precision} needs {dt} tensor cores ({gpu.name} has none){hint}"
+    if dt == INT8 and gpu.tflops_dense.get(INT8) is None and gpu.vendor == "nvidia" and gpu.cc < (7, 5):
         return f"{cand.precision} needs int8 tensor cores (sm75+)"
     return None
 

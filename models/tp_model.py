@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROWS = Path(__file__).resolve().parent.parent / "measurement" / "data" / "multi_gpu" / "tp_rows.csv"
-PRECISIONS = ("bf16", "fp8")
 
 
 def load_rows(path: Path | str = ROWS) -> list[dict]:
@@ -92,13 +91,15 @@ def decode_features(rows: list[dict], cat=None) -> tuple[np.ndarray, np.ndarray,
         bw = (bw or _H200_COPY_GBPS) * 1e9
         lin = p.layers * (p.layer_params - 2 * p.hidden)  # matmul weights per rank
         other = p.params - lin
-        fp8 = r["precision"] == "fp8"
-        W = lin * (1 if fp8 else 2) + other * 2
+        prec = r["precision"]  # the measured rows' precisions each have their own c_w_ and c_l_ coefficients
+        W = lin * float(cat.methods[prec].get("bytes_per_weight")) + other * 2
         K = B * ctx * p.kv_bytes_per_token()
         row = {c: 0.0 for c in COEFS}
-        row["c_w_fp8" if fp8 else "c_w_bf16"] = W / bw
+        if f"c_w_{prec}" not in row:
+            raise ValueError(f"{prec}: the decode model has no coefficients for this precision (COEFS)")
+        row[f"c_w_{prec}"] = W / bw
         row["c_kv"] = K / bw
-        row["c_l_fp8" if fp8 else "c_l_bf16"] = p.layers * 1e-6
+        row[f"c_l_{prec}"] = p.layers * 1e-6
         row["c_b"] = p.layers * B * 1e-6
         row["c_0"] = 1e-3
         row["c_tp"] = p.layers * 1e-6 if n > 1 else 0.0

@@ -220,6 +220,13 @@ class Catalog:
     def methods_of(self, kind: str) -> list[Method]:
         return [m for m in self.methods.values() if m.kind == kind]
 
+    def default_method(self, kind: str) -> str:
+        """The id of the one method of ``kind`` marked ``default`` (what a candidate has when it names none)."""
+        ids = [m.id for m in self.methods_of(kind) if m.get("default")]
+        if len(ids) != 1:
+            raise schema.SchemaError(f"methods.yaml: {kind} needs exactly one method with 'default: true', has {ids}")
+        return ids[0]
+
     @property
     def quality_rows(self) -> list[dict]:
         return load_quality(self.data_dir)

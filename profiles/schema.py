@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .dtypes import MATMUL_DTYPES
+
 SCHEMA_VERSION = 1
 
 
@@ -97,6 +99,14 @@ METHOD_FIELDS = (
     Field("quality_chains", (list,), required=False),   # methods ordered by quality_bits within a chain
     Field("quality_bits", NUM, required=False),         # stored bits per weight / KV element (monotone order)
     Field("density", NUM, required=False),
+    Field("default", (bool,), required=False),          # what a candidate has when the kind is not named
+    Field("torch_dtype", (str,), required=False, choices=("float16", "bfloat16")),  # unquantized torch weights
+    Field("matmul_dtype", (str,), required=False, choices=MATMUL_DTYPES),  # tflops_dense key of its matmuls
+    Field("rocm", (bool,), required=False),             # the advisor models a ROCm kernel path for it
+    Field("kv_dequant", (str,), required=False, choices=("int", "float")),  # cache dequantized every step
+    Field("whole_prompt_prefill", (bool,), required=False),  # scores the whole prompt: prefill unchunked
+    Field("aiconfigurator_gemm", (str,), required=False),  # AIConfigurator 0.12.0 gemm_quant_mode
+    Field("llm_analysis_dtype", (str,), required=False),   # llm-analysis 0.2.2 dtype config name
     Field("min_cc", (str,), nullable=True),
     Field("needs", (list,), required=False),
     Field("kernels", (dict,), required=False),

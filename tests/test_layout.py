@@ -20,18 +20,19 @@ def test_no_module_over_400_lines():
 # some). The measurement harness's method implementations (precision.py, sparsity.py, kv_cache.py)
 # are where an id meets its kernel, so they stay.
 METHOD_LITERAL_CEILING = {
-    "advisor/api.py": 4, "advisor/cli.py": 5, "advisor/deploy.py": 7, "advisor/engine.py": 4, "advisor/plan.py": 3,
-    "advisor/render.py": 4, "advisor/report.py": 7, "advisor/validate_cmd.py": 1, "measurement/backends.py": 15, "measurement/cli.py": 10,
+    "advisor/api.py": 1, "advisor/report.py": 1, "measurement/backends.py": 15, "measurement/cli.py": 10,
     "measurement/engine_rows.py": 1, "measurement/kv_cache.py": 28, "measurement/llamacpp/bench.py": 4,
     "measurement/llamacpp/gguf_arch.py": 1, "measurement/precision.py": 21, "measurement/prepare.py": 5,
     "measurement/quality/campaign.py": 10, "measurement/quality/methods.py": 7, "measurement/quality/plan.py": 45,
     "measurement/quality/rows.py": 1, "measurement/roofline.py": 11, "measurement/runner.py": 4,
-    "measurement/sparsity.py": 7, "measurement/store.py": 3, "measurement/tp_bench.py": 12, "models/candidate.py": 5,
-    "models/correction.py": 14, "models/efficiency.py": 22, "models/energy_fit.py": 17, "models/engine_fit.py": 16,
-    "models/engine_speed.py": 15, "models/fitted.py": 2, "models/memory.py": 3, "models/peer_aic.py": 12,
-    "models/peer_compare.py": 11, "models/quality.py": 1, "models/quality_fit.py": 1, "models/quality_rows.py": 15,
-    "models/quality_validate.py": 10, "models/roofline.py": 13, "models/speed.py": 15, "models/support.py": 10,
-    "models/tp_model.py": 3,
+    "measurement/sparsity.py": 7, "measurement/store.py": 3, "measurement/tp_bench.py": 12,
+    "models/efficiency.py": 22, "models/energy_fit.py": 17, "models/engine_fit.py": 16,
+    "models/engine_speed.py": 15,
+    "models/quality.py": 1, "models/quality_fit.py": 1, "models/quality_rows.py": 15,
+    "models/quality_validate.py": 10,
+    # The GPU catalog's tensor dtype names (keys of gpus.yaml tflops_dense), defined once beside the loader:
+    # three are spelled like the precision methods that compute in them (fp16, bf16, fp8), so they count here.
+    "profiles/dtypes.py": 3,
 }
 
 
