@@ -287,17 +287,24 @@ METRIC_GROUP = {"tpot_ms": "decode", "decode_tok_s": "decode", "prefill_tok_s": 
                 "decode_out_tok_s": "throughput"}
 
 
-def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth):
+def decode_context(prompt, gen, depth=0.0):
+    """Mean tokens in context per sequence over the decode steps of a request: what came before, the
+    prompt, and half the output (vectorized)."""
+    return depth + prompt + np.maximum(gen, 1) / 2
+
+
+def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None):
     """The model's figure for each row's metric (vectorized; ``metric`` an array of METRICS names,
-    ``batch`` the concurrency or the serving batch already resolved). ``decode_out_tok_s``: tokens/s of
+    ``batch`` the concurrency or the serving batch already resolved; ``ctx`` the mean decode context
+    where the source lets it be derived, else :func:`decode_context`). ``decode_out_tok_s``: tokens/s of
     all sequences over decode steps only (llama-batched-bench's S_TG)."""
     metric = np.asarray(metric)
-    ctx_dec = depth + prompt + np.maximum(gen, 1) / 2
+    ctx_dec = decode_context(prompt, gen, depth) if ctx is None else ctx
     t_dec = decode_step_s(a, p, batch, ctx_dec)
     t_pre = prefill_s(a, p, batch, prompt, depth)
     t_pre1 = prefill_s(a, p, 1.0, prompt, depth)
     t_dec_p = decode_step_s(a, p, batch, prompt + depth)
-    t_round = t_pre + gen * decode_step_s(a, p, batch, prompt + gen / 2)
+    t_round = t_pre + gen * t_dec
     out = batch * gen / t_round
     return np.select(
         [metric == "tpot_ms", metric == "decode_tok_s", metric == "prefill_tok_s", metric == "ttft_ms",

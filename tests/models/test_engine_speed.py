@@ -87,3 +87,17 @@ def test_intervals_follow_the_kind_of_evidence():
     q = ef.conformal_q(res, groups, kinds)
     assert ef.q_for(q, "decode", "measured") < q["decode"] < ef.q_for(q, "decode", "published")
     assert ef.q_for(ef.conformal_q(res, groups), "decode", "measured") == q["decode"]  # no kinds: pooled
+
+
+def test_a_stated_decode_context_replaces_the_one_from_lengths(cat):
+    import pandas as pd
+
+    base = {"engine": "vllm", "gpu": "h100-sxm", "model": "llama3.1-8b", "precision": "bf16", "kv_dtype": "fp16",
+            "num_gpus": 1, "parallel": "none", "batch": 256, "gen_len": 400, "depth": 0, "metric": "tpot_ms",
+            "value": 30.0, "source_id": "s", "kind": "published"}
+    df = pd.DataFrame([base, {**base, "prompt_len_est": 200}, {**base, "prompt_len_est": 200, "decode_ctx": 1200}])
+    d = ef.design(df, "vllm", cat)
+    assert list(d.prompt) == [0, 200, 200]  # an estimate fills a missing input length
+    assert list(d.ctx) == [200, 400, 1200]  # depth + prompt + gen / 2 unless stated
+    t = ef.predict_design(ef.load_params()["engines"]["vllm"]["params"], d)
+    assert t[0] < t[1] < t[2]  # more KV read per step at batch 256
