@@ -55,6 +55,7 @@ class Design:
     kind: np.ndarray              # published / measured
     index: np.ndarray             # row index in the input frame
     model: np.ndarray = None      # catalog model id
+    ctx: np.ndarray = None        # mean tokens in context per sequence during decode (None: from the lengths)
     skipped: dict = field(default_factory=dict)
 
     def __len__(self):
@@ -64,7 +65,7 @@ class Design:
         sub = {k: v[m] for k, v in self.a.items()}
         return Design(self.engine, sub, *(getattr(self, f)[m] for f in (
             "metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch", "gpu", "kind", "index")),
-            model=None if self.model is None else self.model[m])
+            model=None if self.model is None else self.model[m], ctx=None if self.ctx is None else self.ctx[m])
 
 
 def _num(v, default=0.0) -> float:
@@ -105,7 +106,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     method the engine does not run on that GPU, are counted in ``skipped`` (reason -> rows)."""
     cat = cat or load()
     eng = cat.engines[engine]
-    cols = {k: [] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch",
+    cols = {k: [] for k in ("metric", "batch", "prompt", "gen", "depth", "ctx", "y", "kernel", "source", "arch",
                             "gpu", "kind", "index", "model")}
     arrs: dict[str, list] = {}
     skipped: dict[str, int] = {}
@@ -134,6 +135,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         split = {"none": None, "pp": "layer"}.get(split, split)
         q = es.query(cat, gpu, llm, Candidate(prec, "dense", kv), eng, n, split)
         prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
+        if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)
+            prompt = _num(r.get("prompt_len_est"), 0)
+        ctx = _num(r.get("decode_ctx"), 0) or es.decode_context(prompt, gen, depth)
         if metric in ("prefill_tok_s", "ttft_ms") and prompt <= 0:
             skip("prefill row without a prompt length")
             continue
@@ -148,15 +152,20 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
             skip("latency under a request rate with no stated concurrency")
             continue
+        mem_frac = float(eng.get("memory_fraction", 0.9))
+        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
+            # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
+            skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
+            continue
         if es.METRIC_GROUP[metric] == "throughput":
-            b = es.serving_batch(q, gpu.memory_gb, float(eng.get("memory_fraction", 0.9)), prompt, gen, b or None)
+            b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)
         ub = _UB.search(str(r.get("notes") or ""))
         if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward
             qa["chunk"] = float(ub.group(1))
         for k, v in qa.items():
             arrs.setdefault(k, []).append(v)
-        for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth),
+        for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth), ("ctx", ctx),
                      ("y", float(r["value"])), ("kernel", q.kernel), ("source", str(r["source_id"])),
                      ("arch", arch), ("gpu", gpu.id), ("kind", str(r.get("kind") or "published")), ("index", i),
                      ("model", llm.id)):
@@ -165,7 +174,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     obj = ("metric", "kernel", "source", "arch", "gpu", "kind", "model")
     c = {k: np.asarray(v, dtype=object if k in obj else float) for k, v in cols.items()}
     return Design(engine, a, *(c[k] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source",
-                                              "arch", "gpu", "kind", "index")), skipped=skipped, model=c["model"])
+                                              "arch", "gpu", "kind", "index")), skipped=skipped, model=c["model"],
+                  ctx=c["ctx"])
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -232,7 +242,7 @@ def predict_design(params: dict, d: Design) -> np.ndarray:
     p = {k: params[k] for k in es.ENGINE_PARAMS}
     for name in es.KERNEL_PARAMS:
         p[name] = np.array([r[name] for r in rows])
-    return es.metric_values(d.a, p, d.metric, d.batch, d.prompt, d.gen, d.depth)
+    return es.metric_values(d.a, p, d.metric, d.batch, d.prompt, d.gen, d.depth, d.ctx)
 
 
 def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
@@ -254,7 +264,7 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
     idx = _index(layout, d)
 
     def resid(theta):
-        pred = es.metric_values(d.a, _row_params(theta, layout, d, idx), m, d.batch, d.prompt, d.gen, d.depth)
+        pred = es.metric_values(d.a, _row_params(theta, layout, d, idx), m, d.batch, d.prompt, d.gen, d.depth, d.ctx)
         r = np.log(np.maximum(pred, 1e-30)) - logy
         return np.concatenate([r, prior_weight * (theta - mu) / sig])
 
