@@ -151,6 +151,7 @@ def published_rows(cat) -> list[dict]:
                 continue
             k = (r["gpu"], r["num_gpus"], r["model"], r["precision"], r["batch"])
             by.setdefault(k, {})[r["metric"]] = _f(r["value"])
+            by[k]["ctx"] = _f(r.get("decode_ctx") or 0) or 1000.0  # mean decode context, where derived
     out = []
     for (gpu_id, n, model, prec, batch), m in by.items():
         if not all(m.get(x) for x in ("j_per_token", "output_tok_s", "tpot_ms")):
@@ -163,7 +164,7 @@ def published_rows(cat) -> list[dict]:
         pc = param_counts(llm)
         total = pc.total
         wbytes = (pc.total - pc.embed) * 2  # bf16 weights read per step (embedding gathered)
-        ctx = 1000.0
+        ctx = m["ctx"]
         step = m["tpot_ms"] / 1e3
         u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
         u_tc = 2 * (total - pc.embed) * B / n / (step * g.peak_tflops("bf16") * 1e12)
