@@ -27,3 +27,16 @@ def tiny_model():
     from measurement.build import build_random
 
     return build_random(tiny_config(4), dtype=torch.float32, device="cpu", std=0.2)
+
+
+@pytest.fixture
+def fixed_commit(monkeypatch):
+    """Provenance with a fixed git commit ("test-commit", no git call); its caches cleared around the test."""
+    from measurement import env
+
+    monkeypatch.setenv("ADVISOR_GIT_COMMIT", "test-commit")
+    env.provenance.cache_clear()
+    env.git_commit.cache_clear()
+    yield
+    env.provenance.cache_clear()
+    env.git_commit.cache_clear()

@@ -9,19 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from measurement import env
 from measurement import launch as L
 from measurement.store import RowStore, RunConfig
 
 
 @pytest.fixture(autouse=True)
-def no_git(monkeypatch):
-    monkeypatch.setenv("ADVISOR_GIT_COMMIT", "test-commit")
-    env.provenance.cache_clear()
-    env.git_commit.cache_clear()
+def no_git(fixed_commit):
     yield
-    env.provenance.cache_clear()
-    env.git_commit.cache_clear()
 
 
 class FakeWorker:

@@ -11,7 +11,6 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from measurement import env
 from measurement import runner as RN
 from measurement.method_base import Unsupported
 from measurement.prepare import ModelContext
@@ -22,7 +21,7 @@ CFG = NS(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidde
 
 
 @pytest.fixture(autouse=True)
-def setup(monkeypatch):
+def setup(monkeypatch, fixed_commit):
     try:
         import torch  # noqa: F401
     except ImportError:  # the runner only needs torch.device and the OOM type off the GPU path
@@ -31,12 +30,7 @@ def setup(monkeypatch):
         t.cuda = NS(is_available=lambda: False)
         t.OutOfMemoryError = type("OutOfMemoryError", (RuntimeError,), {})
         monkeypatch.setitem(sys.modules, "torch", t)
-    monkeypatch.setenv("ADVISOR_GIT_COMMIT", "test")
-    env.provenance.cache_clear()
-    env.git_commit.cache_clear()
     yield
-    env.provenance.cache_clear()
-    env.git_commit.cache_clear()
 
 
 class World:
