@@ -24,11 +24,10 @@ from profiles.engines import arch_of
 
 from . import engine_speed as es
 from .candidate import Candidate
+from .engine_intervals import conformal_q
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
-COVERAGE = 0.90
 INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources
-WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
 KV_OF = {"fp16": "kv-fp16", "bf16": "kv-fp16", "auto": "kv-fp16", "fp8": "kv-fp8", "fp8_e4m3": "kv-fp8",
          "fp8_e5m2": "kv-fp8", "q8_0": "kv-q8_0", "q4_0": "kv-q4_0", "f16": "kv-fp16"}
 ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
@@ -297,47 +296,9 @@ def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source") 
     return out
 
 
-def conformal_q(res: np.ndarray, groups: np.ndarray, kinds: np.ndarray | None = None) -> dict:
-    """Per metric group, the finite-sample 90% quantile of |log residual| (pooled when a group has < 5).
-    With ``kinds``, also per kind of evidence under ``"measured"`` and ``"published"`` (where that kind has
-    >= 20 residuals): this project's own runs on one GPU fit far closer than third-party pages from many
-    builds, and one pooled quantile would be too wide for the first and too narrow for the second."""
-    ok = np.isfinite(res)
-    pooled = _q(np.abs(res[ok])) if ok.sum() >= 5 else 0.7
-    out = {"all": pooled}
-    for g in ("decode", "prefill", "throughput"):
-        r = np.abs(res[ok & (groups == g)])
-        out[g] = _q(r) if len(r) >= 5 else pooled * 1.5
-    if kinds is not None:
-        for k in ("measured", "published"):
-            m = kinds == k
-            if (ok & m).sum() >= MIN_KIND_ROWS and (ok & ~m).any():
-                out[k] = conformal_q(res[m], groups[m])
-    return out
-
-
-MIN_KIND_ROWS = 20
-
-
 def measured_gpus(d: Design) -> list[str]:
     """GPUs this project measured the engine on (their queries get the measured rows' interval)."""
     return sorted(set(d.gpu[d.kind == "measured"]))
-
-
-def evidence_kind(gpu: str, measured: list[str] | set[str]) -> str:
-    """'measured' for a GPU with measured rows, else 'published': which quantile of :func:`q_for` applies."""
-    return "measured" if gpu in measured else "published"
-
-
-def q_for(q: dict, group: str, kind: str) -> float:
-    """The interval quantile for a row or query of ``kind`` (measured here, or published) and metric group."""
-    qq = q.get(kind, q)
-    return qq.get(group, qq["all"])
-
-
-def _q(r: np.ndarray) -> float:
-    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
-    return float(np.quantile(r, level, method="higher"))
 
 
 def domain_of(d: Design) -> dict:
@@ -345,14 +306,6 @@ def domain_of(d: Design) -> dict:
     for k, a in zip(d.kernel, d.arch):
         dom.setdefault(k, set()).add(a)
     return {k: sorted(v) for k, v in dom.items()}
-
-
-def widen_factor(domain: dict, kernel: str, arch: str) -> tuple[float, list[str]]:
-    if kernel not in domain:
-        return WIDEN["kernel"], [f"no {kernel} rows: default kernel efficiencies"]
-    if arch not in domain[kernel]:
-        return WIDEN["kernel_arch"], [f"{kernel} never benchmarked on {arch}"]
-    return 1.0, []
 
 
 # --------------------------------------------------------------------------------------- ship / load

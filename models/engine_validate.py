@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine_fit import (INNER_FOLDS, Design, _group, _groups, conformal_q, domain_of, fit_params,
-                         evidence_kind, loso_log_residuals, measured_gpus, predict_design, q_for, widen_factor)
+from .engine_fit import (INNER_FOLDS, Design, _group, _groups, domain_of, fit_params, loso_log_residuals,
+                         measured_gpus, predict_design)
+from .engine_intervals import conformal_q, evidence_kind, q_for, widen_factor
 
 
 def _score(pred, lo, hi, y, groups) -> dict:

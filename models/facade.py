@@ -15,7 +15,8 @@ from profiles.engines import arch_of
 
 from . import engine_speed as es
 from .candidate import Candidate, Scenario
-from .engine_fit import evidence_kind, load_params, q_for, widen_factor
+from .engine_fit import load_params
+from .engine_intervals import evidence_kind, q_for, widen_factor
 from .estimate import Estimate
 from .memory import MemoryBreakdown
 from .predict import Prediction, assemble, energy_of, predict as predict_harness

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from models import engine_fit as ef
+from models import engine_intervals as ei
 from models import engine_validate as ev
 from models import engine_speed as es
 from models.candidate import Candidate
@@ -56,9 +57,9 @@ def test_fit_recovers_efficiencies_from_synthetic_rows(cat):
 
 def test_widening_for_unseen_kernel_and_arch():
     dom = {"cublas-16": ["sm90"]}
-    assert ef.widen_factor(dom, "cublas-16", "sm90")[0] == 1.0
-    assert ef.widen_factor(dom, "cublas-16", "sm80")[0] > 1.0
-    assert ef.widen_factor(dom, "marlin-int4", "sm90")[0] > ef.widen_factor(dom, "cublas-16", "sm80")[0]
+    assert ei.widen_factor(dom, "cublas-16", "sm90")[0] == 1.0
+    assert ei.widen_factor(dom, "cublas-16", "sm80")[0] > 1.0
+    assert ei.widen_factor(dom, "marlin-int4", "sm90")[0] > ei.widen_factor(dom, "cublas-16", "sm80")[0]
 
 
 def test_bitsandbytes_pays_for_its_dequantized_copy_beyond_one_row(cat):
@@ -84,9 +85,9 @@ def test_intervals_follow_the_kind_of_evidence():
     groups = np.array(["decode"] * 60)
     kinds = np.array(["measured"] * 30 + ["published"] * 30)
     res = np.concatenate([rng.normal(0, 0.05, 30), rng.normal(0, 0.5, 30)])
-    q = ef.conformal_q(res, groups, kinds)
-    assert ef.q_for(q, "decode", "measured") < q["decode"] < ef.q_for(q, "decode", "published")
-    assert ef.q_for(ef.conformal_q(res, groups), "decode", "measured") == q["decode"]  # no kinds: pooled
+    q = ei.conformal_q(res, groups, kinds)
+    assert ei.q_for(q, "decode", "measured") < q["decode"] < ei.q_for(q, "decode", "published")
+    assert ei.q_for(ei.conformal_q(res, groups), "decode", "measured") == q["decode"]  # no kinds: pooled
 
 
 def test_a_stated_decode_context_replaces_the_one_from_lengths(cat):
