@@ -156,6 +156,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
             continue
+        if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
+            b = min(b, max(1.0, es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
         if es.METRIC_GROUP[metric] == "throughput":
             b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)

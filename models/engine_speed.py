@@ -12,6 +12,9 @@ split runs the GPUs one after the other):
     t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)   (decode attention reads the KV cache)
     t_step    = t_linear + t_kv + host_ms + layers x (layer_us x (hidden/4096)^layer_exp + B x seq_us)
                 + allreduce
+    A serving engine's TPOT at steady state (``B`` > 1) adds to the step's matmul tokens the prompts of
+    the other requests that arrive meanwhile: (B - 1) x ISL / OSL per step (chunked prefill puts them in the
+    same forward); llama.cpp's benchmarks time decode alone.
 
 Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
 and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak, plus causal attention at
@@ -208,7 +211,8 @@ def arrays(q: Query) -> dict:
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192)),
             "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": float(GEMV_ROWS.get(q.engine, 1)),
-            "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0)}
+            "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0),
+            "serving": 0.0 if q.engine == "llama.cpp" else 1.0}
 
 
 def allreduce_s(a: dict, tokens):
@@ -219,13 +223,14 @@ def allreduce_s(a: dict, tokens):
     return a["tp"] * 2 * a["layers"] * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / a["link"])
 
 
-def decode_step_s(a: dict, p: dict, batch, ctx):
-    """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized)."""
+def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
+    """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized); ``extra_tokens``:
+    prompt tokens of other requests that a continuously batched server folds into the same forward."""
     # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well
     many = np.asarray(batch) > 1
     multi = np.where(many, p["r_gemm"], 1.0)
     t_w = (a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)) / (a["div"] * a["bw"] * p["e_bw"] * multi)
-    t_c = batch * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
+    t_c = (batch + extra_tokens) * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * a["KVB"] / (a["div"] * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
@@ -293,6 +298,13 @@ def decode_context(prompt, gen, depth=0.0):
     return depth + prompt + np.maximum(gen, 1) / 2
 
 
+def interleaved_prefill_tokens(a: dict, batch, prompt, gen):
+    """Prompt tokens per decode step from the other ``batch - 1`` requests of a continuously batching
+    server in steady state (each arrives once per ``gen`` steps); 0 for llama.cpp's benchmarks, which time
+    decode alone."""
+    return a.get("serving", 0.0) * np.maximum(np.asarray(batch, float) - 1, 0) * prompt / np.maximum(gen, 1)
+
+
 def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None):
     """The model's figure for each row's metric (vectorized; ``metric`` an array of METRICS names,
     ``batch`` the concurrency or the serving batch already resolved; ``ctx`` the mean decode context
@@ -301,6 +313,9 @@ def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None)
     metric = np.asarray(metric)
     ctx_dec = decode_context(prompt, gen, depth) if ctx is None else ctx
     t_dec = decode_step_s(a, p, batch, ctx_dec)
+    # a serving benchmark's TPOT at steady state: the other requests' prompts, one per output length, are
+    # prefilled in the same forwards as the decode (chunked prefill)
+    t_tpot = decode_step_s(a, p, batch, ctx_dec, interleaved_prefill_tokens(a, batch, prompt, gen))
     t_pre = prefill_s(a, p, batch, prompt, depth)
     t_pre1 = prefill_s(a, p, 1.0, prompt, depth)
     t_dec_p = decode_step_s(a, p, batch, prompt + depth)
@@ -310,5 +325,5 @@ def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None)
         [metric == "tpot_ms", metric == "decode_tok_s", metric == "prefill_tok_s", metric == "ttft_ms",
          metric == "output_tok_s", metric == "total_tok_s", metric == "request_latency_s",
          metric == "decode_out_tok_s"],
-        [t_dec * 1e3, 1.0 / t_dec, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3,
+        [t_tpot * 1e3, 1.0 / t_tpot, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3,
          out, out * (prompt + gen) / np.maximum(gen, 1), t_round, batch / t_dec], np.nan)

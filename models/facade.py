@@ -51,7 +51,8 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     notes: list[str] = []
     B, P, G = float(sc.batch), float(sc.prompt_len), float(sc.gen_len)
     ctx = P + G / 2
-    t_dec = float(es.decode_step_s(a, p, B, ctx))
+    # at batch > 1 a serving engine folds the other requests' prompts into the decode forwards
+    t_dec = float(es.decode_step_s(a, p, B, ctx, es.interleaved_prefill_tokens(a, B, P, G)))
     t_pre = float(es.prefill_s(a, p, 1.0, P))
     roof_dec = float(es.roofline_decode_s(a, B, ctx))
     roof_pre = float(es.roofline_prefill_s(a, 1.0, P))

@@ -102,3 +102,20 @@ def test_a_stated_decode_context_replaces_the_one_from_lengths(cat):
     assert list(d.ctx) == [200, 400, 1200]  # depth + prompt + gen / 2 unless stated
     t = ef.predict_design(ef.load_params()["engines"]["vllm"]["params"], d)
     assert t[0] < t[1] < t[2]  # more KV read per step at batch 256
+
+
+def test_serving_tpot_carries_the_other_requests_prompts(cat):
+    llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
+    p = ef.load_params()["engines"]["vllm"]["params"]
+
+    def tpot(engine, batch, prompt):
+        q = es.query(cat, gpu, llm, Candidate("bf16" if engine != "llama.cpp" else "gguf-f16"), cat.engines[engine])
+        a = es.arrays(q)
+        return float(es.metric_values(a, es.row_params(p, q.kernel, gpu.id), np.array(["tpot_ms"]), batch,
+                                      prompt, 256.0, 0.0, 512.0)[0])
+    # one request alone: nobody else's prompt to fold in
+    assert tpot("vllm", 1.0, 4096.0) == pytest.approx(tpot("vllm", 1.0, 64.0))
+    # 64 concurrent: 63 other prompts of 4,096 tokens per 256 steps ride in each forward
+    assert tpot("vllm", 64.0, 4096.0) > 1.5 * tpot("vllm", 64.0, 64.0)
+    # llama.cpp's benchmarks time decode alone
+    assert tpot("llama.cpp", 64.0, 4096.0) == pytest.approx(tpot("llama.cpp", 64.0, 64.0))
