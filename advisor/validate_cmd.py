@@ -111,8 +111,8 @@ def _validate_energy(by: str, as_json: bool) -> None:
 
 
 def _end_to_end(pub: list[dict]) -> dict:
-    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch and
-    GPUs; prompt 600 and 400 generated tokens, about the benchmark's averages) -> J/token, speed included."""
+    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch,
+    GPUs, mean output length and estimated prompt length) -> J/token, speed included."""
     import advisor
     from models.candidate import DEFAULT_PRECISION  # unquantized bf16, as the benchmark served the models
     from models.energy_fit import _scores
@@ -120,7 +120,8 @@ def _end_to_end(pub: list[dict]) -> dict:
     for r in pub:
         try:
             p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision=DEFAULT_PRECISION,
-                                batch=int(r["batch"]), prompt_len=600, gen_len=400, num_gpus=r["n"])
+                                batch=int(r["batch"]), prompt_len=round(r["prompt"]), gen_len=round(r["gen"]),
+                                num_gpus=r["n"])
         except ValueError:
             continue
         if not p["supported"]:

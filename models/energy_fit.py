@@ -152,6 +152,7 @@ def published_rows(cat) -> list[dict]:
             k = (r["gpu"], r["num_gpus"], r["model"], r["precision"], r["batch"])
             by.setdefault(k, {})[r["metric"]] = _f(r["value"])
             by[k]["ctx"] = _f(r.get("decode_ctx") or 0) or 1000.0  # mean decode context, where derived
+            by[k]["lengths"] = (_f(r.get("prompt_len_est") or 0) or 600.0, _f(r.get("gen_len") or 0) or 400.0)
     out = []
     for (gpu_id, n, model, prec, batch), m in by.items():
         if not all(m.get(x) for x in ("j_per_token", "output_tok_s", "tpot_ms")):
@@ -169,7 +170,7 @@ def published_rows(cat) -> list[dict]:
         u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
         u_tc = 2 * (total - pc.embed) * B / n / (step * g.peak_tflops("bf16") * 1e12)
         out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
-                    "n": n, "model": model, "batch": B,
+                    "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],
                     "output_tok_s": m["output_tok_s"]})
     return out

@@ -91,7 +91,10 @@ def test_end_to_end_scores_what_predict_answers(monkeypatch):
     import advisor
     import models.energy_fit as EF
 
+    seen = []
+
     def predict(**kw):
+        seen.append((kw["prompt_len"], kw["gen_len"]))
         if kw["model"] == "unknown":
             raise ValueError("unknown model")
         if kw["batch"] > 100:
@@ -100,11 +103,13 @@ def test_end_to_end_scores_what_predict_answers(monkeypatch):
 
     monkeypatch.setattr(advisor, "predict", predict)
     monkeypatch.setattr(EF, "_scores", lambda y, p, lo, hi: {"y": y, "p": p, "lo": lo, "hi": hi})
-    pub = [{"model": "llama3.1-8b", "gpu": "h100-sxm", "batch": "8", "n": 1, "j_per_token": 0.55},
-           {"model": "llama3.1-70b", "gpu": "h100-sxm", "batch": "8", "n": 4, "j_per_token": 2.1},
-           {"model": "unknown", "gpu": "h100-sxm", "batch": "8", "n": 1, "j_per_token": 1.0},
-           {"model": "llama3.1-8b", "gpu": "a100-80g-sxm", "batch": "512", "n": 1, "j_per_token": 1.0}]
+    rows = [{"model": "llama3.1-8b", "gpu": "h100-sxm", "batch": "8", "n": 1, "j_per_token": 0.55},
+            {"model": "llama3.1-70b", "gpu": "h100-sxm", "batch": "8", "n": 4, "j_per_token": 2.1},
+            {"model": "unknown", "gpu": "h100-sxm", "batch": "8", "n": 1, "j_per_token": 1.0},
+            {"model": "llama3.1-8b", "gpu": "a100-80g-sxm", "batch": "512", "n": 1, "j_per_token": 1.0}]
+    pub = [dict(r, prompt=179.0, gen=389.6) for r in rows]
     res = V._end_to_end(pub)
+    assert set(seen) == {(179, 390)}  # each row's own lengths, as a user would ask
     assert res == {"h100-sxm": {"y": [0.55, 2.1], "p": [0.5, 2.0], "lo": [0.4, 0.4], "hi": [0.6, 0.6]}}
 
 
