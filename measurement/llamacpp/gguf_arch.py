@@ -32,6 +32,8 @@ def _family_key(llm) -> str:
     for k in ("llama3.1", "llama3.2"):
         if mid.startswith(k):
             return k
+    if mid.startswith("llama3.3"):  # Llama 3.3's config repeats 3.1's rope (theta 5e5, llama3 scaling x8)
+        return "llama3.1"
     fam = getattr(llm, "family", "") or ""
     if fam in _FAMILY:
         return fam

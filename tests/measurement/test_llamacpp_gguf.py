@@ -48,7 +48,8 @@ def test_read_kv_numeric_arrays_and_skipped_entries(tmp_path):
 
 @pytest.mark.parametrize("mid,family,key", [("qwen2-7b", "", "qwen2.5"), ("mistral-nemo", "", "mistral"),
                                             ("llama2-70b", "", "llama2"), ("llama3-8b", "", "llama3"),
-                                            ("llama3.1-405b", "", "llama3.1"), ("x-1b", "llama2", "llama2")])
+                                            ("llama3.1-405b", "", "llama3.1"), ("llama3.3-70b", "llama3", "llama3.1"),
+                                            ("x-1b", "llama2", "llama2")])
 def test_family_fallbacks(mid, family, key):
     assert G._family_key(NS(id=mid, family=family)) == key
 
