@@ -168,7 +168,9 @@ def published_rows(cat) -> list[dict]:
         ctx = m["ctx"]
         step = m["tpot_ms"] / 1e3
         u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
-        u_tc = 2 * (total - pc.embed) * B / n / (step * g.peak_tflops("bf16") * 1e12)
+        # the step's matmul tokens: the batch plus the prompts folded in meanwhile (engine_speed.interleaved_...)
+        tokens = B + max(B - 1, 0) * m["lengths"][0] / m["lengths"][1]
+        u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops("bf16") * 1e12)
         out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
                     "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],

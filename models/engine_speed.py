@@ -251,16 +251,17 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     return _soft(t_w, t_c, t_dq) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 / div + allreduce_s(a, tokens)
 
 
-def roofline_decode_s(a: dict, batch, ctx):
-    """Datasheet floor of one decode step: no prediction may be faster."""
-    byts = a["W"] + batch * ctx * a["KVB"]
-    return np.maximum(byts / (a["div"] * a["bw"]), batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
+def roofline_decode_s(a: dict, batch, ctx, extra_tokens=0.0):
+    """Datasheet floor of one decode step (with ``extra_tokens`` of other requests' prompts in the same
+    forward): no prediction may be faster."""
+    return np.maximum(*decode_floors_s(a, batch, ctx, extra_tokens))
 
 
-def decode_floors_s(a: dict, batch, ctx) -> tuple[float, float]:
+def decode_floors_s(a: dict, batch, ctx, extra_tokens=0.0):
     """(bytes / datasheet bandwidth, FLOPs / datasheet peak) of one decode step on each GPU."""
     byts = a["W"] + batch * ctx * a["KVB"]
-    return float(byts / (a["div"] * a["bw"])), float(batch * (a["F"] + ctx * a["A"]) / (a["div"] * a["peak"]))
+    flops = batch * (a["F"] + ctx * a["A"]) + extra_tokens * a["F"]
+    return byts / (a["div"] * a["bw"]), flops / (a["div"] * a["peak"])
 
 
 def roofline_prefill_s(a: dict, batch, prompt):

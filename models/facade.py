@@ -52,9 +52,10 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     B, P, G = float(sc.batch), float(sc.prompt_len), float(sc.gen_len)
     ctx = P + G / 2
     # at batch > 1 a serving engine folds the other requests' prompts into the decode forwards
-    t_dec = float(es.decode_step_s(a, p, B, ctx, es.interleaved_prefill_tokens(a, B, P, G)))
+    x = float(es.interleaved_prefill_tokens(a, B, P, G))
+    t_dec = float(es.decode_step_s(a, p, B, ctx, x))
     t_pre = float(es.prefill_s(a, p, 1.0, P))
-    roof_dec = float(es.roofline_decode_s(a, B, ctx))
+    roof_dec = float(es.roofline_decode_s(a, B, ctx, x))
     roof_pre = float(es.roofline_prefill_s(a, 1.0, P))
     t_dec, t_pre = max(t_dec, roof_dec), max(t_pre, roof_pre)
     arch = arch_of(gpu.cc)
@@ -77,7 +78,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     tok = Estimate(B / (step.value / 1e3), B / (step.high / 1e3), B / (step.low / 1e3), "tok/s", "fitted", detail)
     pre = _est(t_pre * 1e3, max(roof_pre * 1e3, t_pre * 1e3 * math.exp(-qp)), t_pre * 1e3 * math.exp(qp), "ms", detail)
     util = roof_dec / t_dec
-    f_mem, f_cmp = es.decode_floors_s(a, B, ctx)
+    f_mem, f_cmp = (float(f) for f in es.decode_floors_s(a, B, ctx, x))
     spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes,
                           f_mem * 1e3, f_cmp * 1e3)
     # memory: weights + KV of batch x context + the engine's runtime, per GPU
