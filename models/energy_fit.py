@@ -143,6 +143,7 @@ def predict_power(r: dict, params: dict, cat) -> float:
 def published_rows(cat) -> list[dict]:
     """ML.ENERGY rows with J/token, output tok/s and TPOT of one configuration on a catalog model."""
     from .candidate import Candidate
+    from .engine_speed import prompts_per_step
     from .memory import kv_bytes_per_token, param_counts
     by = {}
     with open(DATA / "published_engine" / "vllm_sglang.csv", newline="") as fh:
@@ -150,9 +151,12 @@ def published_rows(cat) -> list[dict]:
             if not r["source_id"].startswith("mlenergy"):
                 continue
             k = (r["gpu"], r["num_gpus"], r["model"], r["precision"], r["batch"])
-            by.setdefault(k, {})[r["metric"]] = _f(r["value"])
-            by[k]["ctx"] = _f(r.get("decode_ctx") or 0) or 1000.0  # mean decode context, where derived
-            by[k]["lengths"] = (_f(r.get("prompt_len_est") or 0) or 600.0, _f(r.get("gen_len") or 0) or 400.0)
+            # one configuration's rows share its lengths: the mean decode context (where derived) and the
+            # estimated prompt and mean output
+            m = by.setdefault(k, {"ctx": _f(r.get("decode_ctx") or 0) or 1000.0,
+                                  "lengths": (_f(r.get("prompt_len_est") or 0) or 600.0,
+                                              _f(r.get("gen_len") or 0) or 400.0)})
+            m[r["metric"]] = _f(r["value"])
     out = []
     for (gpu_id, n, model, prec, batch), m in by.items():
         if not all(m.get(x) for x in ("j_per_token", "output_tok_s", "tpot_ms")):
@@ -168,8 +172,8 @@ def published_rows(cat) -> list[dict]:
         ctx = m["ctx"]
         step = m["tpot_ms"] / 1e3
         u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
-        # the step's matmul tokens: the batch plus the prompts folded in meanwhile (engine_speed.interleaved_...)
-        tokens = B + max(B - 1, 0) * m["lengths"][0] / m["lengths"][1]
+        # the step's matmul tokens: the batch plus the prompts folded in meanwhile (as the speed model counts them)
+        tokens = B + float(prompts_per_step(B, *m["lengths"]))
         u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops("bf16") * 1e12)
         out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
                     "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],

@@ -110,6 +110,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     arrs: dict[str, list] = {}
     skipped: dict[str, int] = {}
     sub = df[df["engine"] == engine]
+    mem_frac = float(eng.get("memory_fraction", 0.9))
     for i, r in sub.iterrows():
         def skip(why):
             skipped[why] = skipped.get(why, 0) + 1
@@ -151,7 +152,6 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
             skip("latency under a request rate with no stated concurrency")
             continue
-        mem_frac = float(eng.get("memory_fraction", 0.9))
         if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")

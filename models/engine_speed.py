@@ -299,11 +299,16 @@ def decode_context(prompt, gen, depth=0.0):
     return depth + prompt + np.maximum(gen, 1) / 2
 
 
-def interleaved_prefill_tokens(a: dict, batch, prompt, gen):
+def prompts_per_step(batch, prompt, gen):
     """Prompt tokens per decode step from the other ``batch - 1`` requests of a continuously batching
-    server in steady state (each arrives once per ``gen`` steps); 0 for llama.cpp's benchmarks, which time
+    server in steady state (each arrives once per ``gen`` steps; vectorized)."""
+    return np.maximum(np.asarray(batch, float) - 1, 0) * prompt / np.maximum(gen, 1)
+
+
+def interleaved_prefill_tokens(a: dict, batch, prompt, gen):
+    """:func:`prompts_per_step` for a serving engine's query; 0 for llama.cpp's benchmarks, which time
     decode alone."""
-    return a.get("serving", 0.0) * np.maximum(np.asarray(batch, float) - 1, 0) * prompt / np.maximum(gen, 1)
+    return a.get("serving", 0.0) * prompts_per_step(batch, prompt, gen)
 
 
 def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None):

@@ -50,7 +50,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     a, p = es.arrays(q), es.row_params(params, q.kernel, gpu.id)
     notes: list[str] = []
     B, P, G = float(sc.batch), float(sc.prompt_len), float(sc.gen_len)
-    ctx = P + G / 2
+    ctx = float(es.decode_context(P, G))
     # at batch > 1 a serving engine folds the other requests' prompts into the decode forwards
     x = float(es.interleaved_prefill_tokens(a, B, P, G))
     t_dec = float(es.decode_step_s(a, p, B, ctx, x))

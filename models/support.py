@@ -14,8 +14,8 @@ def enumerate_candidates(cat: Catalog, llm: LLM, context: int) -> list[Candidate
     precisions = [m.id for m in cat.methods_of("precision")]
     sparsities = []
     for m in cat.methods_of("sparsity"):
-        if m.get("drop_fractions"):
-            for f in m.get("drop_fractions", []):
+        if fractions := m.get("drop_fractions"):
+            for f in fractions:
                 n = round(f * llm.num_hidden_layers)
                 if 0 < n < llm.num_hidden_layers:
                     sparsities.append((f"drop-{n}", m))
