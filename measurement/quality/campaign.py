@@ -24,7 +24,8 @@ import time
 import traceback
 from pathlib import Path
 
-from .plan import KV_BUDGETS, TRAIN_CANDIDATES, parse_candidates, plan
+from .plan import KV_BUDGETS, TRAIN_CANDIDATES, is_base, parse_candidates, plan
+from .plan import base as reference
 from .rows import (CSV_NAME, META_NAME, ROWS_NAME, _now, append_row, metadata, print_table, provenance, read_rows,
                    row_key, write_csv)
 
@@ -172,13 +173,12 @@ def main(argv=None) -> int:
     todo = plan(budgets)
     if args.only:
         keep = set(args.only.split(","))
-        todo = [t for t in todo if (t["precision"], t["sparsity"], t["kv"]) == ("bf16", "dense", "kv-fp16")
-                or keep & {t["precision"], t["sparsity"], t["kv"]}]
+        todo = [t for t in todo if is_base(t) or keep & {t["precision"], t["sparsity"], t["kv"]}]
     common = {"model": model_id, "seq_len": args.seq_len, "stride": args.seq_len, "weights": weights_label,
               **{k: prov[k] for k in ("gpu", "torch", "transformers", "bitsandbytes", "torchao", "git_commit")}}
     baselines: dict[str, dict] = {}
     for r in rows:
-        if r["precision"] == "bf16" and r["sparsity"] == "dense" and r["kv"] == "kv-fp16" and r["status"] == "ok":
+        if is_base(r) and r["status"] == "ok":
             baselines[r["metric"]] = r
     n_new = 0
     for spec in todo:
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                 try:
                     res = ppl(model, ids["test"], args.seq_len, batch_size=16, max_windows=args.max_windows)
                 except Exception as e:  # noqa: BLE001
-                    if not (spec["sparsity"].startswith("2:4") and spec["precision"] == "bf16"):
+                    if not (spec["sparsity"].startswith("2:4") and spec["precision"] == reference()["precision"]):
                         raise
                     # the semi-structured kernel failed: the same mask in dense storage (same numerics)
                     log(f"2:4 semi-structured forward failed ({type(e).__name__}: {str(e)[:200]}); dense mask")
@@ -239,8 +239,7 @@ def main(argv=None) -> int:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-        is_base = spec["precision"] == "bf16" and spec["sparsity"] == "dense" and spec["kv"] == "kv-fp16"
-        if is_base and row["status"] == "ok":
+        if is_base(spec) and row["status"] == "ok":
             baselines[spec["metric"]] = row
         base = baselines.get(MM.BASELINE_METRIC.get(spec["metric"], spec["metric"]))
         if base is not None:

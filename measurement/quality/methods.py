@@ -11,12 +11,10 @@ from measurement.method_base import Unsupported, notes_of
 from measurement.precision import apply_precision
 from measurement.sparsity import apply_sparsity
 
-# Row names that are not apply.py method ids: (apply.py precision, use calibration, simulate)
-PRECISION_ALIASES = {
-    "rtn-int4": ("awq-int4", False, False),  # int4 g128 through the same torchao kernels, no AWQ scales
-    "rtn-int4-sim": ("awq-int4", False, True),  # quantize-dequantize int4 g128 (checks the simulation)
-    "awq-int4-sim": ("awq-int4", True, True),
-}
+from .plan import GPTQ_FALLBACK, VARIANTS, base
+
+# Row names that are not apply.py method ids: (apply.py precision, use calibration, simulate), from plan.yaml
+PRECISION_ALIASES = {n: (v["method"], v["calibration"], v["simulate"]) for n, v in VARIANTS.items()}
 KV_RESIDUAL_METRICS = {"ppl_decode_res0": 0}  # quantized KV with no 16-bit residual window
 BASELINE_METRIC = {"ppl_decode_res0": "ppl_decode"}  # same protocol, same full-cache baseline
 
@@ -32,15 +30,16 @@ def apply_methods(model, spec: dict, calib) -> tuple[object, list[str]]:
     """Sparsity first (masks / dropped layers), then precision. Returns (model, notes)."""
     batches = calib_list(calib)
     p, s = spec["precision"], spec["sparsity"]
+    ref = base()  # the reference precision / sparsity: nothing to apply
     notes: list[str] = []
-    if s != "dense":
+    if s != ref["sparsity"]:
         kw = {}
-        if p not in ("bf16",) and s.startswith("2:4"):
+        if p != ref["precision"] and s.startswith("2:4"):
             # a quantizer reads dense weights: keep the masked weights dense, then quantize them
             kw["semi_structured"] = False
             notes.append("2:4 mask kept in dense storage so the quantizer can read it")
         model = apply_sparsity(model, s, calib_batches=batches, **kw)
-    if p == "gptq-int4":
+    if p in GPTQ_FALLBACK:
         try:
             model = apply_precision(model, p, calib_batches=batches)
         except Unsupported as e:
@@ -48,7 +47,7 @@ def apply_methods(model, spec: dict, calib) -> tuple[object, list[str]]:
 
             notes.append(f"apply.py: {str(e)[:120]}")
             model = apply_gptq_int4(model, batches)
-    elif p != "bf16":
+    elif p != ref["precision"]:
         real, with_calib, sim = PRECISION_ALIASES.get(p, (p, True, False))
         model = apply_precision(model, real, calib_batches=batches if with_calib else None,
                                 **({"simulate": True} if sim else {}))

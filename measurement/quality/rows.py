@@ -115,6 +115,7 @@ def print_table(rows: list[dict], file=None):
 def metadata(args, prov: dict, model_id: str, wname: str, rows: list[dict], out: Path) -> dict:
     from . import corpus
     from . import model as M
+    from .plan import variant_docs
 
     tl = out / "train_log.json"
     if not tl.exists():
@@ -167,8 +168,7 @@ def metadata(args, prov: dict, model_id: str, wname: str, rows: list[dict], out:
             "order": "sparsity first (mask / drop layers), then precision; combos with 2:4 keep the mask in "
                      "dense storage so the quantizer can read it",
         },
-        "methods": "applied by measurement/apply.py (see its docstring); rtn-int4 = apply_precision('awq-int4') "
-                   "without calibration (round-to-nearest int4 g128, same torchao kernels)",
+        "methods": "; ".join(["applied by measurement/apply.py (see its docstring)", *variant_docs()]),
         "provenance": prov,
         "n_rows": len(rows),
         "status_counts": {s: sum(1 for r in rows if r.get("status") == s) for s in ("ok", "unsupported", "error")},

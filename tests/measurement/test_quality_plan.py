@@ -36,3 +36,25 @@ def test_parse_candidates(spec, want):
 def test_parse_candidates_rejects_garbage():
     with pytest.raises(ValueError):
         P.parse_candidates("x:10", 5)
+
+
+def test_plan_yaml_names_catalog_methods():
+    """plan.yaml names catalog method ids (drop-N: drop-layers), or precision variants of catalog precisions."""
+    import re
+
+    from profiles import load
+
+    cat = load()
+    assert P.base() == {"precision": "bf16", "sparsity": "dense", "kv": "kv-fp16"}
+    assert P.is_base({**P.base(), "metric": "ppl_decode"}) and not P.is_base({**P.base(), "kv": "snapkv"})
+    for name, v in P.VARIANTS.items():
+        assert name not in cat.methods and cat.methods[v["method"]].kind == "precision", name
+    names = {(kind, x) for c in P.plan() for kind, x in (("precision", c["precision"]), ("sparsity", c["sparsity"]),
+                                                           ("kv", c["kv"]))}
+    for kind, x in sorted(names):
+        if x in P.VARIANTS or (kind == "sparsity" and re.fullmatch(r"drop-\d+", x)):
+            continue
+        assert cat.methods[x].kind == kind, x
+    assert all(cat.methods[p].kind == "precision" for p in P.GPTQ_FALLBACK)
+    assert P.variant_docs() == ["rtn-int4 = apply_precision('awq-int4') without calibration (round-to-nearest int4 "
+                                "g128, same torchao kernels)"]
