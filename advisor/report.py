@@ -9,6 +9,7 @@ from profiles import Catalog, load
 from profiles.dtypes import dtype16
 
 from models.candidate import Candidate, Scenario
+from models.efficiency import precisions as harness_precisions
 from models.roofline import decode_step, peak_flops, prefill_step
 from models.speed import predict_speed
 
@@ -124,10 +125,13 @@ def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
     peak = peak_flops(gpu, dtype16(gpu))
     bw = gpu.mem_bw_gbps * 1e9
     pts = []
-    # the unquantized precision in the GPU's 16-bit type, and one 4-bit weight-only method
+    # the unquantized precision in the GPU's 16-bit type, and the most compressed precision the harness's speed
+    # model covers (fewest bytes per weight, the first in catalog order: a 4-bit weight-only method)
     d16 = dtype16(gpu)
     plain = next(m.id for m in cat.methods_of("precision") if m.get("torch_dtype") and m.get("matmul_dtype") == d16)
-    for prec in (plain, "awq-int4"):
+    covered = set(harness_precisions())
+    small = min((m for m in cat.methods_of("precision") if m.id in covered), key=lambda m: float(m.get("bytes_per_weight")))
+    for prec in (plain, small.id):
         for b in (1, 8, 64):
             cand, sc = Candidate(prec), Scenario(b, 1024, 128)
             for phase, step in (("decode", decode_step(cat, llm, cand, sc)), ("prefill", prefill_step(cat, llm, cand, sc))):

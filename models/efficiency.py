@@ -4,25 +4,18 @@
 decode (few rows). ``compute``: fraction of the dtype's dense tensor peak reached in prefill.
 Copy bandwidth itself is ``COPY_BW_FRACTION`` of the datasheet bandwidth.
 
-Sources:
-- PROBE: shared/gpu-notes.md (2026-11-21), one 4096x14336 projection on an H200, 200 calls after
-  warm-up, CUDA graph replay for ``compiled`` and plain calls for ``eager``; the bf16 floor
-  (weights read once at the measured 4.29 TB/s) is 27.4 us. Fraction = floor x (method bytes /
-  bf16 bytes) / measured time.
-- TORCHAO: pytorch/ao torchao/quantization/README.md benchmark table (A100, Llama-3-8B,
-  torch.compile, batch 1): bf16 95.6, int8wo 153.0, int8dq 8.6 tok/s.
-- FUSED: measurement/data/measurements.csv, compile_mode regional-graph-fused (the harness's default
-  compiled backend since the third session: merged q|k|v and gate|up weights, one CUDA graph per step),
-  batch-1 rows of llama3.1-8b (prompt 512 and 2048, three H200s, calls 12-14) and llama3.1-70b (call
-  15); each method's (bandwidth fraction, ms per layer) chosen by least squares on log time with the
-  bf16 constants fixed. Rows of the unmerged regional-graph backend (calls 7-10) are fitted through a
-  feature of the correction (models/correction.py), not through these constants.
-- PREFILL: measurement/data/measurements.csv, prefills of >= 8192 tokens (batch x prompt), H100 and
-  H200: the earlier fraction times the median of analytical / measured prefill time per precision
-  (bf16 0.52 over 77 rows, fp8 0.33 over 17, int8-wo 0.62 over 6, bnb-nf4 0.5 over 2, awq-int4 0.04 over
-  5, bnb-int8 0.40 over 1). Both measured backends prefill through transformers' eager forward.
+The per-method figures (``bw``, ``compute``, ``layer_ms``, CUDA graph capture, the eager host factor, the
+quantized caches' host cost) are parameter data of the harness: ``models/data/harness_kernels.json``,
+read once, with each figure's provenance. That file's ``sources`` defines the source keys used there and in
+the comments below: PROBE (one projection timed on an H200, shared/gpu-notes.md), TORCHAO (pytorch/ao's
+benchmark table), FUSED (the regional-graph-fused rows of measurement/data/measurements.csv) and PREFILL
+(the long prefills of measurement/data/measurements.csv).
 """
 from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
 
 # Measured copy bandwidth / datasheet: H200 4.29 of 4.8 TB/s (gpu-notes), H100 ~3.0 of 3.35
 # (device KINDS.md). Both 0.89-0.90.
@@ -30,36 +23,18 @@ COPY_BW_FRACTION = 0.89
 # bf16 8192^3 matmul: 788 of 989 TFLOP/s on an H200 (device KINDS.md) = 0.80.
 MATMUL_FRACTION = 0.80
 
-# (precision, backend) -> dict(bw=..., compute=..., graphs=bool, src=...)
-_KERNELS = {
-    # compiled 1.04: FUSED, with STEP_OVERHEAD_MS_PER_LAYER["compiled"] (8B 4.72-4.77 ms, 70B 34.97 ms at
-    # prompt 512; every row within 2%). Above 1 because the copy bandwidth it multiplies counts a read and
-    # a write per byte, and the decode GEMVs only read: 70B's large matrices stream at ~94% of that figure
-    # with the small kernels included.
-    "bf16": dict(bw={"compiled": 1.04, "eager": 0.82}, compute=0.42,
-                 src="compiled: FUSED; eager: PROBE 27.4/33.3 us; compute: PREFILL"),
-    "fp16": dict(bw={"compiled": 1.04, "eager": 0.82}, compute=0.42, src="FUSED, PROBE, PREFILL (bf16's cuBLAS path)"),
-    "fp8": dict(bw={"compiled": 0.72, "eager": 0.063}, compute=0.20, layer_ms={"compiled": 0.05},
-                src="compiled: FUSED (8B 5.42-5.57 ms, 70B 29.9-30.3 ms at batch 1: within 3%); fp8 moves the "
-                    "8B only 1.1x against bf16 at 0.57x the bytes, a fixed per-layer cost (dynamic activation "
-                    "quantization kernels); eager PROBE 216 us (launch-bound); compute: PREFILL"),
-    "int8-wo": dict(bw={"compiled": 0.71, "eager": 0.071}, compute=0.37,
-                    src="TORCHAO: int8wo/bf16 = 1.60x at 0.53x bytes -> 0.85 x bf16's 0.84; eager PROBE 192 us; "
-                        "compute: PREFILL"),
-    "w8a8": dict(bw={"compiled": 0.045, "eager": 0.018}, compute=0.60,
-                 src="TORCHAO: int8dq/bf16 = 0.09x at 0.53x bytes; eager PROBE 763 us"),
-    "bnb-int8": dict(bw={"compiled": 0.117, "eager": 0.117}, compute=0.12, graphs=False,
-                     src="PROBE: LLM.int8 116.8 us eager; fails CUDA graph capture; compute: PREFILL (one row)"),
-    "bnb-nf4": dict(bw={"compiled": 0.26, "eager": 0.26}, compute=0.40,
-                    src="PROBE: nf4 29.2 us graph / 30.0 eager at 1 row (FUSED rows give 0.255); above 1 row "
-                        "dequantize + bf16 GEMM"),
-    "awq-int4": dict(bw={"compiled": 0.49, "eager": 0.23}, compute=0.032, layer_ms={"compiled": 0.005},
-                     src="compiled: FUSED (8B 3.49-3.66 ms, 70B 21.8 ms at batch 1: within 2%); eager PROBE: torchao "
-                         "int4 tile_packed_to_4d g128 31.1 us at 1 row; compute: PREFILL (that kernel prefills at "
-                         "~2k tokens/s: no dequantize-to-GEMM path for large M)"),
-    "gptq-int4": dict(bw={"compiled": 0.49, "eager": 0.23}, compute=0.032, layer_ms={"compiled": 0.005},
-                      src="FUSED, PROBE, PREFILL (same int4 g128 kernel as awq-int4 in the measured stack)"),
-}
+KERNELS_PATH = Path(__file__).resolve().parent / "data" / "harness_kernels.json"
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    """models/data/harness_kernels.json, parsed once."""
+    return json.loads(KERNELS_PATH.read_text())
+
+
+# precision id -> dict(bw={backend: fraction}, compute=..., layer_ms={backend: ms}, graphs=bool, src=...)
+_KERNELS = _table()["precisions"]
+
 # 2:4 semi-structured (cuSPARSELt), bf16, needs >= 16 rows: 76.5 us graph / 308 us eager at 16 rows
 # against a 15.4 us floor for its 1.125 bytes per weight.
 # Compiled: FUSED over all 8 llama3.1-8b 2:4-magnitude rows (batch 1-64; 14.3-32 ms per step): 0.12.
@@ -82,12 +57,10 @@ DEQUANT_PATH_BW = {"compiled": 0.84, "eager": 0.82}
 # per layer measured in measurement/data/measurements.csv (20 eager bf16 rows, H100 and H200 VMs,
 # six models from 1B to 8B): 0.46-0.62 ms per layer, independent of model size; 0.55 is the median.
 STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.044, "eager": 0.55}
-# Eager host time of a method relative to bf16 (more Python-issued kernels per projection), measured
-# on the same machine: llama3.1-8b batch 1 prompt 512 on the H100, decode ms/step over bf16's 19.87
-# (measurement/data/measurements.csv). gptq-int4 shares awq-int4's int4 kernel path.
-EAGER_HOST_FACTOR = {"bf16": 1.0, "fp16": 1.0, "awq-int4": 1.16, "gptq-int4": 1.16, "bnb-nf4": 1.20,
-                     "int8-wo": 1.51, "fp8": 4.60, "bnb-int8": 4.48, "w8a8": 1.0}
-EAGER_HOST_FACTOR_24 = 9.23  # 2:4 semi-structured: 183.4 ms vs 19.87 (same rows)
+# Eager host time of a method relative to bf16's (more Python-issued kernels per projection): each
+# precision's eager_host_factor in the data file, measured on one machine (its eager_host_factor_src).
+EAGER_HOST_FACTOR = {p: k["eager_host_factor"] for p, k in _KERNELS.items()}
+EAGER_HOST_FACTOR_24 = 9.23  # 2:4 semi-structured: 183.4 ms vs 19.87 (the eager_host_factor rows)
 # Decode attention over the KV cache: fraction of the copy bandwidth achieved on the KV bytes.
 # compiled (regional-graph: grouped-query attention reads each cached element once): the extra step
 # time from a longer prompt at the same batch, over the extra KV bytes, is 0.86-0.97 once the KV read is
@@ -104,9 +77,9 @@ INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW = 9.0
 # step. Fitted on the kv-fp8/int8/int4/int2 eager rows of llama3.1-8b at prompt 4096, batch 1 and 8,
 # on the H200 (extra ms over the 16-bit cache: batch 1 12.5-22.9, batch 8 20.8-32.9): the batch-8 minus
 # batch-1 difference over the extra elements gives 19-29 bytes per element (24 taken); the rest of the
-# batch-1 extra, over 32 layers, the host ms per layer below.
+# batch-1 extra, over 32 layers, the host ms per layer of each cache (the data file's kv table).
 KV_DEQUANT_BYTES_PER_ELEM = 24.0
-KVQ_HOST_MS_PER_LAYER = {"kv-fp8": 0.35, "kv-int8": 0.42, "kv-int4": 0.58, "kv-int2": 0.67}
+KVQ_HOST_MS_PER_LAYER = {kv: v["host_ms_per_layer"] for kv, v in _table()["kv"].items()}
 # int4 g128 weight-only in the measured stack (torchao tile_packed_to_4d, compiled): the linear time grows
 # with the rows of the step, about +0.15 of the one-row time per extra row (llama3.1-8b on the H100: the
 # linear part is 2.0x at batch 8 and 6.3x at batch 32; llama3.2-1b/3b 2.5x-3.0x at batch 16).
@@ -117,6 +90,11 @@ STEP_OVERHEAD_SRC = ("compiled: regional-graph-fused rows, eager: measured host 
 # Relative error carried on a speed prediction: probe GPU (H200/H100) vs other GPUs.
 REL_ERR_SAME_ARCH = 0.25
 REL_ERR_OTHER_ARCH = 0.45
+
+
+def precisions() -> list[str]:
+    """The precision ids the harness's efficiency table covers (its speed model predicts only these)."""
+    return list(_KERNELS)
 
 
 def kernel(precision: str) -> dict:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from profiles.dtypes import BF16
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "measurement" / "data"
 
@@ -41,14 +43,17 @@ def _f(x):
     return v if math.isfinite(v) else None
 
 
-# bytes per weight of the harness's precisions (what a decode step streams per parameter)
-BYTES_PER_WEIGHT = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8-wo": 1.0, "w8a8": 1.0, "bnb-int8": 1.0,
-                    "bnb-nf4": 0.56, "awq-int4": 0.55, "gptq-int4": 0.55}
+def bytes_per_weight(cat, precision: str) -> float:
+    """Bytes a decode step streams per parameter for a row's precision: the catalog's ``bytes_per_weight``
+    (methods.yaml); 2.0 (16 bit) for a precision the catalog lacks."""
+    m = cat.methods.get(precision)
+    bpw = m.get("bytes_per_weight") if m is not None else None
+    return float(bpw) if bpw is not None else 2.0
 
 
 def _ridge(g) -> float:
     """FLOPs per byte at which the datasheet bf16 peak and bandwidth balance."""
-    return g.peak_tflops("bf16") * 1e12 / (g.mem_bw_gbps * 1e9)
+    return g.peak_tflops(BF16) * 1e12 / (g.mem_bw_gbps * 1e9)
 
 
 def measured_rows(cat) -> list[dict]:
@@ -74,11 +79,11 @@ def measured_rows(cat) -> list[dict]:
     for r in d[d.status == "ok"].to_dict("records"):
         g = cat.gpu(r["gpu"])
         sb = (_f(r.get("copy_bw_gbps")) or g.mem_bw_gbps) / g.mem_bw_gbps
-        sc = (_f(r.get("matmul_tflops_bf16")) or g.peak_tflops("bf16")) / g.peak_tflops("bf16")
+        sc = (_f(r.get("matmul_tflops_bf16")) or g.peak_tflops(BF16)) / g.peak_tflops(BF16)
         u = _f(r.get("decode_roofline_frac"))
         if u:
             um = u * sb
-            add(g.id, f"harness:{g.id}", um, um * 2 * r["batch"] / BYTES_PER_WEIGHT.get(r["precision"], 2.0) / _ridge(g),
+            add(g.id, f"harness:{g.id}", um, um * 2 * r["batch"] / bytes_per_weight(cat, r["precision"]) / _ridge(g),
                 _f(r.get("avg_power_w")))
         pj, pms, u = _f(r.get("prefill_j")), _f(r.get("prefill_ms")), _f(r.get("prefill_roofline_frac"))
         if pj and pms and u and pms > 200:  # windows under 0.2 s are below NVML's energy-counter resolution
@@ -96,7 +101,7 @@ def measured_rows(cat) -> list[dict]:
                 bpw = (_f(r["gguf_bits_per_weight"]) or 16) / 8
                 add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p)
             else:
-                add("h200", "llamacpp:h200", 0.0, u * _f(r["peak_tflops_bf16"]) / h200.peak_tflops("bf16"), p)
+                add("h200", "llamacpp:h200", 0.0, u * _f(r["peak_tflops_bf16"]) / h200.peak_tflops(BF16), p)
     with open(DATA / "multi_gpu" / "tp_rows.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             if r["status"] != "ok" or r["metric"] not in ("decode_step_ms", "prefill_ms") or not r["power_w_per_gpu"]:
@@ -106,13 +111,13 @@ def measured_rows(cat) -> list[dict]:
                 continue
             pl = shard_plan(cat.llm(r["model"]), int(r["num_gpus"]))
             B, ctx, t = int(r["batch"]), int(r["prompt_len"]), float(r["value"]) / 1e3
-            bpw = 1.0 if r["precision"] == "fp8" else 2.0
+            bpw = bytes_per_weight(cat, r["precision"])
             if r["metric"] == "decode_step_ms":
                 byts = pl.matmul_params * bpw + B * ctx * pl.kv_bytes_per_token()
                 flops = 2 * pl.matmul_params * B + B * 4 * ctx * pl.layers * pl.q_heads * pl.head_dim
             else:
                 byts, flops = pl.matmul_params * bpw, 2 * pl.matmul_params * B * ctx
-            add("h200", "tp:h200", byts / t / (h200.mem_bw_gbps * 1e9), flops / t / (h200.peak_tflops("bf16") * 1e12),
+            add("h200", "tp:h200", byts / t / (h200.mem_bw_gbps * 1e9), flops / t / (h200.peak_tflops(BF16) * 1e12),
                 statistics.mean(ws))
     return out
 
@@ -171,10 +176,10 @@ def published_rows(cat) -> list[dict]:
         wbytes = (pc.total - pc.embed) * 2  # bf16 weights read per step (embedding gathered)
         ctx = m["ctx"]
         step = m["tpot_ms"] / 1e3
-        u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate("bf16"))) / n / (step * g.mem_bw_gbps * 1e9)
+        u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate(prec))) / n / (step * g.mem_bw_gbps * 1e9)
         # the step's matmul tokens: the batch plus the prompts folded in meanwhile (as the speed model counts them)
         tokens = B + float(prompts_per_step(B, *m["lengths"]))
-        u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops("bf16") * 1e12)
+        u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops(BF16) * 1e12)
         out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
                     "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],

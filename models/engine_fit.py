@@ -28,8 +28,6 @@ from .engine_intervals import conformal_q
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
 INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources
-KV_OF = {"fp16": "kv-fp16", "bf16": "kv-fp16", "auto": "kv-fp16", "fp8": "kv-fp8", "fp8_e4m3": "kv-fp8",
-         "fp8_e5m2": "kv-fp8", "q8_0": "kv-q8_0", "q4_0": "kv-q4_0", "f16": "kv-fp16"}
 ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
 _RUNNING = __import__("re").compile(r"avg running batch ([0-9.]+)")
 _UB = __import__("re").compile(r"micro-?batch size \(-ub\) (\d+)", __import__("re").I)
@@ -75,9 +73,17 @@ def _num(v, default=0.0) -> float:
     return default if math.isnan(f) else f
 
 
-# Published precision labels that are one catalog method on the engines (vLLM runs an FP8 checkpoint as
-# weight-only FP8 Marlin on Ampere: the catalog's fp8 on sm80/86).
-PRECISION_OF = {"fp8-wo": "fp8"}
+def kv_of(cat: Catalog) -> dict[str, str]:
+    """Engine rows' KV cache dtype names (lower case) -> KV method id, from each KV method's
+    ``engine_kv_dtypes`` in methods.yaml."""
+    return {str(n).lower(): m.id for m in cat.methods_of("kv") for n in m.get("engine_kv_dtypes") or ()}
+
+
+def precision_of(cat: Catalog) -> dict[str, str]:
+    """Engine rows' precision labels other than a method id -> precision id, from each precision's
+    ``engine_precision_labels`` in methods.yaml (vLLM runs an FP8 checkpoint as weight-only FP8 Marlin on
+    Ampere: the catalog's fp8 on sm80/86)."""
+    return {str(n): m.id for m in cat.methods_of("precision") for n in m.get("engine_precision_labels") or ()}
 
 
 def _lookup(cat: Catalog, kind: str, name):
@@ -111,6 +117,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
     skipped: dict[str, int] = {}
     sub = df[df["engine"] == engine]
     mem_frac = float(eng.get("memory_fraction", 0.9))
+    kvs, precs, kv16 = kv_of(cat), precision_of(cat), cat.default_method("kv")
     for i, r in sub.iterrows():
         def skip(why):
             skipped[why] = skipped.get(why, 0) + 1
@@ -118,8 +125,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if gpu is None or llm is None or gpu.vendor != "nvidia":
             skip("GPU or model not in the catalog (or not NVIDIA)")
             continue
-        prec = PRECISION_OF.get(str(r["precision"]), str(r["precision"]))
-        kv = KV_OF.get(str(r.get("kv_dtype") or "fp16").lower())
+        prec = precs.get(str(r["precision"]), str(r["precision"]))
+        kv_name = r.get("kv_dtype")
+        kv = kvs.get(str(kv_name).lower()) if kv_name else kv16  # no KV dtype stated: the 16-bit cache
         metric = _metric_of(r)
         if prec not in cat.methods or kv is None or metric not in es.METRICS:
             skip("method, KV dtype or metric not modelled")
@@ -129,11 +137,11 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             skip("method not run by the engine on that architecture (catalog)")
             continue
         if not eng.runs_kv(kv, arch):
-            kv = "kv-fp16"  # a published row with a KV dtype the catalog does not list: read as 16-bit
+            kv = kv16  # a published row with a KV dtype the catalog does not list: read as 16-bit
         n = int(_num(r.get("num_gpus"), 1) or 1)
         split = str(r.get("parallel") or "none")
         split = {"none": None, "pp": "layer"}.get(split, split)
-        q = es.query(cat, gpu, llm, Candidate(prec, "dense", kv), eng, n, split)
+        q = es.query(cat, gpu, llm, Candidate(prec, kv=kv), eng, n, split)
         prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
         if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)
             prompt = _num(r.get("prompt_len_est"), 0)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profiles import GPU, LLM, Catalog
+from profiles.dtypes import BF16, FP8, FP16, INT8
 from profiles.engines import Engine, arch_of
 
 from .candidate import Candidate
@@ -46,12 +47,12 @@ P_SOFT = 3.0
 # Tensor dtype each kernel multiplies in (its peak is the compute roof).
 KERNEL_DTYPE = {
     "cublas-16": "16", "trt-16": "16", "marlin-int4": "16", "marlin-fp8-wo": "16", "awq-gemm": "16",
-    "exllama-gptq": "16", "bnb": "16", "trt-w4a16": "16", "cutlass-fp8": "fp8", "trt-fp8": "fp8",
-    "cutlass-int8": "int8", "trt-int8-sq": "int8", "trt-nvfp4": "fp4",
+    "exllama-gptq": "16", "bnb": "16", "trt-w4a16": "16", "cutlass-fp8": FP8, "trt-fp8": FP8,
+    "cutlass-int8": INT8, "trt-int8-sq": INT8, "trt-nvfp4": "fp4",
     # llama.cpp: F16 through cuBLAS with FP16 accumulation (ggml-cuda's CUBLAS_COMPUTE_16F path), the
     # quantized types through MMQ on int8 tensor cores
-    "ggml-f16": "fp16acc", "ggml-q8_0": "int8", "ggml-q6_k": "int8", "ggml-q5_k": "int8", "ggml-q4_k": "int8",
-    "ggml-q4_0": "int8", "ggml-iq4_xs": "int8",
+    "ggml-f16": "fp16acc", "ggml-q8_0": INT8, "ggml-q6_k": INT8, "ggml-q5_k": INT8, "ggml-q4_k": INT8,
+    "ggml-q4_0": INT8, "ggml-iq4_xs": INT8,
 }
 # Tokens per prefill forward (the engine's token budget per step): vLLM V1 max_num_batched_tokens 8192 and
 # SGLang chunked_prefill_size 8192 (their server-argument docs), TensorRT-LLM max_num_tokens 8192
@@ -80,8 +81,8 @@ DEQUANT_COPY_BYTES = {"bnb": 4.0}
 def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
     """Dense tensor peak (FLOP/s) of ``dtype`` ('16' = bf16 where the GPU has it, else fp16), falling back
     to the 16-bit peak, then the FP32 figure, where the catalog has no entry."""
-    order = {"16": ("bf16", "fp16"), "fp16acc": ("fp16_acc16", "fp16", "bf16"), "fp8": ("fp8", "bf16", "fp16"), "int8": ("int8", "bf16", "fp16"),
-             "fp4": ("fp4", "fp8", "bf16", "fp16")}[dtype]
+    order = {"16": (BF16, FP16), "fp16acc": ("fp16_acc16", FP16, BF16), FP8: (FP8, BF16, FP16), INT8: (INT8, BF16, FP16),
+             "fp4": ("fp4", FP8, BF16, FP16)}[dtype]
     for d in order:
         v = gpu.peak_tflops(d)
         if v:

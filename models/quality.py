@@ -30,7 +30,7 @@ from functools import lru_cache
 
 from profiles import Catalog, LLM
 
-from .candidate import Candidate
+from .candidate import DEFAULT_SPARSITY, Candidate
 from .estimate import Estimate
 from .quality_fit import pool_by_size
 from .quality_rows import (ABS_FLOOR, ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
@@ -296,7 +296,7 @@ def fixed_component(comp: tuple, budget: int | None, context: int | None) -> Com
     """The losses no table decides: a 16-bit dense reference part, and an eviction policy whose budget
     holds the whole context (it keeps every token)."""
     if comp[0] == "precision" and comp[1] in BASE_PRECISIONS or comp[0] == "kv" and comp[1] in BASE_KV \
-            or comp == ("sparsity", "dense"):
+            or comp == ("sparsity", DEFAULT_SPARSITY):
         return ComponentLoss(comp, 0.0, 0.0, 0.0, "reference", "-", ("16-bit dense reference",))
     if comp[0] == "kv" and comp[1] in EVICTION and budget and context is not None and context <= budget:
         return ComponentLoss(comp, 0.0, 0.0, 0.0, "within-budget", "-",

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from .candidate import DROP_LAYERS
+
 FLOOR = 1e-3
 SCORE = "score"
 
@@ -59,7 +61,7 @@ def _feats(r) -> dict:
          "llama3": 1.0 if r.family == "llama3" else 0.0, "small": 1.0 if r.family == "small" else 0.0}
     if comp[0] == "kv" and r.budget:
         f[f"budget:{comp[1]}"] = math.log2(r.budget / 1024)
-    if comp == ("sparsity", "drop-layers") and r.budget:
+    if comp == ("sparsity", DROP_LAYERS) and r.budget:
         f["drop_frac"] = r.budget / 1000
     return f
 

@@ -8,8 +8,26 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-BASE_PRECISIONS = {"fp16", "bf16"}
-BASE_KV = {"fp16", "bf16", "kv-fp16"}
+from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, DROP_LAYERS
+
+
+def _catalog_sets() -> tuple[set, set, set]:
+    """From profiles/data/methods.yaml: the unquantized precisions (those with a ``torch_dtype``), the
+    precisions marked ``quality_llama3_sensitive``, and the KV eviction policies (those with token
+    ``budgets``)."""
+    from profiles import load
+    cat = load()
+    plain = {m.id for m in cat.methods_of("precision") if m.get("torch_dtype")}
+    sensitive = {m.id for m in cat.methods_of("precision") if m.get("quality_llama3_sensitive")}
+    evict = {m.id for m in cat.methods_of("kv") if m.get("budgets")}
+    return plain, sensitive, evict
+
+
+_PLAIN, _SENSITIVE, _EVICT = _catalog_sets()
+# The 16-bit reference of a row: an unquantized precision; a KV column naming the catalog's default cache,
+# or the 16-bit cache by the model's dtype (fp16 / bf16, as the published tables do).
+BASE_PRECISIONS = set(_PLAIN)
+BASE_KV = {DEFAULT_KV} | _PLAIN
 METRIC_RANK = {"wikitext2_ppl": 0, "c4_ppl": 1, "pg19_ppl": 2, "longbench_avg": 6, "mmlu": 7,
                "openllm_v1_avg": 7, "zeroshot5_avg_acc": 8, "zeroshot4_avg_acc": 8, "gsm8k": 8, "needle_acc": 9}
 SCORE_METRICS = {"longbench_avg", "mmlu", "openllm_v1_avg", "zeroshot5_avg_acc", "zeroshot4_avg_acc",
@@ -56,9 +74,12 @@ def row_loss(kind: str, baseline: float, value: float, exact: bool = False) -> t
     return b - v, (b - hb) - (v + hv), (b + hb) - (v - hv)
 
 
-LLAMA3_SENSITIVE = {"awq-int4", "gptq-int4", "rtn-int4", "bnb-nf4", "w8a8"}
+# Llama 3 taken as LLAMA3_FACTOR x as sensitive as Llama 2 to these methods (Huang et al. 2024, "How Good Are
+# Low-bit Quantized LLaMA3 Models?", https://arxiv.org/abs/2404.14047): the catalog's precisions marked
+# quality_llama3_sensitive, and round-to-nearest int4, a label of published rows outside the catalog.
+LLAMA3_SENSITIVE = _SENSITIVE | {"rtn-int4"}
 LLAMA3_FACTOR = 2.0
-EVICTION = {"streamingllm", "snapkv", "pyramidkv"}
+EVICTION = set(_EVICT)
 SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"
 
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
@@ -134,8 +155,8 @@ def _component(r: dict) -> tuple | None:
     varied = []
     if prec not in BASE_PRECISIONS:
         varied.append(("precision", prec))
-    if sp != "dense":
-        varied.append(("sparsity", "drop-layers" if sp.startswith("drop-") else sp))
+    if sp != DEFAULT_SPARSITY:
+        varied.append(("sparsity", DROP_LAYERS if sp.startswith("drop-") else sp))
     if kv not in BASE_KV:
         varied.append(("kv", kv))
     return varied[0] if len(varied) == 1 else None
@@ -165,7 +186,7 @@ def rows_from_published(raw: list[dict]) -> list[Row]:
         if comp is None or "naive" in str(r.get("notes", "")).lower()[:40]:
             continue  # combinations, and naive baselines that a paper contrasts with its method
         budget = r.get("kv_budget")
-        if comp[0] == "sparsity" and comp[1] == "drop-layers":
+        if comp[0] == "sparsity" and comp[1] == DROP_LAYERS:
             frac = _drop_fraction(r)
             if frac is None:
                 continue

@@ -13,28 +13,32 @@ from __future__ import annotations
 
 import statistics
 
-from .quality import (KINDS, PPL, QualityModel, calibrate_widths, held_out_lookups, lookup_of, paper_of,
+from .quality import (EVICTION, KINDS, PPL, QualityModel, calibrate_widths, held_out_lookups, lookup_of, paper_of,
                       rows_from_published, rows_from_small_model)
 
-FAMILY = {"awq-int4": "4-bit weight", "gptq-int4": "4-bit weight", "rtn-int4": "4-bit weight", "bnb-nf4": "4-bit weight",
-          "int8-wo": "8-bit weight", "bnb-int8": "8-bit weight", "fp8": "8-bit weight", "w8a8": "8-bit weight",
-          "smoothquant-w8a8": "8-bit weight"}
+# Labels of published rows that name no catalog method: their report group (a catalog method's is its
+# quality_family in methods.yaml) and the eviction policies among them (the catalog's: quality_rows.EVICTION).
+PUBLISHED_FAMILY = {"rtn-int4": "4-bit weight", "smoothquant-w8a8": "8-bit weight"}
+PUBLISHED_EVICTION = {"h2o"}
 
 
-def _family(comp: tuple) -> str:
+def _family(comp: tuple, cat) -> str:
+    """The group a component's held-out errors are reported under."""
     if comp[1].startswith("gguf-"):
         return "gguf"
     if comp[0] == "precision":
-        return FAMILY.get(comp[1], "other weight")
+        m = cat.methods.get(comp[1])
+        fam = m.get("quality_family") if m is not None and m.kind == comp[0] else PUBLISHED_FAMILY.get(comp[1])
+        return fam or "other weight"
     if comp[0] == "kv":
-        return "kv eviction" if comp[1] in ("streamingllm", "snapkv", "pyramidkv", "h2o") else "kv quantization"
+        return "kv eviction" if comp[1] in EVICTION or comp[1] in PUBLISHED_EVICTION else "kv quantization"
     return "sparsity / layer drop"
 
 
-def _scores(res: list, kind: str) -> dict:
+def _scores(res: list, kind: str, cat) -> dict:
     fams = {}
     for r, c in res:
-        fams.setdefault(_family(r.component), []).append((r, c))
+        fams.setdefault(_family(r.component, cat), []).append((r, c))
     k = 100.0 if kind == PPL else 1.0
     return {f: {"n": len(v), "mae_points": statistics.mean(abs(c.loss - max(r.loss, 0)) * k for r, c in v),
                 "coverage90": sum(c.low <= max(r.loss, 0) <= c.high for r, c in v) / len(v),
@@ -61,10 +65,10 @@ def held_out(cat, by: str = "paper") -> dict:
             return c, (q.component(cat.llm(r.model), r.component, r.budget, kind) if r.model in cat.llms else None)
         pairs = list(held_out_lookups(rows, key, make, kind, ask))
         res = [(r, c) for r, (c, _) in pairs]
-        out[kind] = _scores(res, kind)
+        out[kind] = _scores(res, kind, cat)
         # the methods the product can recommend (published tables also hold e.g. round-to-nearest int4)
-        out[kind]["_catalog_methods"] = _scores([(r, c) for r, c in res if r.component[1] in cat.methods], kind)
+        out[kind]["_catalog_methods"] = _scores([(r, c) for r, c in res if r.component[1] in cat.methods], kind, cat)
         out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
-        served[kind] = _scores([(r, s) for r, (_, s) in pairs if s is not None], kind)
+        served[kind] = _scores([(r, s) for r, (_, s) in pairs if s is not None], kind, cat)
     out["as_served"] = served
     return out

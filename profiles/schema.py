@@ -105,8 +105,13 @@ METHOD_FIELDS = (
     Field("rocm", (bool,), required=False),             # the advisor models a ROCm kernel path for it
     Field("kv_dequant", (str,), required=False, choices=("int", "float")),  # cache dequantized every step
     Field("whole_prompt_prefill", (bool,), required=False),  # scores the whole prompt: prefill unchunked
+    Field("harness", (dict,), required=False),  # how measurement/ runs it: {impl: registry key, its parameters}
     Field("aiconfigurator_gemm", (str,), required=False),  # AIConfigurator 0.12.0 gemm_quant_mode
     Field("llm_analysis_dtype", (str,), required=False),   # llm-analysis 0.2.2 dtype config name
+    Field("engine_kv_dtypes", (list,), required=False),   # engine rows' kv_dtype names of this KV cache
+    Field("engine_precision_labels", (list,), required=False),  # engine rows' other precision labels for it
+    Field("quality_family", (str,), required=False),     # group of the quality validation's report
+    Field("quality_llama3_sensitive", (bool,), required=False),  # Llama 2 <-> 3 transfer scaled (quality model)
     Field("min_cc", (str,), nullable=True),
     Field("needs", (list,), required=False),
     Field("kernels", (dict,), required=False),
