@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 
 from .dataset import DEFAULT_COMPILE_MODE  # one definition, beside the row ids that use it
+from .kv_cache import KV_EVICT, KV_QUANT, kv_spec
 from .prepare import ModelContext
-from .store import RunConfig
+from .store import RunConfig, default_method
 
-EVICT = ("streamingllm", "snapkv", "pyramidkv")
-KVQ = ("kv-fp8", "kv-int8", "kv-int4", "kv-int2")
+EVICT = KV_EVICT  # KV policies that keep a token budget (methods.yaml harness impl: evict)
+KVQ = tuple(KV_QUANT)  # KV policies stored quantized (harness impl: quantize)
 
 
 @dataclass
@@ -31,8 +32,12 @@ PREFILL_CHUNK_TOKENS = 16384   # tokens per prefill forward (batch x chunk); lon
 
 
 def prefill_chunk(rc: RunConfig) -> int:
-    """Tokens per sequence per prefill forward. SnapKV/PyramidKV score the whole prompt: never chunked."""
-    if rc.kv in ("snapkv", "pyramidkv"):
+    """Tokens per sequence per prefill forward. SnapKV/PyramidKV score the whole prompt: never chunked
+    (methods.yaml ``whole_prompt_prefill``)."""
+    from profiles import load
+
+    m = load().methods.get(rc.kv)
+    if m is not None and m.get("whole_prompt_prefill"):
         return rc.prompt_len
     c = max(64, PREFILL_CHUNK_TOKENS // max(1, rc.batch))
     return rc.prompt_len if rc.prompt_len <= c else c
@@ -62,13 +67,13 @@ class EagerBackend:
 
         from .kv_cache import make_kv_cache
 
-        if rc.kv == "kv-fp16":
+        if _model_cache(rc):
             return DynamicCache(config=ctx.config), "DynamicCache"
         cache, notes = make_kv_cache(rc.kv, ctx.config, budget=rc.kv_budget, model=ctx.model)
         return cache, notes
 
     def can_reuse(self, rc: RunConfig) -> bool:
-        return rc.kv == "kv-fp16"
+        return _model_cache(rc)
 
     def prefill(self, ctx: ModelContext, rc: RunConfig, ids, state: dict):
         import torch
@@ -130,7 +135,7 @@ class CompiledBackend:
         if rc.kv in KVQ:
             return ("compiled backend: our quantized KV cache grows and dequantizes dynamically (no static-shape "
                     "quantized attention kernel in torch/transformers); measured on the eager backend")
-        if rc.kv == "pyramidkv":
+        if kv_spec(rc.kv).get("layer_budgets"):
             return ("compiled backend: per-layer KV budgets need per-layer masks under one StaticCache; "
                     "measured on the eager backend")
         return None
@@ -212,7 +217,7 @@ class CompiledBackend:
             pos = torch.full((1, 1), rc.prompt_len, dtype=torch.long, device=tok.device)
             if rc.compile_mode != "none" and not getattr(ctx, "compiled_once", False):
                 ctx.compiled_once = True
-                if not (_reference_shape(rc) and rc.precision == "bf16"):
+                if not (_reference_shape(rc) and rc.precision == default_method("precision")):
                     # one dynamic-shape compile serves every batch size and cache length of this model/method;
                     # the reference config (bf16, batch 1, prompt 512) keeps a fully specialized first graph
                     # and dynamo's automatic-dynamic recompiles once for the other shapes
@@ -247,7 +252,8 @@ class CompiledBackend:
                 # the reference config (bf16, batch 1, prompt 512) keeps a fully specialized first graph; any
                 # other first config compiles the cache length as a symbol, which saves the recompile that
                 # batch 1 at another prompt length would cost (batch 1 is always specialized by dynamo)
-                ref = rc.precision == "bf16" and rc.sparsity == "dense" and _reference_shape(rc)
+                ref = (rc.precision == default_method("precision") and rc.sparsity == default_method("sparsity")
+                       and _reference_shape(rc))
                 dec = GraphDecoder(ctx.model, state["cache"], rc.batch, layer_fn=ctx.compiled[1],
                                    graph=rc.compile_mode in GRAPH_MODES, fuse=rc.compile_mode in FUSED_MODES,
                                    dynamic_len=first and not ref)
@@ -320,6 +326,11 @@ def _stored(cache):
 
 
 BACKENDS = {"eager": EagerBackend, "compiled": CompiledBackend}
+
+
+def _model_cache(rc: RunConfig) -> bool:
+    """The policy is the model's own 16-bit cache (methods.yaml harness impl: model_cache)."""
+    return kv_spec(rc.kv).get("impl") == "model_cache"
 
 
 def _reference_shape(rc: RunConfig) -> bool:

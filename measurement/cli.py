@@ -18,6 +18,7 @@ import click
 
 from .backends import REGIONAL_MODES
 from .dataset import DEFAULT_COMPILE_MODE
+from .store import default_method
 
 SWEEP_KEYS = ("model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len", "gen_len",
               "weights", "trials", "warmup", "compile_mode")
@@ -70,12 +71,11 @@ def resolve_model(name: str, cat) -> str:
 
 
 def resolve_method(name: str, kind: str, cat) -> str:
-    """A method id of ``kind`` (precision|sparsity|kv); drop-N is a sparsity with N layers."""
+    """A method id of ``kind`` (precision|sparsity|kv); drop-N is a sparsity with N layers. A catalogued method
+    the harness does not implement is still measured, as an 'unsupported' row."""
     from profiles.catalog import UnknownProfileError
 
-    from .kv_cache import KV_POLICIES
-    from .precision import PRECISIONS
-    from .sparsity import SPARSITIES
+    from .sparsity import drops_layers
 
     n = name.strip().lower()
     if kind == "sparsity" and _DROP.match(n):
@@ -88,12 +88,8 @@ def resolve_method(name: str, kind: str, cat) -> str:
     m = cat.methods[mid]
     if m.kind != kind:
         raise click.BadParameter(f"'{name}' is a {m.kind} method, not a {kind} method", param_hint=f"--{kind}")
-    known = {"precision": PRECISIONS, "sparsity": SPARSITIES, "kv": KV_POLICIES}[kind]
-    if mid == "drop-layers":
+    if drops_layers(mid):
         raise click.BadParameter("name the number of layers to drop: drop-N (e.g. drop-8)", param_hint="--sparsity")
-    if mid not in known:
-        # catalogued but not implemented by the harness: still measured as an 'unsupported' row
-        pass
     return mid
 
 
@@ -109,9 +105,9 @@ def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     models = [resolve_model(m, cat) for m in _csv(g.get("model"))]
     if not models:
         raise click.BadParameter("at least one model is needed", param_hint="--model")
-    precs = [resolve_method(p, "precision", cat) for p in _csv(g.get("precision", "bf16"))]
-    sps = [resolve_method(s, "sparsity", cat) for s in _csv(g.get("sparsity", "dense"))]
-    kvs = [resolve_method(k, "kv", cat) for k in _csv(g.get("kv", "kv-fp16"))]
+    precs = [resolve_method(p, "precision", cat) for p in _csv(g.get("precision", default_method("precision")))]
+    sps = [resolve_method(s, "sparsity", cat) for s in _csv(g.get("sparsity", default_method("sparsity")))]
+    kvs = [resolve_method(k, "kv", cat) for k in _csv(g.get("kv", default_method("kv")))]
     budgets = _ints(g.get("kv_budget"), "--kv-budget") if g.get("kv_budget") not in (None, "") else []
     backends = _csv(g.get("backend", "compiled"))
     for b in backends:
@@ -128,9 +124,11 @@ def expand_grid(grid: dict, cat, defaults: dict | None = None) -> list:
     if mode not in COMPILE_MODES:
         raise click.BadParameter(f"unknown compile mode '{mode}' ({', '.join(COMPILE_MODES)})",
                                  param_hint="--compile-mode")
+    from .kv_cache import KV_EVICT
+
     out = []
     for m, p, s, k, be, b, pl, gl in itertools.product(models, precs, sps, kvs, backends, batches, prompts, gens):
-        evict = k in ("streamingllm", "snapkv", "pyramidkv")
+        evict = k in KV_EVICT
         for kb in (budgets or [None]) if evict else [None]:
             if evict and kb is None:
                 raise click.BadParameter(f"{k} needs --kv-budget", param_hint="--kv-budget")
@@ -244,10 +242,11 @@ def plain_table(rows: list[dict]) -> str:
 
 @click.command("measure", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "models", help="Model ids, comma-separated (profiles/data/llms.yaml), e.g. llama3.1-8b.")
-@click.option("--precision", default="bf16", show_default=True,
+@click.option("--precision", default=default_method("precision"), show_default=True,
               help="fp16,bf16,fp8,bnb-int8,int8-wo,w8a8,bnb-nf4,awq-int4,gptq-int4 (comma-separated).")
-@click.option("--sparsity", default="dense", show_default=True, help="dense, 2:4-magnitude, 2:4-wanda, drop-N.")
-@click.option("--kv", default="kv-fp16", show_default=True,
+@click.option("--sparsity", default=default_method("sparsity"), show_default=True,
+              help="dense, 2:4-magnitude, 2:4-wanda, drop-N.")
+@click.option("--kv", default=default_method("kv"), show_default=True,
               help="kv-fp16, kv-fp8, kv-int8, kv-int4, kv-int2, streamingllm, snapkv, pyramidkv.")
 @click.option("--kv-budget", default=None, help="KV token budgets for eviction policies (comma-separated).")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes (comma-separated).")

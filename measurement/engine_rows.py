@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from profiles.dtypes import FP16
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PUBLISHED_DIR = DATA_DIR / "published_engine"
 MEASURED_PATHS = (DATA_DIR / "llamacpp" / "rows.csv",)
@@ -60,7 +62,7 @@ def load_engine_rows(published: bool = True, measured: bool = True, extra=()):
         return pd.DataFrame(columns=[*REQUIRED, "kind"])
     df = pd.concat(frames, ignore_index=True)
     df = df[np.isfinite(df["value"]) & (df["value"] > 0)]
-    for c, d in (("num_gpus", 1), ("depth", 0), ("kv_dtype", "fp16"), ("parallel", "none")):
+    for c, d in (("num_gpus", 1), ("depth", 0), ("kv_dtype", FP16), ("parallel", "none")):  # 16-bit KV by default
         if c not in df:
             df[c] = d
         df[c] = df[c].fillna(d)

@@ -2,16 +2,39 @@
 write (kv-fp8 / kv-int8 / kv-int4 / kv-int2: groups along head_dim, a 16-bit residual of the most recent
 tokens, dequantized on read) or evicted to a budget in tokens (streamingllm, snapkv, pyramidkv with
 per-layer budgets from :func:`pyramid_budgets`). transformers is imported only when a cache is made.
+
+Which cache a policy gets is data: its ``harness`` block in profiles/data/methods.yaml names an entry of
+:data:`IMPLEMENTATIONS` (``impl``: model_cache, quantize, evict) and its parameters (``nbits`` and float ``codes``
+of a quantized cache; ``keep`` and ``layer_budgets`` of an evicting one).
 """
 from __future__ import annotations
 
 import math
 
-from .method_base import _torch, decoder_layers
+from .method_base import _torch, decoder_layers, harness_specs
 
-KV_POLICIES = ("kv-fp16", "kv-fp8", "kv-int8", "kv-int4", "kv-int2", "streamingllm", "snapkv", "pyramidkv")
-KV_QUANT = {"kv-fp8": "fp8", "kv-int8": 8, "kv-int4": 4, "kv-int2": 2}
-KV_EVICT = ("streamingllm", "snapkv", "pyramidkv")
+_SPECS = harness_specs("kv")
+KV_POLICIES = tuple(_SPECS)
+KV_QUANT = {k: h["nbits"] for k, h in _SPECS.items() if h["impl"] == "quantize"}  # id -> bits per code
+KV_EVICT = tuple(k for k, h in _SPECS.items() if h["impl"] == "evict")
+KV_GROUP = 64  # elements along head_dim per scale (and zero) of a quantized cache
+FP16_BYTES = 2  # a 16-bit element: the cache in the model's dtype, and each scale / zero of a quantized one
+FLOAT_CODES = {"float8_e4m3fn": "fp8 e4m3"}  # torch dtypes of float codes (``codes``) -> how notes name them
+
+
+def kv_spec(kv: str) -> dict:
+    """The ``harness`` block of KV policy ``kv`` ({} if the harness does not run it)."""
+    return _SPECS.get(kv, {})
+
+
+def stored_bytes_per_elem(kv: str, group: int = KV_GROUP) -> float:
+    """Bytes per K or V element in the harness's cache for ``kv``: a quantized one stores ``nbits``/8 bytes of
+    code plus, per ``group`` elements, an fp16 scale (and an fp16 zero for integer codes; its 16-bit residual
+    of recent tokens is not counted); every other policy stores 16 bits."""
+    h = _SPECS.get(kv, {})
+    if h.get("impl") != "quantize":
+        return float(FP16_BYTES)
+    return h["nbits"] / 8 + (FP16_BYTES if h.get("codes") else 2 * FP16_BYTES) / group
 
 
 def _kv_layer_classes():
@@ -22,14 +45,14 @@ def _kv_layer_classes():
     class QuantKVLayer(DynamicLayer):
         """K/V quantized on write in groups of ``group`` along head_dim (scale + zero per group), a residual
         of the most recent ``residual`` tokens kept in 16 bit, everything dequantized on read.
-        ``nbits`` in (8, 4, 2): asymmetric integer codes packed into uint8; ``"fp8"``: e4m3 with one
-        scale per group."""
+        ``nbits`` in (8, 4, 2): asymmetric integer codes packed into uint8; ``codes`` (a torch float dtype name,
+        e.g. float8_e4m3fn): float codes of that dtype with one scale per group."""
 
         is_compileable = False
 
-        def __init__(self, nbits, group: int = 64, residual: int = 128, **kw):
+        def __init__(self, nbits, group: int = KV_GROUP, residual: int = 128, codes: str | None = None, **kw):
             super().__init__()
-            self.nbits, self.group, self.residual = nbits, group, residual
+            self.nbits, self.group, self.residual, self.codes = nbits, group, residual, codes
             self.q = {"k": None, "v": None}  # (codes, scale, zero, n_tokens)
             self.n_quant = 0
             self.cumulative_length = 0
@@ -39,9 +62,10 @@ def _kv_layer_classes():
             B, H, T, D = x.shape
             g = self.group if D % self.group == 0 else D
             xf = x.float().reshape(B, H, T, D // g, g)
-            if self.nbits == "fp8":
-                scale = (xf.abs().amax(-1, keepdim=True) / 448.0).clamp(min=1e-8)
-                codes = (xf / scale).to(torch.float8_e4m3fn)
+            if self.codes:
+                dt = getattr(torch, self.codes)
+                scale = (xf.abs().amax(-1, keepdim=True) / torch.finfo(dt).max).clamp(min=1e-8)
+                codes = (xf / scale).to(dt)
                 return codes, scale.to(torch.float16), None
             levels = 2 ** self.nbits - 1
             mn, mx = xf.amin(-1, keepdim=True), xf.amax(-1, keepdim=True)
@@ -56,7 +80,7 @@ def _kv_layer_classes():
 
         def _dequant(self, packed, dtype):
             codes, scale, zero = packed
-            if self.nbits == "fp8":
+            if self.codes:
                 x = codes.float() * scale.float()
             else:
                 per = 8 // self.nbits
@@ -123,16 +147,16 @@ def _kv_layer_classes():
             return n
 
     class EvictKVLayer(DynamicLayer):
-        """16-bit KV kept to a token budget. ``policy``: streamingllm (``sinks`` first tokens + recent window,
-        enforced on every write) or snapkv/pyramidkv (after prefill keep the prompt tokens most attended
-        by the last ``window`` prompt queries, max-pooled over ``pool`` neighbours, per KV head, then
+        """16-bit KV kept to a token budget. ``keep``: sinks (StreamingLLM: ``sinks`` first tokens + recent
+        window, enforced on every write) or attended (SnapKV/PyramidKV: after prefill keep the prompt tokens most
+        attended by the last ``window`` prompt queries, max-pooled over ``pool`` neighbours, per KV head, then
         append decoded tokens). Prefill attends to the whole prompt; eviction applies to what is stored."""
 
         is_compileable = False
 
-        def __init__(self, policy, budget, *, sinks=4, window=32, pool=7, **kw):
+        def __init__(self, keep, budget, *, sinks=4, window=32, pool=7, **kw):
             super().__init__()
-            self.policy, self.budget = policy, int(budget)
+            self.keep, self.budget = keep, int(budget)
             self.sinks, self.window, self.pool = sinks, window, pool
             self.cumulative_length = 0
             self.pending_queries = None  # [B, Hq, w, D] set by the attention pre-hook (post-rope)
@@ -146,7 +170,7 @@ def _kv_layer_classes():
             k_all = torch.cat([self.keys, key_states], dim=-2)
             v_all = torch.cat([self.values, value_states], dim=-2)
             L = k_all.shape[-2]
-            if self.policy == "streamingllm":
+            if self.keep == "sinks":
                 if L > self.budget:
                     keep_recent = self.budget - self.sinks
                     self.keys = torch.cat([k_all[..., : self.sinks, :], k_all[..., L - keep_recent:, :]], dim=-2)
@@ -302,7 +326,7 @@ def pyramid_budgets(budget: int, n_layers: int, *, beta: float = 0.5, min_budget
 
 
 def make_kv_cache(kv: str, config, *, budget: int | None = None, model=None, residual: int = 128,
-                  group: int = 64, window: int = 32, sinks: int = 4, **kw):
+                  group: int = KV_GROUP, window: int = 32, sinks: int = 4, **kw):
     """A cache object for ``kv`` and ``config`` (the model's config), and a notes string.
 
     * kv-fp16: ``(None, ...)``: use the model's default cache (DynamicCache eager; StaticCache compiled).
@@ -317,36 +341,58 @@ def make_kv_cache(kv: str, config, *, budget: int | None = None, model=None, res
     k = str(kv).lower()
     if k not in KV_POLICIES:
         raise ValueError(f"unknown kv policy '{kv}' (one of {', '.join(KV_POLICIES)})")
-    if k == "kv-fp16":
-        return None, "16-bit KV (model default cache)"
+    spec = _SPECS[k]
+    return IMPLEMENTATIONS[spec["impl"]](k, spec, config, budget=budget, model=model, residual=residual,
+                                        group=group, window=window, sinks=sinks)
+
+
+def _model_cache(k, spec, config, **_):
+    return None, "16-bit KV (model default cache)"
+
+
+def _n_layers(config) -> int:
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n = int(cfg.num_hidden_layers)
-    QuantKVLayer, EvictKVLayer = _kv_layer_classes()
+    return int(cfg.num_hidden_layers)
+
+
+def _quantize(k, spec, config, *, residual, group, **_):
+    n = _n_layers(config)
+    QuantKVLayer, _ = _kv_layer_classes()
     Cls = _kv_cache_class()
-    if k in KV_QUANT:
-        nbits = KV_QUANT[k]
-        layers = [QuantKVLayer(nbits, group=group, residual=residual) for _ in range(n)]
-        notes = (f"{k}: {'fp8 e4m3 + fp16 scale' if nbits == 'fp8' else f'int{nbits} asymmetric'} per group of "
-                 f"{group} along head_dim, last {residual} tokens in 16 bit, dequantized on read")
-        return Cls(layers, k, notes), notes
+    nbits, codes = spec["nbits"], spec.get("codes")
+    layers = [QuantKVLayer(nbits, group=group, residual=residual, codes=codes) for _ in range(n)]
+    notes = (f"{k}: {f'{FLOAT_CODES[codes]} + fp16 scale' if codes else f'int{nbits} asymmetric'} per group of "
+             f"{group} along head_dim, last {residual} tokens in 16 bit, dequantized on read")
+    return Cls(layers, k, notes), notes
+
+
+def _evict(k, spec, config, *, budget, model, window, sinks, **_):
+    n = _n_layers(config)
+    _, EvictKVLayer = _kv_layer_classes()
+    Cls = _kv_cache_class()
     if budget is None or int(budget) <= 0:
         raise ValueError(f"{k} needs a positive budget (tokens)")
     budget = int(budget)
-    if k == "streamingllm":
+    keep = spec["keep"]
+    if keep == "sinks":
         if budget <= sinks:
-            raise ValueError(f"streamingllm budget must exceed the {sinks} sink tokens")
-        layers = [EvictKVLayer("streamingllm", budget, sinks=sinks) for _ in range(n)]
-        notes = f"streamingllm: {sinks} sink tokens + recent window, {budget} tokens"
-    elif k == "snapkv":
-        layers = [EvictKVLayer("snapkv", budget, window=window) for _ in range(n)]
-        notes = f"snapkv: prompt KV selected by the last {window} queries (max-pool 7), {budget} tokens per layer"
-    else:
+            raise ValueError(f"{k} budget must exceed the {sinks} sink tokens")
+        layers = [EvictKVLayer(keep, budget, sinks=sinks) for _ in range(n)]
+        notes = f"{k}: {sinks} sink tokens + recent window, {budget} tokens"
+    elif spec.get("layer_budgets") == "pyramid":
         bl = pyramid_budgets(budget, n)
-        layers = [EvictKVLayer("pyramidkv", b, window=window) for b in bl]
-        notes = f"pyramidkv: per-layer budgets {bl[0]}..{bl[-1]} (mean {budget}), snapkv selection"
+        layers = [EvictKVLayer(keep, b, window=window) for b in bl]
+        notes = f"{k}: per-layer budgets {bl[0]}..{bl[-1]} (mean {budget}), snapkv selection"
+    else:
+        layers = [EvictKVLayer(keep, budget, window=window) for _ in range(n)]
+        notes = f"{k}: prompt KV selected by the last {window} queries (max-pool 7), {budget} tokens per layer"
     cache = Cls(layers, k, notes)
     if model is not None:
         cache.attach(model)
-    elif k != "streamingllm":
+    elif keep != "sinks":
         notes += "; no model attached: window keys stand in for queries"
     return cache, notes
+
+
+# methods.yaml ``harness.impl`` -> the function that makes the cache
+IMPLEMENTATIONS = {"model_cache": _model_cache, "quantize": _quantize, "evict": _evict}

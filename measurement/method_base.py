@@ -2,8 +2,9 @@
 :class:`Unsupported` exception (``str(e)`` is the reason), the notes the methods leave on a model
 (:func:`notes_of`), where a model's decoder blocks and their ``nn.Linear`` layers are
 (:func:`decoder_layers`, :func:`decoder_linears`), the model's device, dtype and CUDA compute capability,
-the optional imports (torchao, bitsandbytes) that raise :class:`Unsupported` when missing, and the
-capture of calibration inputs per module (up to ``max_rows`` flattened tokens each).
+the optional imports (torchao, bitsandbytes) that raise :class:`Unsupported` when missing, the
+capture of calibration inputs per module (up to ``max_rows`` flattened tokens each), and each method's
+``harness`` block of the catalog (:func:`harness_specs`, :func:`harness_spec`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,25 @@ from typing import Any
 
 class Unsupported(Exception):
     """The method cannot run here; ``str(e)`` is the reason."""
+
+
+def harness_specs(kind: str) -> dict[str, dict]:
+    """{method id: its ``harness`` block} for the catalog methods of ``kind`` (precision|sparsity|kv) that the
+    harness runs, in catalog order (profiles/data/methods.yaml ``harness``: ``impl`` names the registry entry
+    of :mod:`measurement.precision`, :mod:`measurement.sparsity` or :mod:`measurement.kv_cache` that applies
+    it, the other keys are its parameters)."""
+    from profiles import load
+
+    return {m.id: dict(m.get("harness")) for m in load().methods_of(kind) if m.get("harness")}
+
+
+def harness_spec(method: str) -> dict:
+    """The ``harness`` block of catalog method ``method`` ({} for an id the catalog does not have or the
+    harness does not run)."""
+    from profiles import load
+
+    m = load().methods.get(method)
+    return dict(m.get("harness") or {}) if m is not None else {}
 
 
 # --------------------------------------------------------------------------------------------- helpers

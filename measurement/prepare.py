@@ -64,29 +64,33 @@ def prepare_model(rc: RunConfig, device, *, catalog=None, config=None, calib=Non
     """Build the model of ``rc`` and apply its sparsity then its precision."""
     import torch
 
+    from profiles import load
+
     from .build import build_model
-    from .method_base import decoder_linears, notes_of
+    from .method_base import decoder_linears, harness_spec, notes_of
     from .precision import apply_precision
-    from .sparsity import apply_sparsity
+    from .sparsity import apply_sparsity, sparsity_spec
 
     if _cuda(device):
         torch.cuda.empty_cache()
     base = _mem_alloc(device)
     t0 = time.perf_counter()
-    dtype = torch.float16 if rc.precision == "fp16" else torch.bfloat16
+    # built in the precision's own torch dtype (methods.yaml torch_dtype) where it has one, else bf16
+    m = load().methods.get(rc.precision)
+    dtype = getattr(torch, (m.get("torch_dtype") if m is not None else None) or "bfloat16")
     model, cfg, src = build_model(rc.model, weights=rc.weights, device=device, dtype=dtype, catalog=catalog,
                                   config=config)
-    needs_calib = rc.sparsity == "2:4-wanda" or rc.sparsity.startswith("drop-") or (
-        rc.precision == "awq-int4" and src != "random")
+    pspec = harness_spec(rc.precision)
+    calib_prec = bool(pspec.get("calibration")) and src != "random"  # AWQ scales need real text
+    needs_calib = bool(sparsity_spec(rc.sparsity).get("calibration")) or calib_prec
     cal = calib if calib is not None else (calib_batches_for(cfg, device) if needs_calib else None)
     notes = []
-    if src == "random" and rc.precision == "awq-int4":
-        notes.append("awq-int4 on random weights: no AWQ scale search (same int4 g128 kernels)")
+    if src == "random" and pspec.get("impl") == "awq":
+        notes.append(f"{rc.precision} on random weights: no AWQ scale search (same int4 g128 kernels)")
     if src == "random" and cal is not None:
         notes.append("calibration: random tokens through random weights (masks/choices carry no quality meaning)")
     apply_sparsity(model, rc.sparsity, calib_batches=cal)
-    apply_precision(model, rc.precision, calib_batches=cal if rc.precision == "awq-int4" and src != "random"
-                    else None)
+    apply_precision(model, rc.precision, calib_batches=cal if calib_prec else None)
     notes += notes_of(model)
     if _cuda(device):
         torch.cuda.synchronize()

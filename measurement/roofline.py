@@ -19,6 +19,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from profiles.dtypes import BF16
+
 _PEAKS: dict | None = None
 
 
@@ -112,16 +114,23 @@ class StepCost:
 
 
 def matmul_dtype(precision: str) -> str:
-    return {"fp8": "fp8", "w8a8": "int8"}.get(precision, "bf16")
+    """The dtype of the measured matmul peak that bounds ``precision``'s matmuls in the harness
+    (:func:`measurement.precision.matmul_peak`: the kernel its torchao config calls, else bf16)."""
+    from .precision import matmul_peak
+
+    return matmul_peak(precision)
 
 
 def kv_bytes_per_elem(kv: str) -> float:
-    return {"kv-fp8": 1.0 + 2 / 64, "kv-int8": 1.0 + 4 / 64, "kv-int4": 0.5 + 4 / 64,
-            "kv-int2": 0.25 + 4 / 64}.get(kv, 2.0)
+    """Bytes per K/V element of the harness's cache for ``kv`` (:func:`measurement.kv_cache.stored_bytes_per_elem`:
+    codes plus fp16 scales (and zeros) per group of 64 for a quantized cache, else 2.0)."""
+    from .kv_cache import stored_bytes_per_elem
+
+    return stored_bytes_per_elem(kv)
 
 
-def kv_bytes_per_token(cfg, kv: str = "kv-fp16") -> float:
-    """Bytes of K and V per token over all layers at the storage precision of ``kv``."""
+def kv_bytes_per_token(cfg, kv: str | None = None) -> float:
+    """Bytes of K and V per token over all layers at the storage precision of ``kv`` (None: the 16-bit cache)."""
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * hd * kv_bytes_per_elem(kv)
 
@@ -132,7 +141,7 @@ def attn_flops_per_token(cfg, ctx: float) -> float:
 
 
 def decode_cost(cfg, *, batch: int, ctx: float, step_weight_bytes: float, matmul_params: float,
-                kv: str = "kv-fp16") -> StepCost:
+                kv: str | None = None) -> StepCost:
     kvb = batch * ctx * kv_bytes_per_token(cfg, kv)
     flops = 2.0 * matmul_params * batch + batch * attn_flops_per_token(cfg, ctx)
     return StepCost(step_weight_bytes + kvb, flops, step_weight_bytes, kvb)
@@ -147,7 +156,7 @@ def prefill_cost(cfg, *, batch: int, prompt: int, step_weight_bytes: float, matm
     return StepCost(step_weight_bytes + kv_write, flops, step_weight_bytes, kv_write)
 
 
-def roofline_ms(cost: StepCost, peaks: dict, dtype: str = "bf16") -> tuple[float | None, str | None]:
+def roofline_ms(cost: StepCost, peaks: dict, dtype: str = BF16) -> tuple[float | None, str | None]:
     bw = peaks.get("copy_bw_gbps")
     pk = peaks.get(f"matmul_tflops_{dtype}") or peaks.get("matmul_tflops_bf16")
     if not bw or not pk:

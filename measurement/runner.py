@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 from .backends import BACKENDS, EVICT, FUSED_MODES, BackendConfig, _reference_shape
 from .prepare import ModelContext, _cuda, _release, fuse_model, prepare_model
 from .scenario import Scenario, add_roofline, flags_for
-from .store import IDENTITY, RowStore, RunConfig
+from .store import IDENTITY, RowStore, RunConfig, default_method
 
 log = logging.getLogger("measurement")
 
@@ -38,15 +38,20 @@ def base_row(rc: RunConfig, prov: dict) -> dict:
 
 def static_check(rc: RunConfig) -> str | None:
     """Reasons a config cannot run whatever the machine (becomes an 'unsupported' row)."""
+    from profiles import load
+
+    from .precision import compiled_check
+
     s = rc.sparsity
-    if s.startswith("2:4") and rc.precision not in ("fp16", "bf16"):
-        return f"{s} composes with fp16/bf16 only (torch semi-structured kernels take 16-bit weights)"
+    # the 16-bit precisions (methods.yaml torch_dtype): the weights torch's semi-structured kernels take
+    sixteen = [m.id for m in load().methods_of("precision") if m.get("torch_dtype")]
+    if s.startswith("2:4") and rc.precision not in sixteen:
+        return f"{s} composes with {'/'.join(sixteen)} only (torch semi-structured kernels take 16-bit weights)"
     if rc.kv in EVICT and not rc.kv_budget:
         return f"{rc.kv} needs kv_budget"
-    if rc.precision == "w8a8" and rc.backend == "compiled" and rc.batch <= 16:
-        return ("w8a8 compiled: inductor lowers the int8 matmul to torch._int_mm, which needs more than 16 rows "
-                "(seen on H200: 'self.size(0) needs to be greater than 16, but got 1'); eager rows measure w8a8 "
-                "at small batch")
+    why = compiled_check(rc.precision, rc.batch) if rc.backend == "compiled" else None
+    if why:
+        return why
     return BACKENDS[rc.backend]().check(rc)
 
 
@@ -247,7 +252,7 @@ def _order(rc: RunConfig):
     """Compiled first with batch 1 prompt 512 first (the first compiled shape is fully specialized)."""
     # then one that differs in both batch and prompt length, so that the second compile marks both dims
     # dynamic at once and later shapes reuse it
-    return (rc.backend != "compiled", rc.kv != "kv-fp16", not _reference_shape(rc),
+    return (rc.backend != "compiled", rc.kv != default_method("kv"), not _reference_shape(rc),
             rc.batch == 1 or rc.prompt_len == 512, rc.kv, rc.kv_budget or 0, rc.batch, rc.prompt_len)
 
 

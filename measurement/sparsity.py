@@ -2,6 +2,9 @@
 ``nn.Linear`` (magnitude, or Wanda's ``|W| x ||X||`` over calibration inputs), stored through
 ``to_sparse_semi_structured`` on CUDA in fp16/bf16 or as dense masked weights; drop-N removes N decoder
 layers chosen by ShortGPT Block Influence over calibration batches (else the last N before the final one).
+
+Which implementation prunes is data: a sparsity's ``harness`` block in profiles/data/methods.yaml names an
+entry of :data:`IMPLEMENTATIONS` (``impl``) and its parameters (``score`` of a 2:4 mask).
 """
 from __future__ import annotations
 
@@ -9,34 +12,56 @@ import re
 from typing import Iterable
 
 from .method_base import (Unsupported, _batches, _capture_inputs, _cuda_cc, _device_of, _dtype_of, _note, _torch,
-                          decoder_layers, decoder_linears)
-
-SPARSITIES = ("dense", "2:4-magnitude", "2:4-wanda", "drop-N")
-
+                          decoder_layers, decoder_linears, harness_specs)
 
 _DROP = re.compile(r"^drop-(\d+)$")
+_SPECS = harness_specs("sparsity")
+_DROPPER = next(i for i, h in _SPECS.items() if h["impl"] == "drop_layers")  # named drop-N, never by its id
+SPARSITIES = tuple("drop-N" if i == _DROPPER else i for i in _SPECS)
+
+
+def sparsity_spec(sparsity: str) -> dict:
+    """The ``harness`` block that prunes ``sparsity`` (drop-N: the layer-dropping method's); {} if none."""
+    if _DROP.match(sparsity):
+        return _SPECS[_DROPPER]
+    return _SPECS.get(sparsity, {}) if sparsity != _DROPPER else {}
+
+
+def drops_layers(method: str) -> bool:
+    """Whether catalog method ``method`` is the layer-dropping one (named drop-N in a run)."""
+    return method == _DROPPER
 
 
 def apply_sparsity(model, sparsity: str, *, calib_batches: list | None = None, semi_structured: bool | None = None,
                    max_rows: int = 4096):
     """Prune ``model`` in place; returns it. ``sparsity``: dense, 2:4-magnitude, 2:4-wanda, drop-N."""
-    torch = _torch()
     s = str(sparsity).lower()
-    if s == "dense":
-        return model
-    m = _DROP.match(s)
-    if m:
-        return _drop_layers(model, int(m.group(1)), calib_batches)
-    if s not in ("2:4-magnitude", "2:4-wanda"):
+    spec = sparsity_spec(s)
+    if not spec:
         if s.startswith("2:4-"):
             raise Unsupported(f"{sparsity}: no solver for this mask in this stack (2:4-magnitude and "
                               "2:4-wanda run the same semi-structured kernels)")
-        raise ValueError(f"unknown sparsity '{sparsity}' (dense, 2:4-magnitude, 2:4-wanda, drop-N)")
+        raise ValueError(f"unknown sparsity '{sparsity}' ({', '.join(SPARSITIES)})")
+    return IMPLEMENTATIONS[spec["impl"]](model, s, spec, calib_batches=calib_batches, semi_structured=semi_structured,
+                                        max_rows=max_rows)
+
+
+def _identity(model, s, spec, **_):
+    return model
+
+
+def _drop(model, s, spec, *, calib_batches=None, **_):
+    return _drop_layers(model, int(_DROP.match(s).group(1)), calib_batches)
+
+
+def _mask(model, s, spec, *, calib_batches=None, semi_structured=None, max_rows=4096):
+    """A 2:4 mask by ``spec['score']``: magnitude |W|, or wanda |W| x ||X|| (needs calibration batches)."""
+    torch = _torch()
     dev = _device_of(model)
     norms = None
-    if s == "2:4-wanda":
+    if spec["score"] == "wanda":
         if not _batches(calib_batches):
-            raise Unsupported("2:4-wanda needs calibration batches (|W| x ||X||)")
+            raise Unsupported(f"{s} needs calibration batches (|W| x ||X||)")
         mods = {name: lin for name, lin in decoder_linears(model)}
         acts = _capture_inputs(model, mods, calib_batches, max_rows)
         norms = {k: v.float().pow(2).sum(0).sqrt() for k, v in acts.items() if v is not None}
@@ -64,6 +89,10 @@ def apply_sparsity(model, sparsity: str, *, calib_batches: list | None = None, s
     _note(model, f"{s} mask on every decoder Linear; " + (
         "torch to_sparse_semi_structured (cuSPARSELt/CUTLASS)" if use_sparse else "dense storage of masked weights"))
     return model
+
+
+# methods.yaml ``harness.impl`` -> the function that applies it
+IMPLEMENTATIONS = {"identity": _identity, "mask_2_4": _mask, "drop_layers": _drop}
 
 
 def mask_2_4(score):

@@ -18,6 +18,15 @@ from pathlib import Path
 
 from .dataset import DEFAULT_COMPILE_MODE  # one definition, beside the row ids that use it
 
+
+def default_method(kind: str) -> str:
+    """The catalog's default method of ``kind`` (precision|sparsity|kv; methods.yaml ``default``): what a
+    configuration has when it names none."""
+    from profiles import load
+
+    return load().default_method(kind)
+
+
 IDENTITY = ("gpu", "model", "precision", "sparsity", "kv", "kv_budget", "backend", "batch", "prompt_len",
             "gen_len", "weights")
 
@@ -25,9 +34,9 @@ IDENTITY = ("gpu", "model", "precision", "sparsity", "kv", "kv_budget", "backend
 @dataclass(frozen=True)
 class RunConfig:
     model: str
-    precision: str = "bf16"
-    sparsity: str = "dense"
-    kv: str = "kv-fp16"
+    precision: str = default_method("precision")
+    sparsity: str = default_method("sparsity")
+    kv: str = default_method("kv")
     kv_budget: int | None = None
     backend: str = "compiled"
     batch: int = 1

@@ -17,7 +17,16 @@ import statistics
 import time
 from pathlib import Path
 
+from profiles import load
+from profiles.dtypes import BF16, FP8
+
 from .tp import COLUMNS, Decoder, Unsupported, _torch, random_shard, shard_plan, to_fp8
+
+
+def _fp8(precision: str) -> bool:
+    """fp8 matmuls (methods.yaml matmul_dtype: e4m3 weights, torch._scaled_mm), else the 16-bit (bf16) decoder."""
+    m = load().methods.get(precision)
+    return m is not None and m.get("matmul_dtype") == FP8
 
 
 # --------------------------------------------------------------------------------------------- device
@@ -157,7 +166,8 @@ class Bench:
             us = statistics.median(ts) * 1000
             algbw = nbytes / (us * 1e-6) / 1e9
             bus = algbw * 2 * (self.world - 1) / self.world
-            self.emit(num_gpus=self.world, parallel="tp", model="", precision="bf16", batch=tok,
+            prec = load().default_method("precision")  # the bf16 activations of the 16-bit decoder are reduced
+            self.emit(num_gpus=self.world, parallel="tp", model="", precision=prec, batch=tok,
                       metric="allreduce_us", value=f"{us:.3f}", unit="us", graphs=graphs,
                       samples=" ".join(f"{t * 1000:.2f}" for t in ts), msg_bytes=nbytes,
                       busbw_gbps=f"{bus:.2f}", status="ok",
@@ -169,7 +179,6 @@ class Bench:
     # one model -------------------------------------------------------------------------------------
     def model_sweep(self, model: str, precision: str):
         torch = _torch()
-        from profiles import load
         llm = load().llm(model)
         tp = self.world
         common = dict(num_gpus=tp, parallel="tp" if tp > 1 else "none", model=model, precision=precision)
@@ -178,7 +187,7 @@ class Bench:
         except Unsupported as e:
             self.emit(**common, metric="decode_step_ms", status="unsupported", reason=str(e))
             return
-        need = plan.params * 2 * (1.5 if precision == "fp8" else 1.0)
+        need = plan.params * 2 * (1.5 if (fp8 := _fp8(precision)) else 1.0)
         free = min(self.gather(torch.cuda.mem_get_info(self.dev)[0]))
         if need > free - 4e9:
             self.emit(**common, metric="decode_step_ms", status="does_not_fit",
@@ -187,11 +196,11 @@ class Bench:
             return
         t0 = time.time()
         w = random_shard(llm, tp, device=self.dev, dtype=torch.bfloat16)
-        if precision == "fp8":
+        if fp8:
             w = to_fp8(w, plan.layers)
             torch.cuda.empty_cache()
         dec = Decoder(llm, plan, w, group=self.dist.group.WORLD if self.dist else None, rank=self.rank,
-                      max_pos=max(self.a.contexts) + 16, fp8=precision == "fp8")
+                      max_pos=max(self.a.contexts) + 16, fp8=fp8)
         wbytes = sum(t.numel() * t.element_size() for t in w.values())
         self.barrier()
         self.log(f"{model} {precision} tp{tp}: weights {wbytes / 1e9:.2f} GB/GPU in {time.time() - t0:.1f}s")
@@ -218,7 +227,7 @@ class Bench:
         torch = _torch()
         return max(self.gather(torch.cuda.max_memory_allocated(self.dev))) / 1e9
 
-    def _roof(self, step_bytes, flops, dtype="bf16"):
+    def _roof(self, step_bytes, flops, dtype=BF16):
         bw = self.peaks.get("copy_bw_gbps")
         pk = self.peaks.get(f"matmul_tflops_{dtype}") or self.peaks.get("matmul_tflops_bf16")
         if not bw or not pk:
@@ -272,7 +281,7 @@ class Bench:
             med = statistics.median(ms)
             kvb = B * ctx * plan.kv_bytes_per_token()
             flops = 2 * plan.matmul_params * B + B * 4 * ctx * plan.layers * plan.q_heads * plan.head_dim
-            roof, bound = self._roof(wbytes + kvb, flops, "fp8" if precision == "fp8" else "bf16")
+            roof, bound = self._roof(wbytes + kvb, flops, FP8 if _fp8(precision) else BF16)
             tot_w = sum(p for p in pws if p is not None) if all(p is not None for p in pws) else None
             self.emit(**common, batch=B, prompt_len=ctx, gen_len=1, metric="decode_step_ms", value=f"{med:.4f}",
                       unit="ms", samples=" ".join(f"{x:.4f}" for x in ms), graphs=graphs,
@@ -312,7 +321,7 @@ class Bench:
             flops = (2 * plan.matmul_params * B * P - 2 * plan.vocab * plan.hidden * B * (P - 1)
                      + 2 * B * P * P * plan.layers * plan.q_heads * plan.head_dim)
             roof, bound = self._roof(wbytes + B * P * plan.kv_bytes_per_token(), flops,
-                                     "fp8" if precision == "fp8" else "bf16")
+                                     FP8 if _fp8(precision) else BF16)
             tot_w = sum(pws) if all(p is not None for p in pws) else None
             self.emit(**common, batch=B, prompt_len=P, gen_len=0, metric="prefill_ms", value=f"{med:.3f}", unit="ms",
                       samples=" ".join(f"{x:.3f}" for x in ms), graphs=0, msg_bytes=plan.allreduce_bytes(B * P),
@@ -358,7 +367,7 @@ def _ints(s):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="llama3.1-8b")
-    ap.add_argument("--precisions", default="bf16", help="comma list of bf16, fp8")
+    ap.add_argument("--precisions", default=load().default_method("precision"), help="comma list of bf16, fp8")
     ap.add_argument("--batches", default="1,2,4,8,16,32,64", type=_ints)
     ap.add_argument("--contexts", default="512,4096", type=_ints)
     ap.add_argument("--prefill-batches", default="1,4,16", type=_ints)
@@ -371,7 +380,6 @@ def main(argv=None):
     a = ap.parse_args(argv)
     b = Bench(a)
     try:
-        from profiles import load
         first = load().llm(a.models.split(",")[0])
         b.allreduce_sweep(first.hidden_size, a.allreduce_tokens)
         for m in a.models.split(","):

@@ -40,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiles.dtypes import BF16, FP16
+
 BASE_COLUMNS = ["engine", "engine_version", "gpu", "num_gpus", "parallel", "model", "precision", "kv_dtype",
                 "batch", "prompt_len", "gen_len", "depth", "metric", "value", "stat", "source_id", "url",
                 "location", "date_published", "notes"]
@@ -54,7 +56,7 @@ COLUMNS = BASE_COLUMNS + EXTRA_COLUMNS
 NOMINAL_BPW = {"F16": 16.0, "BF16": 16.0, "F32": 32.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K_M": 5.5,
                "Q5_K_S": 5.5, "Q4_K_M": 4.5, "Q4_K_S": 4.5, "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5,
                "IQ4_XS": 4.25, "IQ4_NL": 4.5, "Q3_K_M": 3.4375, "Q2_K": 2.625}
-KV_NAMES = {"f16": "fp16", "q8_0": "q8_0", "q4_0": "q4_0", "f32": "fp32", "bf16": "bf16"}
+KV_NAMES = {"f16": FP16, "q8_0": "q8_0", "q4_0": "q4_0", "f32": "fp32", BF16: BF16}  # llama.cpp type -> kv_dtype
 
 
 def precision_id(qtype: str) -> str:
@@ -114,7 +116,7 @@ class ModelFacts:
         return 8.0 * self.tensor_bytes / self.n_params
 
     def kv_bytes_per_token(self, kv: str) -> float:
-        per = {"f16": 2.0, "fp16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "f32": 4.0}[kv]
+        per = {"f16": 2.0, FP16: 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "f32": 4.0}[kv]
         return 2 * self.layers * self.kv_heads * self.head_dim * per
 
     def attn_flops_per_token(self, ctx: float) -> float:

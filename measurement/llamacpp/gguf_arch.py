@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from profiles.dtypes import FP16
+
 # family -> (llama.cpp arch, vocab file, rope theta, rms eps, llama3 rope scaling factor or None)
 _FAMILY = {
     "llama3.1": ("llama", "ggml-vocab-llama-bpe.gguf", 500000.0, 1e-5, 8.0),
@@ -161,7 +163,7 @@ def arch_spec(llm) -> ArchSpec:
 def kv_bytes_per_token(llm, kv_dtype: str = "f16") -> float:
     """K and V cache bytes per token (all layers) at a llama.cpp cache type."""
     hd = llm.head_dim or llm.hidden_size // llm.num_attention_heads
-    per_elem = {"f16": 2.0, "fp16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "f32": 4.0}[kv_dtype]
+    per_elem = {"f16": 2.0, FP16: 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "f32": 4.0}[kv_dtype]  # FP16: rows' name
     return 2 * llm.num_hidden_layers * llm.num_key_value_heads * hd * per_elem
 
 

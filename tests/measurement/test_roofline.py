@@ -39,6 +39,32 @@ def test_roofline_bound_and_dtype():
     assert [R.matmul_dtype(p) for p in ("fp8", "w8a8", "awq-int4")] == ["fp8", "int8", "bf16"]
 
 
+def test_harness_blocks_name_registered_implementations():
+    """Every methods.yaml ``harness`` block names an implementation (and parameters) the harness has; the
+    precisions and KV policies it runs are the ones engines.yaml's harness engine does not list as not_run."""
+    from measurement import kv_cache as K
+    from measurement import precision as P
+    from measurement import sparsity as S
+    from profiles import load
+
+    cat = load()
+    for kind, mod in (("precision", P), ("sparsity", S), ("kv", K)):
+        for mid, h in ((m.id, m.get("harness")) for m in cat.methods_of(kind) if m.get("harness")):
+            assert h["impl"] in mod.IMPLEMENTATIONS, (mid, h)
+            assert h["impl"] != "torchao" or h["config"] in P.TORCHAO, (mid, h)
+            assert h["impl"] != "bitsandbytes" or h["layer"] in P.BNB, (mid, h)
+            assert h["impl"] != "cast" or cat.methods[mid].get("torch_dtype"), mid
+            assert not h.get("codes") or h["codes"] in K.FLOAT_CODES, (mid, h)
+    harness = next(e for e in cat.engines.values() if e.runs_everything)
+    for kind, ran in (("precision", P.PRECISIONS), ("kv", K.KV_POLICIES)):
+        assert list(ran) == [m.id for m in cat.methods_of(kind) if m.id not in harness.get("not_run")]
+    # the harness's integer caches store what the catalog says (codes + fp16 scale and zero per group of 64); its
+    # fp8 cache keeps a scale per group, where the catalog's (vLLM) fp8 cache has one per tensor
+    for kv in K.KV_QUANT:
+        m = cat.methods[kv]
+        assert (R.kv_bytes_per_elem(kv) == m.get("bytes_per_kv_elem")) == (m.get("kv_dequant") == "int"), kv
+
+
 class _Ev:
     t = 0.0
 
