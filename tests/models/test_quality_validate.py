@@ -1,0 +1,33 @@
+"""models/quality_validate.py: the error beyond the published rounding (issue 11: a printed pair is an
+interval, not a point)."""
+from __future__ import annotations
+
+import pytest
+
+from models.quality_rows import PPL, Row, row_loss
+from models.quality_validate import _beyond_rounding
+
+
+def _row(baseline: float, value: float) -> Row:
+    loss, lo, hi = row_loss(PPL, baseline, value)
+    return Row("m", "f", 8.0, ("precision", "x"), None, "wikitext2_ppl", loss, "c", "published", lo=lo, hi=hi)
+
+
+def test_inside_the_rounding_interval_is_no_error():
+    r = _row(8.2, 8.3)          # 0.0 .. 2.4 %
+    assert _beyond_rounding(r, 0.0) == 0.0
+    assert _beyond_rounding(r, 0.02) == 0.0
+
+
+def test_outside_it_the_distance_to_its_nearer_end():
+    r = _row(8.2, 8.3)
+    hi = (8.35 / 8.15) - 1
+    assert _beyond_rounding(r, 0.05) == pytest.approx(0.05 - hi)
+    r2 = _row(2.9, 3.3)         # 10.2 .. 17.5 %
+    assert _beyond_rounding(r2, 0.065) == pytest.approx(3.25 / 2.95 - 1 - 0.065)
+
+
+def test_a_row_without_bounds_falls_back_to_its_point_and_a_gain_reads_as_zero():
+    r = Row("m", "f", 8.0, ("precision", "x"), None, "wikitext2_ppl", -0.01, "c", "published")
+    assert _beyond_rounding(r, 0.0) == 0.0
+    assert _beyond_rounding(r, 0.03) == pytest.approx(0.03)
