@@ -18,9 +18,6 @@ from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Ca
 from models.facade import predict as _predict, ttft_ms
 from models.support import engine_block
 
-ENGINE_DEFAULT = "vllm"
-
-
 def _cat():
     return load()
 
@@ -78,12 +75,14 @@ def _positive_int(name: str, v, lo: int = 1, hi: int = 10_000_000) -> int:
     return int(v)
 
 
-def predict(model: str, gpu: str, engine: str = ENGINE_DEFAULT, precision: str = DEFAULT_PRECISION,
+def predict(model: str, gpu: str, engine: str | None = None, precision: str = DEFAULT_PRECISION,
             sparsity: str = DEFAULT_SPARSITY, kv: str = DEFAULT_KV, batch: int = 1, prompt_len: int = 512,
             gen_len: int = 128, num_gpus: int = 1, kv_budget: int | None = None, backend: str = "compiled",
             split: str | None = None) -> dict:
-    """Predict one pinned configuration. See the module docstring for the shape of the result."""
+    """Predict one pinned configuration (``engine`` None: the catalog's default engine). See the module
+    docstring for the shape of the result."""
     cat = _cat()
+    engine = cat.default_engine if engine is None else engine
     mid, gid, eid = _resolve("model", model), _resolve("gpu", gpu), _resolve("engine", engine)
     prec = _resolve("method", precision)
     kvid = _resolve("method", kv)

@@ -8,13 +8,15 @@ import sys
 
 import click
 
-from profiles import SchemaError, UnknownProfileError
+from profiles import SchemaError, UnknownProfileError, load
 from profiles.dtypes import BF16, FP8
 
 from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY
 
 from .options import (EXIT_BAD_INPUT, EXIT_INFEASIBLE, Finite, _emit_json, _err,  # noqa: F401 - re-exported
-                      parse_fraction, parse_points)
+                      default_engine, engine_list, parse_fraction, parse_points)
+
+HARNESS_NOTE = " (this project's harness)"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llm-deploy-advisor")
@@ -51,9 +53,8 @@ def main():
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True, help="How many ranked candidates to show.")
 @click.option("--backend", type=click.Choice(["compiled", "eager"]), default="compiled", show_default=True,
               help="compiled: static cache + CUDA graphs (a tuned deployment); eager: plain transformers.")
-@click.option("--engine", default="vllm", show_default=True,
-              help="Serving engine: vllm, sglang, tensorrt-llm, llama.cpp, transformers (this project's harness), "
-                   "or auto (search the engines too).")
+@click.option("--engine", default=default_engine(), show_default=True,
+              help=f"Serving engine: {engine_list(HARNESS_NOTE)}, or auto (search the engines too).")
 @click.option("--show-rejected", is_flag=True, help="List every rejected candidate with its reason (--json).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, allow_unknown_quality, pin_precision,
@@ -76,7 +77,7 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
         rec = run(req, speed_model=sm)
     except (UnknownProfileError, RequestError, SchemaError) as e:
         _err(str(e))
-    uses_harness = any(e.prediction.engine == "transformers" for e in rec.evaluated)
+    uses_harness = any(e.prediction.engine == load().harness_engine for e in rec.evaluated)
     for n in rec.notes + ([sm_note] if sm_note and uses_harness else []):
         click.echo(f"note: {n}", err=True)
     deploy = deploy_commands(rec)
@@ -94,7 +95,7 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
 @main.command("predict")
 @click.option("--gpu", required=True, help="GPU id or alias.")
 @click.option("--model", required=True, help="Model id, alias or Hugging Face id.")
-@click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
+@click.option("--engine", default=default_engine(), show_default=True, help=f"{engine_list()}.")
 @click.option("--precision", default=DEFAULT_PRECISION, show_default=True,
               help="Weight method id (advisor profiles list methods).")
 @click.option("--sparsity", default=DEFAULT_SPARSITY, show_default=True)

@@ -30,14 +30,14 @@ def launch(cat: Catalog, engine: str, gpu: GPU, llm: LLM, cand: Candidate, conte
                         "(ShortGPT block influence) and num_hidden_layers set to match")
     dtype = ""
     flag = eng.flag(cand.precision, arch)
-    torch_dtype = cat.methods[cand.precision].get("torch_dtype")  # unquantized 16-bit weights: --dtype, no flag
-    if engine in ("vllm", "sglang") and torch_dtype:
+    torch_dtype = cat.methods[cand.precision].get("torch_dtype")  # unquantized 16-bit weights: dtype_flag, no flag
+    if eng.get("dtype_flag") and torch_dtype:
         flag = None
-        dtype = f"--dtype {torch_dtype if gpu.peak_tflops(BF16) else 'float16'}"
+        dtype = eng.get("dtype_flag").format(torch_dtype=torch_dtype if gpu.peak_tflops(BF16) else "float16")
     model = llm.hf_id
     ctx_total = context * batch
-    if engine == "llama.cpp":
-        model = f"{llm.id}-{cand.precision.removeprefix('gguf-').upper()}.gguf"
+    if eng.get("model_file"):  # a local file (llama.cpp's GGUF), named after the model and the GGUF type
+        model = eng.get("model_file").format(model_id=llm.id, gguf_type=cand.precision.removeprefix("gguf-").upper())
     cmd = eng.get("launch").format(hf_id=model, dtype=dtype, context=context, batch=batch, gguf=model,
                                    context_total=ctx_total)
     parts = [cmd]
@@ -49,14 +49,17 @@ def launch(cat: Catalog, engine: str, gpu: GPU, llm: LLM, cand: Candidate, conte
     if kv.get("requires"):
         requires.append(kv["requires"])
     if num_gpus > 1:
-        parts.append(eng.get("tp_flag").format(n=num_gpus, split=split or "layer"))
+        parts.append(eng.get("tp_flag").format(n=num_gpus, split=split or eng.default_split))
     return {"engine": eng.label, "command": " ".join(" ".join(parts).split()), "requires": requires}
 
 
 def transformers_snippet(cat: Catalog, llm: LLM, cand: Candidate, has_bf16: bool = True) -> str:
+    """The harness engine's Python lines; each method's setting for it is the methods.yaml field named by the
+    harness engine's id (its from_pretrained quantization_config, or its generate() cache arguments)."""
+    harness = cat.harness_engine
     prec = cat.methods[cand.precision]
     dtype = "torch.bfloat16" if has_bf16 else "torch.float16"
-    q = prec.get("transformers") or ""
+    q = prec.get(harness) or ""
     lines = [f"model = AutoModelForCausalLM.from_pretrained('{llm.hf_id}', torch_dtype={dtype}, device_map='auto'"
              + (f", quantization_config={q}" if q and not q.startswith("torch_dtype") else "") + ")"]
     if cand.sparsity.startswith("2:4"):
@@ -68,8 +71,8 @@ def transformers_snippet(cat: Catalog, llm: LLM, cand: Candidate, has_bf16: bool
     kv = cat.methods[cand.kv]
     if cand.kv_budget:
         lines.append(f"# KV policy {cand.kv} with a {cand.kv_budget}-token budget (e.g. NVIDIA kvpress presses)")
-    elif kv.get("transformers"):
-        lines.append(f"model.generate(..., {kv.get('transformers')})")
+    elif kv.get(harness):
+        lines.append(f"model.generate(..., {kv.get(harness)})")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import math
 
 from dataclasses import dataclass, field
 
-from profiles import Catalog, load
+from profiles import Catalog, default_engine_id, load
 
 from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict
@@ -40,7 +40,7 @@ class Request:
     num_gpus: int = 1
     top: int = 5
     backend: str = "compiled"
-    engine: str = "vllm"                    # an engine id, or "auto" to search the engines too
+    engine: str = field(default_factory=default_engine_id)  # an engine id, or "auto" to search the engines too
     max_accuracy_drop: float | None = None  # task-accuracy drop, points of a 0-100 score
     max_longctx_drop: float | None = None   # long-context score drop, points
     allow_unknown_quality: bool = False     # admit a candidate whose gated quality figure is unknown

@@ -12,6 +12,18 @@ EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
 
 
+def engine_list(harness_note: str = "") -> str:
+    """The catalog's engine ids, comma-separated (``harness_note`` after the harness engine's), for --engine's help."""
+    from profiles import load
+    return ", ".join(e.id + (harness_note if e.runs_everything else "") for e in load().engines.values())
+
+
+def default_engine() -> str:
+    """--engine's default: the catalog's default engine."""
+    from profiles import load
+    return load().default_engine
+
+
 def _err(msg: str, code: int = EXIT_BAD_INPUT):
     """One line on stderr and the exit code; under --json also a JSON error object on stdout."""
     click.echo(f"error: {msg}", err=True)

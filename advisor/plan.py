@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from profiles import Catalog, load
+from profiles import Catalog, default_engine_id, load
 
 from models.candidate import Candidate, Scenario
 from models.energy import idle_w as models_idle_w
@@ -49,7 +49,7 @@ class PlanRequest:
     grid_gco2_per_kwh: float | None = None
     backend: str = "compiled"
     max_accuracy_drop: float | None = None  # points of a 0-100 task score (as recommend's bound)
-    engine: str = "vllm"
+    engine: str = field(default_factory=default_engine_id)
     pin_precision: str | None = None
     pin_sparsity: str | None = None
     pin_kv: str | None = None
@@ -85,7 +85,7 @@ class PlanOption:
     slot_utilisation: float
     quality_loss: float | None
     interconnect: str
-    engine: str = "vllm"
+    engine: str = field(default_factory=default_engine_id)
     latency_model: str = "continuous batching + M/M/c slot queue (models/serving.py)"
     step_model: str = "analytical"
     j_per_token: float | None = None     # at the planned concurrency, while busy (models.predict.energy_of)
@@ -258,7 +258,7 @@ COMPARE_NUM_GPUS = (1, 2, 4, 8)
 
 def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, context: int = 4096,
             gen_len: int = 256, batch: int = 32, usd_per_kwh: float | None = None, speed_model=None,
-            cat: Catalog | None = None, engine: str = "vllm", pins: dict | None = None,
+            cat: Catalog | None = None, engine: str | None = None, pins: dict | None = None,
             max_tpot_s: float | None = None, max_accuracy_drop: float | None = None) -> list[CompareRow]:
     """Per GPU: the cheapest feasible method at the largest batch (<= ``batch``, halving) that fits and
     keeps each sequence's time per output token within ``max_tpot_s`` (seconds; the decode step, None =
@@ -271,6 +271,7 @@ def compare(model: str, gpus=("all",), max_quality_loss: float | None = 0.02, co
     from .engine import Request, recommend
 
     cat = cat or load()
+    engine = cat.default_engine if engine is None else engine
     cat.llm(model)
     rows = []
     for gid in _resolve_gpus(cat, gpus):

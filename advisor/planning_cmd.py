@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import Finite
+from .options import Finite, default_engine, engine_list
 
 
 def write_atomic(path: Path, text: str, opt: str) -> None:
@@ -74,8 +74,7 @@ def _accuracy_option(f):
 def _engine_pins_json(f):
     """--engine, the method pins (--precision, --sparsity, --kv) and --json, as plan and compare declare them."""
     for opt in reversed((
-            click.option("--engine", default="vllm", show_default=True,
-                         help="vllm, sglang, tensorrt-llm, llama.cpp, transformers, or auto."),
+            click.option("--engine", default=default_engine(), show_default=True, help=f"{engine_list()}, or auto."),
             click.option("--precision", "pin_precision", default=None, help="Only this precision (a method id)."),
             click.option("--sparsity", "pin_sparsity", default=None,
                          help="Only this sparsity (dense, 2:4-wanda, drop-8, ...)."),
@@ -227,7 +226,7 @@ def register_report(main: click.Group) -> None:
     @_model_gpus_quality_context("l4,a100-80g-sxm,h100-sxm", "Comma-separated GPU ids.")
     @click.option("--batch", type=click.IntRange(1, 4096), default=8, show_default=True)
     @click.option("--out", type=click.Path(dir_okay=False), default="advisor-report.html", show_default=True)
-    @click.option("--engine", default="vllm", show_default=True, help="vllm, sglang, tensorrt-llm, llama.cpp, transformers.")
+    @click.option("--engine", default=default_engine(), show_default=True, help=f"{engine_list()}.")
     @click.option("--json", "as_json", is_flag=True, help="Print where the report went, as JSON.")
     def report(model, gpus, max_ppl_delta, context, batch, out, engine, as_json):
         """One self-contained HTML page: Pareto front, roofline per GPU, capacity curves."""

@@ -6,6 +6,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from profiles import load
+
 from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY
 from models.estimate import Estimate
 
@@ -29,7 +31,8 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
     best = rec.best
     console.print(f"[bold]{rec.model_id}[/] on [bold]{rec.gpu_id}[/] x{req.num_gpus} | context {req.context} "
                   f"(gen {req.gen_len}) | batch {req.batch} | engine {req.engine}"
-                  + (f" ({req.backend})" if req.engine == "transformers" else "") + f" | objective {req.objective}"
+                  + (f" ({req.backend})" if req.engine == load().harness_engine else "")
+                  + f" | objective {req.objective}"
                   + (f" | max ppl delta {req.max_quality_loss * 100:.2f}%" if req.max_quality_loss is not None else "")
                   + (f" | max accuracy drop {req.max_accuracy_drop:g} pt" if req.max_accuracy_drop is not None else "")
                   + (f" | max long-context drop {req.max_longctx_drop:g} pt" if req.max_longctx_drop is not None else ""))

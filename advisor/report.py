@@ -154,7 +154,10 @@ def roofline_svg(cat: Catalog, gpu_id: str, model: str) -> str:
                   "arithmetic intensity, FLOP/byte (log)", "FLOP/s achieved, predicted (log)", body, rng)
 
 
-def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen_len: int, engine: str = "vllm") -> str:
+def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen_len: int,
+                 engine: str | None = None) -> str:
+    """GPUs needed per load on ``engine`` (None: the catalog's default engine)."""
+    engine = cat.default_engine if engine is None else engine
     loads = (1, 2, 5, 10, 20, 50, 100)
     series = {}
     for g in gpus:
@@ -177,8 +180,9 @@ def capacity_svg(cat: Catalog, model: str, gpus: list[str], prompt_len: int, gen
 
 
 def build_report(model: str, gpus: list[str], max_quality_loss: float | None = 0.02, context: int = 4096,
-                 batch: int = 8, cat: Catalog | None = None, engine: str = "vllm") -> str:
+                 batch: int = 8, cat: Catalog | None = None, engine: str | None = None) -> str:
     cat = cat or load()
+    engine = cat.default_engine if engine is None else engine
     llm = cat.llm(model)
     ids = [g.id for g in cat.gpus.values()] if [str(x).lower() for x in gpus] == ["all"] else \
         [cat.resolve("gpu", g).id for g in gpus]

@@ -111,15 +111,15 @@ def _validate_energy(by: str, as_json: bool) -> None:
 
 
 def _end_to_end(pub: list[dict]) -> dict:
-    """The published rows answered as a user would get them: advisor.predict (vLLM, bf16, the row's batch,
-    GPUs, mean output length and estimated prompt length) -> J/token, speed included."""
+    """The published rows answered as a user would get them: advisor.predict (the row's engine, else the default
+    one; bf16, the row's batch, GPUs, mean output length and estimated prompt length) -> J/token, speed included."""
     import advisor
     from models.candidate import DEFAULT_PRECISION  # unquantized bf16, as the benchmark served the models
     from models.energy_fit import _scores
     by = {}
     for r in pub:
         try:
-            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine="vllm", precision=DEFAULT_PRECISION,
+            p = advisor.predict(model=r["model"], gpu=r["gpu"], engine=r.get("engine"), precision=DEFAULT_PRECISION,
                                 batch=int(r["batch"]), prompt_len=round(r["prompt"]), gen_len=round(r["gen"]),
                                 num_gpus=r["n"])
         except ValueError:
@@ -203,15 +203,15 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
     from profiles import UnknownProfileError, load
 
     from measurement.engine_rows import load_engine_rows
-    from models.engine_fit import ENGINES_FITTED, design
+    from models.engine_fit import design, engines_fitted
     from models.engine_validate import validate_engine
     try:
         eid = load().resolve("engine", engine).id
     except UnknownProfileError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2)
-    if eid not in ENGINES_FITTED:
-        click.echo(f"error: --engine {eid}: the engine cost models are {', '.join(ENGINES_FITTED)} "
+    if eid not in engines_fitted():
+        click.echo(f"error: --engine {eid}: the engine cost models are {', '.join(engines_fitted())} "
                    "(the harness model is validated without --engine)", err=True)
         raise SystemExit(2)
     click.echo(f"validating {eid}: one fit per held-out source, nested interval folds (minutes for large sets)",

@@ -158,7 +158,8 @@ def published_rows(cat) -> list[dict]:
             k = (r["gpu"], r["num_gpus"], r["model"], r["precision"], r["batch"])
             # one configuration's rows share its lengths: the mean decode context (where derived) and the
             # estimated prompt and mean output
-            m = by.setdefault(k, {"ctx": _f(r.get("decode_ctx") or 0) or 1000.0,
+            m = by.setdefault(k, {"engine": cat.resolve("engine", r["engine"]).id,  # the benchmark's engine
+                                  "ctx": _f(r.get("decode_ctx") or 0) or 1000.0,
                                   "lengths": (_f(r.get("prompt_len_est") or 0) or 600.0,
                                               _f(r.get("gen_len") or 0) or 400.0)})
             m[r["metric"]] = _f(r["value"])
@@ -180,7 +181,8 @@ def published_rows(cat) -> list[dict]:
         # the step's matmul tokens: the batch plus the prompts folded in meanwhile (as the speed model counts them)
         tokens = B + float(prompts_per_step(B, *m["lengths"]))
         u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops(BF16) * 1e12)
-        out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "u_memory": u_bw, "u_compute": u_tc,
+        out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "engine": m["engine"], "u_memory": u_bw,
+                    "u_compute": u_tc,
                     "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],
                     "output_tok_s": m["output_tok_s"]})

@@ -28,7 +28,6 @@ from .engine_intervals import conformal_q
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
 INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources
-ENGINES_FITTED = ("vllm", "sglang", "tensorrt-llm", "llama.cpp")
 _RUNNING = __import__("re").compile(r"avg running batch ([0-9.]+)")
 _UB = __import__("re").compile(r"micro-?batch size \(-ub\) (\d+)", __import__("re").I)
 
@@ -98,10 +97,20 @@ def _lookup(cat: Catalog, kind: str, name):
     return (cat.gpus if kind == "gpu" else cat.llms)[rid]
 
 
-def _metric_of(r) -> str:
+def engines_fitted(cat: Catalog | None = None) -> tuple[str, ...]:
+    """The engines this cost model is fitted for: every serving engine of the catalog (the harness engine's
+    speed model is fitted on the harness's own rows, models/fitted.py)."""
+    cat = cat or load()
+    return tuple(e.id for e in cat.engines.values() if not e.runs_everything)
+
+
+def _metric_of(r, eng) -> str:
+    """The row's metric; output_tok_s of a tool that times decode alone (engines.yaml decode_only_output_tool:
+    llama-batched-bench's S_TG) is decode_out_tok_s."""
     m = str(r["metric"])
     text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
-    if m == "output_tok_s" and str(r["engine"]) == "llama.cpp" and "batched-bench" in text:
+    tool = eng.get("decode_only_output_tool")
+    if m == "output_tok_s" and tool and tool in text:
         return "decode_out_tok_s"
     return m
 
@@ -128,7 +137,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         prec = precs.get(str(r["precision"]), str(r["precision"]))
         kv_name = r.get("kv_dtype")
         kv = kvs.get(str(kv_name).lower()) if kv_name else kv16  # no KV dtype stated: the 16-bit cache
-        metric = _metric_of(r)
+        metric = _metric_of(r, eng)
         if prec not in cat.methods or kv is None or metric not in es.METRICS:
             skip("method, KV dtype or metric not modelled")
             continue
@@ -319,9 +328,11 @@ def domain_of(d: Design) -> dict:
 
 
 # --------------------------------------------------------------------------------------- ship / load
-def fit_all(df, cat: Catalog | None = None, engines=ENGINES_FITTED) -> dict:
-    """Parameters, interval quantiles and domain of every engine, as the JSON the product loads."""
+def fit_all(df, cat: Catalog | None = None, engines=None) -> dict:
+    """Parameters, interval quantiles and domain of every engine (None: :func:`engines_fitted`), as the JSON
+    the product loads."""
     cat = cat or load()
+    engines = engines_fitted(cat) if engines is None else engines
     doc = {"schema_version": 1, "fitted_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "engines": {}}
     for e in engines:

@@ -54,21 +54,10 @@ KERNEL_DTYPE = {
     "ggml-f16": "fp16acc", "ggml-q8_0": INT8, "ggml-q6_k": INT8, "ggml-q5_k": INT8, "ggml-q4_k": INT8,
     "ggml-q4_0": INT8, "ggml-iq4_xs": INT8,
 }
-# Tokens per prefill forward (the engine's token budget per step): vLLM V1 max_num_batched_tokens 8192 and
-# SGLang chunked_prefill_size 8192 (their server-argument docs), TensorRT-LLM max_num_tokens 8192
-# (trtllm-serve default), llama.cpp n_ubatch 512 (llama-server / llama-bench default).
-PREFILL_CHUNK = {"vllm": 8192, "sglang": 8192, "tensorrt-llm": 8192, "llama.cpp": 512}
-# Largest batch an engine schedules by default: vLLM max_num_seqs 256 (engine args), SGLang
-# max_running_requests (derived from memory; 2048 taken as a cap), TensorRT-LLM max_batch_size 2048
-# (trtllm-serve / trtllm-bench default), llama.cpp -np slots (1 unless set).
-MAX_BATCH = {"vllm": 256, "sglang": 2048, "tensorrt-llm": 2048, "llama.cpp": 64}
-# Runtime memory an engine holds beside weights and KV: CUDA context, CUDA graphs, activation workspace
-# (assumption, GB per GPU; carried in the memory interval).
-RUNTIME_GB = {"vllm": 1.5, "sglang": 1.5, "tensorrt-llm": 1.5, "llama.cpp": 0.8}
-# Rows a matrix-vector kernel serves before a GEMM takes over; each row re-does the dequantization:
-# llama.cpp's MMVQ takes up to 8 (ggml/src/ggml-cuda/mmvq.cuh, MMVQ_MAX_BATCH_SIZE); Marlin and the other
-# engines' GEMMs dequantize a tile once for all rows (1).
-GEMV_ROWS = {"llama.cpp": 8}
+# Per engine, from engines.yaml (cited there) into each Query: prefill_chunk_tokens (tokens per prefill forward),
+# max_batch_seqs (the largest batch it schedules by default), runtime_gb_per_gpu (memory beside weights and KV,
+# an assumption), gemv_max_rows (rows a matrix-vector kernel serves before a GEMM takes over, each re-doing the
+# dequantization) and prefill_in_decode_steps (other requests' prompts folded into the decode forwards).
 # Bytes per weight that a kernel moves beside its packed weights when a step has more than one row:
 # bitsandbytes' matmul_4bit (which vLLM's bitsandbytes linear method calls per shard) takes its GEMV only
 # for a single row; for more rows (a decode batch, every prefill chunk) it dequantizes the whole matrix to
@@ -178,15 +167,23 @@ class Query:
     split: str             # tp | layer | row
     engine: str
     kernel: str
+    prefill_chunk_tokens: float  # the engine's facts (engines.yaml)
+    gemv_max_rows: float
+    runtime_gb_per_gpu: float
+    max_batch_seqs: float
+    prefill_in_decode_steps: bool
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
           split: str | None = None) -> Query:
     kernel = eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
     dtype = KERNEL_DTYPE.get(kernel, "16")
-    split = split or ("layer" if eng.id == "llama.cpp" else "tp") if num_gpus > 1 else "none"
+    split = split or eng.default_split if num_gpus > 1 else "none"
     return Query(gpu.mem_bw_gbps * 1e9, dtype_peak_flops(gpu, dtype), dtype_peak_flops(gpu, "16"),
-                 cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel)
+                 cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel,
+                 float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
+                 float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
+                 bool(eng.get("prefill_in_decode_steps")))
 
 
 def kparams(params: dict, kernel: str) -> dict:
@@ -210,10 +207,10 @@ def arrays(q: Query) -> dict:
             "link": q.link, "W": q.w.weight_bytes,
             "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
-            "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": float(PREFILL_CHUNK.get(q.engine, 8192)),
-            "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": float(GEMV_ROWS.get(q.engine, 1)),
+            "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": q.prefill_chunk_tokens,
+            "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": q.gemv_max_rows,
             "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0),
-            "serving": 0.0 if q.engine == "llama.cpp" else 1.0}
+            "serving": 1.0 if q.prefill_in_decode_steps else 0.0}
 
 
 def allreduce_s(a: dict, tokens):
@@ -273,7 +270,7 @@ def roofline_prefill_s(a: dict, batch, prompt):
 
 def kv_capacity_tokens(q: Query, mem_gb: float, fraction: float) -> float:
     """Tokens of KV cache that fit beside the weights and the runtime at the engine's memory fraction."""
-    per_gpu = mem_gb * fraction - q.w.weights_gb / q.n - RUNTIME_GB.get(q.engine, 1.5)
+    per_gpu = mem_gb * fraction - q.w.weights_gb / q.n - q.runtime_gb_per_gpu
     return max(0.0, per_gpu * 1e9 * q.n / q.w.kv_bytes_per_token)
 
 
@@ -284,7 +281,7 @@ def serving_batch(q: Query, mem_gb: float, fraction: float, prompt: float, gen: 
     if concurrency:
         return float(concurrency)
     cap = kv_capacity_tokens(q, mem_gb, fraction) / (prompt + gen)
-    return float(max(1.0, min(MAX_BATCH.get(q.engine, 256), math.floor(cap))))
+    return float(max(1.0, min(q.max_batch_seqs, math.floor(cap))))
 
 
 METRICS = ("tpot_ms", "decode_tok_s", "prefill_tok_s", "ttft_ms", "output_tok_s", "total_tok_s",

@@ -26,11 +26,11 @@ from .speed import SpeedPrediction
 DEFAULT_Q = 0.7  # log-interval half-width for an engine no row calibrates (x2 either way)
 
 
-def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, engine: str = "transformers",
+def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, engine: str | None = None,
             quality: QualityModel | None = None, speed_model=None, split: str | None = None) -> Prediction:
     """Every figure for one configuration on ``engine`` (call :func:`models.support.engine_block` first:
-    this does not check that the engine runs it)."""
-    eng = cat.engines[engine]
+    this does not check that the engine runs it; None: the harness engine)."""
+    eng = cat.engines[engine or cat.harness_engine]
     if eng.runs_everything:
         p = predict_harness(cat, gpu, llm, cand, sc, quality, speed_model)
         p.engine = eng.id
@@ -73,7 +73,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
         notes.append(f"{eng.id}: no fitted rows; prior kernel efficiencies")
         detail = f"{eng.id} cost model (priors only)"
     if q.split == "layer":
-        notes.append(f"llama.cpp layer split over {sc.num_gpus} GPUs: memory pooled, GPUs run one after another")
+        notes.append(f"{eng.id} layer split over {sc.num_gpus} GPUs: memory pooled, GPUs run one after another")
     step = _est(t_dec * 1e3, max(roof_dec * 1e3, t_dec * 1e3 * math.exp(-qd)), t_dec * 1e3 * math.exp(qd), "ms", detail)
     tok = Estimate(B / (step.value / 1e3), B / (step.high / 1e3), B / (step.low / 1e3), "tok/s", "fitted", detail)
     pre = _est(t_pre * 1e3, max(roof_pre * 1e3, t_pre * 1e3 * math.exp(-qp)), t_pre * 1e3 * math.exp(qp), "ms", detail)
@@ -84,7 +84,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     # memory: weights + KV of batch x context + the engine's runtime, per GPU
     n = sc.num_gpus
     kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9
-    rt = es.RUNTIME_GB.get(eng.id, 1.5)
+    rt = q.runtime_gb_per_gpu
     per = (q.w.weights_gb + kv_gb) / n + rt
     mem = MemoryBreakdown(q.w.weights_gb, kv_gb, 0.0, rt,
                           Estimate(per, per - 0.5 * rt, per + 0.5 * rt + 0.05 * per, "GB", "analytical",

@@ -25,7 +25,6 @@ from profiles.dtypes import FP8
 
 AIC_SYSTEMS = {"h100-sxm": "h100_sxm", "h200": "h200_sxm", "b200": "b200_sxm", "a100-80g-sxm": "a100_sxm",
                "l40s": "l40s", "l4": "l4", "h100-pcie": "h100_pcie", "a100-40g-pcie": "a100_pcie"}
-AIC_BACKEND = {"tensorrt-llm": "trtllm", "vllm": "vllm", "sglang": "sglang"}
 # each method's gemm_quant_mode in AIConfigurator (methods.yaml aiconfigurator_gemm); others are not queried
 AIC_GEMM = {m.id: m.get("aiconfigurator_gemm") for m in load().methods.values() if m.get("aiconfigurator_gemm")}
 METRICS = ("output_tok_s", "tpot_ms", "ttft_ms")
@@ -78,7 +77,7 @@ def _config_dir(cat, model_id: str, root: Path) -> str:
 def queries(d, df, cat, limit: int = 150, seed: int = 0) -> list[tuple[int, dict]]:
     """(design position, query) for up to ``limit`` rows AIConfigurator can answer (a fixed random sample
     when there are more, balanced over the metrics)."""
-    backend = AIC_BACKEND.get(d.engine)
+    backend = cat.engines[d.engine].get("aiconfigurator_backend")  # engines.yaml
     if backend is None:
         return []
     cand = {m: [] for m in METRICS}

@@ -25,7 +25,7 @@ from profiles import load
 
 from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from .speed import predict_speed
-from .validate import published_rows
+from .validate import harness_backend, published_rows
 
 PEER_GPU = {"a10g": "a10g-pcie-24gb", "a100-40g-pcie": "a100-pcie-40gb", "a100-80g-sxm": "a100-sxm-80gb",
             "h100-sxm": "h100-sxm-80gb", "h100-pcie": "h100-pcie-80gb", "v100-32g": "v100-sxm-32gb"}
@@ -102,7 +102,7 @@ def compare() -> dict:
                 peer = None
             if peer is None:
                 continue
-            backend = "eager" if r["engine"] == "transformers" else "compiled"
+            backend = harness_backend(cat, r["engine"])
             ours = predict_speed(cat, cat.gpus[r["gpu_id"]], llm, Candidate(r["precision_id"]),
                                  Scenario(batch, prompt, gen, backend)).decode_tok_s.value
             meas = float(r["decode_tok_s"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from profiles import GPU, LLM, Catalog
+from profiles import GPU, LLM, Catalog, harness_engine_id
 
 from . import energy
 from .candidate import Candidate, Scenario
@@ -30,7 +30,7 @@ class Prediction:
     tweor: float | None = None
     speed_model: str = "analytical"
     notes: list[str] = field(default_factory=list)
-    engine: str = "transformers"
+    engine: str = field(default_factory=harness_engine_id)  # the engine id (engines.yaml)
     memory_fraction: float = 1.0         # share of the GPU the engine may use (vLLM reserves 0.9)
     kv_capacity_tokens: float | None = None
     # every quality quantity: kind -> (Estimate or None, parts, components with no figure of that kind);

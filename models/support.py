@@ -72,9 +72,9 @@ def engine_block(cat: Catalog, eng: Engine, gpu: GPU, llm: LLM, cand: Candidate,
     when it can."""
     if num_gpus > 1:
         kinds = eng.get("parallelism") or []
-        if eng.id == "llama.cpp":
-            if (split or "layer") not in kinds:
-                return f"llama.cpp splits a model over GPUs by layer or row, not '{split}'"
+        if "tp" not in kinds:  # an engine that splits by layer or row (llama.cpp's --split-mode)
+            if (split or eng.default_split) not in kinds:
+                return f"{eng.id} splits a model over GPUs by {' or '.join(kinds)}, not '{split}'"
         elif "tp" in kinds:
             valid = tp_sizes(llm, max(8, num_gpus))
             if num_gpus not in valid:

@@ -15,7 +15,16 @@ from .speed import predict_speed
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "published_throughput.csv"
 SPLITS = {"leave-one-gpu-out": "gpu", "leave-one-model-out": "model", "leave-one-method-out": "precision"}
-ENGINE_BACKEND = {"transformers": "eager"}  # every other engine is a tuned, graph-captured deployment
+# Engine labels of published_throughput.csv that are not catalog engines, and the harness backend that stands for
+# each (tuned, graph-captured deployments); a catalog engine's is its engines.yaml harness_backend.
+OTHER_PUBLISHED_ENGINES = {"tgi": "compiled", "autoawq": "compiled", "torchao/gpt-fast": "compiled"}
+
+
+def harness_backend(cat: Catalog, engine: str) -> str | None:
+    """The harness speed model's backend (compiled / eager) that stands for a published row's engine; None: the
+    row is not compared."""
+    eng = cat.engines.get(engine)
+    return eng.get("harness_backend") if eng else OTHER_PUBLISHED_ENGINES.get(engine)
 
 
 def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict:
@@ -59,7 +68,7 @@ def published_rows(path: Path = PUBLISHED_CSV, cat: Catalog | None = None) -> li
                 continue
             if cat.methods[prec].kind != "precision" or not r.get("decode_tok_s") or not r.get("batch"):
                 continue
-            if r["engine"] not in ("transformers", "vllm", "tgi", "tensorrt-llm", "autoawq", "torchao/gpt-fast"):
+            if harness_backend(cat, r["engine"]) is None:
                 continue
             rows.append({**r, "gpu_id": gpu.id, "model_id": llm.id, "precision_id": prec})
     return rows
@@ -73,7 +82,7 @@ def published_errors(predictor=None, cat: Catalog | None = None) -> dict:
         gpu, llm = cat.gpus[r["gpu_id"]], cat.llms[r["model_id"]]
         batch = int(float(r["batch"]))
         sc = Scenario(batch, int(float(r["prompt_len"] or 128)), int(float(r["gen_len"] or 128)),
-                      ENGINE_BACKEND.get(r["engine"], "compiled"))
+                      harness_backend(cat, r["engine"]))
         cand = Candidate(r["precision_id"])
         try:
             pred = predictor(cat, gpu, llm, cand, sc) if predictor else predict_speed(cat, gpu, llm, cand, sc).decode_tok_s.value

@@ -4,7 +4,9 @@
 >>> cat = load()
 >>> cat.gpu("l4").mem_bw_gbps
 """
-from .catalog import GPU, LLM, Catalog, Method, UnknownProfileError, load, load_quality
+from .catalog import (GPU, LLM, Catalog, Method, UnknownProfileError, default_engine_id, harness_engine_id, load,
+                      load_quality)
 from .schema import SchemaError
 
-__all__ = ["GPU", "LLM", "Catalog", "Method", "UnknownProfileError", "SchemaError", "load", "load_quality"]
+__all__ = ["GPU", "LLM", "Catalog", "Method", "UnknownProfileError", "SchemaError", "load", "load_quality",
+           "default_engine_id", "harness_engine_id"]

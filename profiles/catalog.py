@@ -212,7 +212,13 @@ class Catalog:
 
     @property
     def default_engine(self) -> str:
+        """The id of the engine a request runs on when it names none (engines.yaml ``default: true``)."""
         return next(e.id for e in self.engines.values() if e.get("default"))
+
+    @property
+    def harness_engine(self) -> str:
+        """The id of the engine that is this project's measurement harness (engines.yaml ``methods: "*"``)."""
+        return next(e.id for e in self.engines.values() if e.runs_everything)
 
     def method(self, name: str) -> Method:
         return self.methods[self.resolve("method", name).id]
@@ -278,3 +284,13 @@ def load_quality(data_dir: Path = DATA_DIR) -> list[dict]:
 def load(data_dir: Path = DATA_DIR) -> Catalog:
     """The shipped catalogs (cached)."""
     return Catalog(Path(data_dir))
+
+
+def default_engine_id() -> str:
+    """The shipped catalog's default engine id (a dataclass field's default_factory)."""
+    return load().default_engine
+
+
+def harness_engine_id() -> str:
+    """The shipped catalog's harness engine id (a dataclass field's default_factory)."""
+    return load().harness_engine

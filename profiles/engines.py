@@ -27,7 +27,26 @@ ENGINE_FIELDS = (
     schema.Field("not_run", (list,), required=False),
     schema.Field("not_run_source", (str,), required=False),
     schema.Field("notes", (str,), required=False),
+    # the engine cost model's facts (models/engine_speed.py): required of every serving engine (COST_MODEL_KEYS)
+    schema.Field("prefill_chunk_tokens", (int,), required=False),
+    schema.Field("max_batch_seqs", (int,), required=False),
+    schema.Field("runtime_gb_per_gpu", schema.NUM, required=False),
+    schema.Field("gemv_max_rows", (int,), required=False),
+    schema.Field("prefill_in_decode_steps", (bool,), required=False),
+    schema.Field("aiconfigurator_backend", (str,), required=False),
+    schema.Field("harness_backend", (str,), required=False, choices=("compiled", "eager")),
+    schema.Field("dtype_flag", (str,), required=False),
+    schema.Field("model_file", (str,), required=False),
+    schema.Field("decode_only_output_tool", (str,), required=False),
+    schema.Field("measured_by", (str,), required=False),
+    schema.Field("sources", (dict,), required=False),
 )
+COST_MODEL_KEYS = ("prefill_chunk_tokens", "max_batch_seqs", "runtime_gb_per_gpu", "gemv_max_rows",
+                   "prefill_in_decode_steps")
+# fields that need an entry in the engine's ``sources`` wherever they are set
+CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dtype_flag", "model_file",
+                                "decode_only_output_tool", "measured_by")
+PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}
 ARCHS = ("sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120")
@@ -52,6 +71,11 @@ class Engine:
     def runs_everything(self) -> bool:
         """The harness engine: every catalog method, subject to the method's own min_cc."""
         return self.raw["methods"] == "*"
+
+    @property
+    def default_split(self) -> str:
+        """How the engine splits a model over GPUs when the user names no split: the first of ``parallelism``."""
+        return self.raw["parallelism"][0]
 
     @property
     def label(self) -> str:
@@ -102,8 +126,16 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
     entries = schema.check_catalog(doc, "engines", ENGINE_FIELDS, "engines.yaml")
     for e in entries:
         where = f"engines.yaml: engine '{e['id']}'"
+        if not e["parallelism"] or any(x not in PARALLELISM for x in e["parallelism"]):
+            raise schema.SchemaError(f"{where}: parallelism must list some of {PARALLELISM}, got {e['parallelism']}")
+        uncited = [k for k in CITED_KEYS if k in e and k not in (e.get("sources") or {})]
+        if uncited:
+            raise schema.SchemaError(f"{where}: {uncited} need an entry in 'sources'")
         if e["methods"] == "*":
             continue
+        missing = [k for k in COST_MODEL_KEYS if k not in e]
+        if missing:
+            raise schema.SchemaError(f"{where}: a serving engine needs the cost model's {missing}")
         for mid, m in e["methods"].items():
             if mid not in method_ids:
                 raise schema.SchemaError(f"{where}: method '{mid}' is not in methods.yaml")
@@ -123,4 +155,8 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
                 raise schema.SchemaError(f"{where}: KV method '{kid}': unknown keys {sorted(extra)}")
             if (k or {}).get("flag") and not k.get("source"):
                 raise schema.SchemaError(f"{where}: KV method '{kid}' has no source")
+    for what, ids in (("'default: true'", [e["id"] for e in entries if e.get("default")]),
+                      ("methods: '*' (the harness)", [e["id"] for e in entries if e["methods"] == "*"])):
+        if len(ids) != 1:
+            raise schema.SchemaError(f"engines.yaml: exactly one engine needs {what}, found {ids}")
     return entries

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from profiles.dtypes import BF16, FP16
+from . import engine_id
 
 BASE_COLUMNS = ["engine", "engine_version", "gpu", "num_gpus", "parallel", "model", "precision", "kv_dtype",
                 "batch", "prompt_len", "gen_len", "depth", "metric", "value", "stat", "source_id", "url",
@@ -282,15 +283,14 @@ def make_row(m: Measured, facts: ModelFacts | None, ctx: dict, *, avg_power_w: f
     cpu_job = m.cpu_job if cpu_job is None else cpu_job
     row = {c: "" for c in COLUMNS}
     n_gpus = gpus_used(m.split, int(ctx.get("n_gpus", 1) or 1))
-    row.update(engine="llama.cpp", engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=n_gpus,
+    row.update(engine=engine_id(), engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=n_gpus,
                parallel=m.split if n_gpus > 1 else "none", model=ctx.get("model", facts.model if facts else ""),
                precision=precision_id(ctx.get("qtype", facts.qtype if facts else "")),
                kv_dtype=KV_NAMES.get(m.kv, m.kv), batch=m.batch, prompt_len=m.prompt_len if m.prompt_len else "",
                gen_len=m.gen_len if m.gen_len else "", depth=m.depth, metric=m.metric,
                value=_r(m.value), stat="median" if m.n_reps > 1 else "single",
                source_id=ctx.get("source_id", ""), url="",
-               location=f"{m.location} | {ctx.get('command', '')}".strip(" |"),
-               date_published=ctx.get("date", ""),
+               location=f"{m.location} | {ctx.get('command', '')}".strip(" |"), date_published=ctx.get("date", ""),
                notes=ctx.get("notes", "random weights; flash attention on; -ngl 99"),
                gguf_type=ctx.get("qtype", facts.qtype if facts else ""),
                build_flags=ctx.get("build_flags", ""), gpu_name=ctx.get("gpu_name", ""),
@@ -328,7 +328,7 @@ def gpus_used(split: str, visible: int) -> int:
 
 def status_row(ctx: dict, status: str, reason: str, metric: str = "", **fields) -> dict:
     row = {c: "" for c in COLUMNS}
-    row.update(engine="llama.cpp", engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=1,
+    row.update(engine=engine_id(), engine_version=ctx.get("engine_version", ""), gpu="h200", num_gpus=1,
                parallel="none", model=ctx.get("model", ""), precision=precision_id(ctx.get("qtype", "")),
                gguf_type=ctx.get("qtype", ""), metric=metric, source_id=ctx.get("source_id", ""),
                location=ctx.get("command", ""), date_published=ctx.get("date", ""),

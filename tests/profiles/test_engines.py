@@ -42,3 +42,26 @@ def test_unknown_engine_lists_the_engines(cat):
         cat.engine("vllmm")
     for eid in cat.engines:
         assert eid in str(e.value)
+
+
+def test_one_default_and_one_harness_engine(cat):
+    assert cat.default_engine == next(e.id for e in cat.engines.values() if e.get("default"))
+    assert cat.engines[cat.harness_engine].runs_everything
+    doc = {"schema_version": 1, "engines": [dict(e.raw) for e in cat.engines.values()]}
+    doc["engines"][1] = {**doc["engines"][1], "default": True}
+    with pytest.raises(SchemaError, match="exactly one engine needs 'default: true'"):
+        check_engines(doc, set(cat.methods))
+
+
+def test_serving_engines_carry_the_cost_model_facts_cited(cat):
+    from profiles.engines import COST_MODEL_KEYS
+    for e in cat.engines.values():
+        if not e.runs_everything:
+            assert all(k in e.raw and e.raw["sources"].get(k) for k in COST_MODEL_KEYS), e.id
+    doc = {"schema_version": 1, "engines": [dict(e.raw) for e in cat.engines.values()]}
+    doc["engines"][0] = {k: v for k, v in doc["engines"][0].items() if k != "max_batch_seqs"}
+    with pytest.raises(SchemaError, match="max_batch_seqs"):
+        check_engines(doc, set(cat.methods))
+    doc["engines"][0] = {**doc["engines"][0], "max_batch_seqs": 8, "sources": {}}
+    with pytest.raises(SchemaError, match="need an entry in 'sources'"):
+        check_engines(doc, set(cat.methods))
