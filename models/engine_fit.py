@@ -292,7 +292,7 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
 
 
 def _groups(d: Design) -> np.ndarray:
-    return np.array([es.METRIC_GROUP[m] for m in d.metric])
+    return es.metric_groups(d.metric, d.gen)
 
 
 def _group(d: Design, by: str) -> np.ndarray:

@@ -291,6 +291,15 @@ METRIC_GROUP = {"tpot_ms": "decode", "decode_tok_s": "decode", "prefill_tok_s": 
                 "decode_out_tok_s": "throughput"}
 
 
+def metric_groups(metric, gen) -> np.ndarray:
+    """Each row's group (vectorized): its metric's :data:`METRIC_GROUP`, except that a request latency with at
+    most one output token times the prompt's processing alone, so it is a prefill figure."""
+    metric, gen = np.asarray(metric), np.asarray(gen, float)
+    g = np.array([METRIC_GROUP[m] for m in metric], dtype=object)
+    g[(metric == "request_latency_s") & (gen <= 1)] = "prefill"
+    return g.astype(str)
+
+
 def decode_context(prompt, gen, depth=0.0):
     """Mean tokens in context per sequence over the decode steps of a request: what came before, the
     prompt, and half the output (vectorized)."""

@@ -119,3 +119,12 @@ def test_serving_tpot_carries_the_other_requests_prompts(cat):
     assert tpot("vllm", 64.0, 4096.0) > 1.5 * tpot("vllm", 64.0, 64.0)
     # llama.cpp's benchmarks time decode alone
     assert tpot("llama.cpp", 64.0, 4096.0) == pytest.approx(tpot("llama.cpp", 64.0, 64.0))
+
+
+def test_a_request_latency_of_one_output_token_is_a_prefill_figure():
+    import numpy as np
+
+    from models.engine_speed import metric_groups
+    g = metric_groups(np.array(["request_latency_s", "request_latency_s", "ttft_ms", "tpot_ms"]),
+                      np.array([1.0, 128.0, 128.0, 128.0]))
+    assert g.tolist() == ["prefill", "throughput", "prefill", "decode"]
