@@ -15,8 +15,11 @@ from .engine import Recommendation
 
 
 def console() -> Console:
-    """A console wide enough for the tables when output is piped or captured."""
-    return Console() if sys.stdout.isatty() else Console(width=150)
+    """A console wide enough for the tables when output is piped or captured. Styles come from the markup we
+    write; Rich's automatic highlighting (a regex pass over every printed string to colour numbers) and emoji
+    codes are off: they mean nothing in these tables."""
+    kw = {"highlight": False, "emoji": False}
+    return Console(**kw) if sys.stdout.isatty() else Console(width=150, **kw)
 
 
 def _fmt(e: Estimate | None, scale: float = 1.0, digits: int = 3) -> tuple[str, str, str]:
