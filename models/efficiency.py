@@ -4,9 +4,8 @@
 decode (few rows). ``compute``: fraction of the dtype's dense tensor peak reached in prefill.
 Copy bandwidth itself is ``COPY_BW_FRACTION`` of the datasheet bandwidth.
 
-The per-method figures (``bw``, ``compute``, ``layer_ms``, CUDA graph capture, the eager host factor, the
-quantized caches' host cost) are parameter data of the harness: ``models/data/harness_kernels.json``,
-read once, with each figure's provenance. That file's ``sources`` defines the source keys used there and in
+The per-method figures (``bw``, ``compute``, ``layer_ms``, CUDA graph capture) are parameter data of the
+harness: ``models/data/harness_kernels.json``, read once, with each figure's provenance. That file's ``sources`` defines the source keys used there and in
 the comments below: PROBE (one projection timed on an H200, shared/gpu-notes.md), TORCHAO (pytorch/ao's
 benchmark table), FUSED (the regional-graph-fused rows of measurement/data/measurements.csv) and PREFILL
 (the long prefills of measurement/data/measurements.csv).
@@ -53,39 +52,51 @@ DEQUANT_PATH_BW = {"compiled": 0.84, "eager": 0.82}
 # sampling) per layer, added to the GPU time: 0.044 with the bf16 compiled fraction 1.04, both from FUSED
 # (two unknowns, two model sizes). (The unmerged regional-graph rows gave 0.028-0.041 ms per layer at a
 # 0.84 fraction on six models, H100 and H200.)
-# eager: the host issues every kernel from Python, so a step takes max(GPU time, host time); host time
-# per layer measured in measurement/data/measurements.csv (20 eager bf16 rows, H100 and H200 VMs,
-# six models from 1B to 8B): 0.46-0.62 ms per layer, independent of model size; 0.55 is the median.
-STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.044, "eager": 0.55}
-# Eager host time of a method relative to bf16's (more Python-issued kernels per projection): each
-# precision's eager_host_factor in the data file, measured on one machine (its eager_host_factor_src).
-EAGER_HOST_FACTOR = {p: k["eager_host_factor"] for p, k in _KERNELS.items()}
-EAGER_HOST_FACTOR_24 = 9.23  # 2:4 semi-structured: 183.4 ms vs 19.87 (the eager_host_factor rows)
-# Decode attention over the KV cache: fraction of the copy bandwidth achieved on the KV bytes.
-# compiled (regional-graph: grouped-query attention reads each cached element once): the extra step
-# time from a longer prompt at the same batch, over the extra KV bytes, is 0.86-0.97 once the KV read is
-# large (batch >= 16; six models, H100 and H200); 0.9. eager (transformers' DynamicCache sdpa path):
-# 0.30, from the batch 16-64 x prompt 4096 rows (measured ms minus the weight read, over the KV bytes).
-KV_READ_FRACTION = {"compiled": 0.90, "eager": 0.30}
+# eager: the host issues every kernel from Python, so a step takes max(GPU time, host time): the host ms per
+# layer of an eager bf16 step, CONSTANTS["eager_host_ms_per_layer"] below.
+#
+# The measured constants of the eager host, the KV read and the quantized caches' dequantization are fitted by
+# code, not by hand: models/harness_fit.py derives them from the rows of measurement/data/measurements.csv
+# (each constant's recipe in its docstrings) and ``python -m models.harness_fit`` writes them, with their
+# provenance and the rows behind each, to models/data/harness_fitted.json; advisor validate refits them inside
+# every fold on its training rows only. CONSTANTS is that file's plain dict; models.speed.predict_speed takes
+# another one (``constants=``) for a fold:
+#   eager_host_ms_per_layer: host ms per layer of an eager bf16 step (median over the eager bf16 rows);
+#   eager_host_factor[precision], eager_host_factor_24 (2:4 semi-structured): host time of an eager step
+#     relative to dense bf16's (more Python-issued kernels per projection), from batch-1 rows;
+#   kv_read_fraction[backend]: fraction of the copy bandwidth reached on the KV-cache bytes in decode
+#     (compiled: the extra step time from a longer prompt at batch >= 16; eager: the batch >= 16 x prompt
+#     >= 4096 rows, measured ms minus the weight read over the KV bytes);
+#   kv_dequant_bytes_per_elem, kvq_host_ms_per_layer[kv]: our quantized caches (eager only) dequantize the
+#     whole cache on every step through a chain of torch ops issued from Python: GPU bytes per cached element
+#     plus a host cost per layer, both added to the step (from the quantized-cache rows at two batches).
+FITTED_PATH = Path(__file__).resolve().parent / "data" / "harness_fitted.json"
+
+
+@lru_cache(maxsize=1)
+def _fitted() -> dict:
+    """models/data/harness_fitted.json, parsed once."""
+    return json.loads(FITTED_PATH.read_text())
+
+
+CONSTANTS: dict = _fitted()["constants"]
+STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.044, "eager": CONSTANTS["eager_host_ms_per_layer"]}
+EAGER_HOST_FACTOR = CONSTANTS["eager_host_factor"]
+EAGER_HOST_FACTOR_24 = CONSTANTS["eager_host_factor_24"]
+KV_READ_FRACTION = CONSTANTS["kv_read_fraction"]
+KV_DEQUANT_BYTES_PER_ELEM = CONSTANTS["kv_dequant_bytes_per_elem"]
+KVQ_HOST_MS_PER_LAYER = CONSTANTS["kvq_host_ms_per_layer"]
 # torchao 0.18 Int8WeightOnlyConfig under inductor (torch 2.11) at more than one row per step: 144 ms at
 # batch 8, 516 at 32, 1024 at 64 for Llama-3.1-8B on the H200 (3.6 ms at batch 1), i.e. ~16 ms per row,
 # as if every row re-read and dequantized all int8 weights: bytes per weight per row at the copy
 # bandwidth, from 16 ms x 4.25 TB/s / 7.5e9 int8 weights. Eager int8-wo does not do this (32 ms at batch 16 on the H100).
 INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW = 9.0
-# Our quantized caches (eager only) dequantize the whole cache on every step through a chain of torch
-# ops issued from Python: a host cost per layer plus GPU bytes per cached element, both added to the
-# step. Fitted on the kv-fp8/int8/int4/int2 eager rows of llama3.1-8b at prompt 4096, batch 1 and 8,
-# on the H200 (extra ms over the 16-bit cache: batch 1 12.5-22.9, batch 8 20.8-32.9): the batch-8 minus
-# batch-1 difference over the extra elements gives 19-29 bytes per element (24 taken); the rest of the
-# batch-1 extra, over 32 layers, the host ms per layer of each cache (the data file's kv table).
-KV_DEQUANT_BYTES_PER_ELEM = 24.0
-KVQ_HOST_MS_PER_LAYER = {kv: v["host_ms_per_layer"] for kv, v in _table()["kv"].items()}
 # int4 g128 weight-only in the measured stack (torchao tile_packed_to_4d, compiled): the linear time grows
 # with the rows of the step, about +0.15 of the one-row time per extra row (llama3.1-8b on the H100: the
 # linear part is 2.0x at batch 8 and 6.3x at batch 32; llama3.2-1b/3b 2.5x-3.0x at batch 16).
 INT4_COMPILED_ROW_FACTOR = 0.15
-STEP_OVERHEAD_SRC = ("compiled: regional-graph-fused rows, eager: measured host time per layer; both in "
-                     "measurement/data/measurements.csv")
+STEP_OVERHEAD_SRC = ("compiled: regional-graph-fused rows, eager: host time per layer fitted by models/harness_fit.py; "
+                     "both in measurement/data/measurements.csv")
 
 # Relative error carried on a speed prediction: probe GPU (H200/H100) vs other GPUs.
 REL_ERR_SAME_ARCH = 0.25

@@ -20,8 +20,9 @@ from sklearn.linear_model import Ridge
 
 from profiles import Catalog, load
 
-from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
+from .candidate import Candidate, Scenario
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
+from .measured_rows import SUPERSEDED_COMPILE_MODES, row_candidate, usable_rows  # noqa: F401 (re-exported)
 from .memory import predict_memory
 from .speed import predict_speed
 from .energy import board_power_w, joules_per_token
@@ -60,35 +61,14 @@ class CorrectionRegressor(RegressorMixin, BaseEstimator):
                 "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
 
 
-# The compiled backend the cost model describes is the harness's regional-graph-fused one (one compiled
-# decoder layer with merged q|k|v and gate|up weights, one CUDA graph per step); rows of its variants
-# (unmerged, uncompiled layers, coordinate-descent tuning) are fitted with a feature each
-# (correction.VARIANTS). Rows of the earlier whole-model torch.compile backend stay in the dataset as
-# history, but they measured transformers' static-cache attention (repeated KV heads, full mask), not
-# this backend, so they are not fitted.
-SUPERSEDED_COMPILE_MODES = ("reduce-overhead", "max-autotune", "default", "none")
-
-
-def usable_rows(df):
-    """ok rows the cost model learns from (see SUPERSEDED_COMPILE_MODES)."""
-    if "status" in df:
-        df = df[df["status"] == "ok"]
-    if "compile_mode" in df and "backend" in df:
-        old = (df["backend"] == "compiled") & df["compile_mode"].isin(SUPERSEDED_COMPILE_MODES)
-        df = df[~old]
-    return df
-
-
 def _cand(r) -> Candidate:
-    budget = r.get("kv_budget")
-    budget = int(budget) if budget is not None and not (isinstance(budget, float) and math.isnan(budget)) else None
-    return Candidate(str(r["precision"]), str(r.get("sparsity") or DEFAULT_SPARSITY), str(r.get("kv") or DEFAULT_KV),
-                     budget)
+    return row_candidate(r)
 
 
-def design(df, cat: Catalog | None = None):
+def design(df, cat: Catalog | None = None, constants: dict | None = None):
     """Feature matrix, analytical predictions, measured targets, the kept row labels, and per kept row
-    (gpu id, cc major, params_b, precision, sparsity, backend, model id): what the interval widening looks at."""
+    (gpu id, cc major, params_b, precision, sparsity, backend, model id): what the interval widening looks at.
+    ``constants``: the harness speed model's measured constants (default the shipped ones; models/harness_fit.py)."""
     cat = cat or load()
     X, A, Y, keep, meta = [], [], [], [], []
     for i, r in df.iterrows():
@@ -96,7 +76,7 @@ def design(df, cat: Catalog | None = None):
             gpu, llm = cat.gpu(str(r["gpu"])), cat.llm(str(r["model"]))
             cand = _cand(r)
             sc = Scenario(int(r["batch"]), int(r["prompt_len"]), int(r["gen_len"]), str(r["backend"]), 1)
-            spd = predict_speed(cat, gpu, llm, cand, sc)
+            spd = predict_speed(cat, gpu, llm, cand, sc, constants)
             mem = predict_memory(cat, llm, cand, sc)
         except (LookupError, KeyError, ValueError, TypeError):
             continue
@@ -110,6 +90,26 @@ def design(df, cat: Catalog | None = None):
         keep.append(i)
         meta.append((gpu.id, gpu.cc[0], llm.published_params_b, cand.precision, cand.sparsity, sc.backend, llm.id))
     return np.array(X), np.array(A, float), np.array(Y, float), keep, meta
+
+
+def refit_analytical(sub, cat: Catalog | None = None, evidence: list | None = None):
+    """For cross-validation: a function of a training mask over the rows of ``sub`` (design's kept rows, in
+    order) -> (X, A) of every row, recomputed with the harness constants fitted by models/harness_fit.py on
+    the masked rows only, so a fold's analytical predictions never rest on its held-out rows. Each fold's
+    evidence dict (what each constant rested on) is appended to ``evidence`` when given."""
+    from .harness_fit import fit_constants
+    cat = cat or load()
+
+    def refit(tr):
+        ev: dict = {}
+        c = fit_constants(sub.iloc[np.flatnonzero(tr)], cat, ev)
+        X, A, _, keep, _ = design(sub, cat, c)
+        if list(keep) != list(sub.index):
+            raise ValueError("refit_analytical: the rows must be design's kept rows")
+        if evidence is not None:
+            evidence.append(ev)
+        return X, A
+    return refit
 
 
 def _groups_cv(groups: np.ndarray, k: int = 5, min_groups: int = 3):
@@ -161,30 +161,31 @@ def _widen(meta, tr, te) -> np.ndarray:
     return w
 
 
-def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3, meta=None) -> dict:
+def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3, meta=None, refit=None) -> dict:
     """Out-of-group predictions for every target. Each outer fold's interval comes from a conformal
     quantile computed inside its own training rows only (nested), so coverage is honestly held out;
     with ``meta`` (from :func:`design`) it is widened as the product widens it for a query outside the
-    fold's training domain."""
+    fold's training domain. With ``refit`` (:func:`refit_analytical`) each fold's features and analytical
+    predictions come from harness constants fitted on its training rows (the inner conformal folds reuse the
+    outer fold's constants); ``analytical`` holds the held-out analytical predictions."""
+    folds = [(tr, te, *(refit(tr) if refit else (X, A))) for tr, te in _groups_cv(groups, min_groups=min_groups)]
     out = {}
     for j, t in enumerate(TARGETS):
-        ok = np.isfinite(Y[:, j]) & (Y[:, j] > 0) & np.isfinite(A[:, j]) & (A[:, j] > 0)
-        pred = np.full(len(Y), np.nan)
-        lo = np.full(len(Y), np.nan)
-        hi = np.full(len(Y), np.nan)
-        logy = np.full(len(Y), np.nan)
-        logy[ok] = np.log(Y[ok, j] / A[ok, j])
-        for tr, te in _groups_cv(groups, min_groups=min_groups):
+        pred, lo, hi, ana = (np.full(len(Y), np.nan) for _ in range(4))
+        for tr, te, Xf, Af in folds:
+            ok = np.isfinite(Y[:, j]) & (Y[:, j] > 0) & np.isfinite(Af[:, j]) & (Af[:, j] > 0)
             tr, te = tr & ok, te & ok
             if tr.sum() < 5 or te.sum() == 0:
                 continue
-            m = CorrectionRegressor(alpha).fit(X[tr], logy[tr])
-            q = conformal_q(X[tr], logy[tr], groups[tr], alpha, min_groups=2)
+            logy = np.full(len(Y), np.nan)
+            logy[ok] = np.log(Y[ok, j] / Af[ok, j])
+            m = CorrectionRegressor(alpha).fit(Xf[tr], logy[tr])
+            q = conformal_q(Xf[tr], logy[tr], groups[tr], alpha, min_groups=2)
             if meta is not None:
                 q = q * _widen(meta, tr, te)
-            p = A[te, j] * np.exp(m.predict(X[te]))
-            pred[te], lo[te], hi[te] = p, p * np.exp(-q), p * np.exp(q)
-        out[t] = {"pred": pred, "true": Y[:, j], "lo": lo, "hi": hi}
+            p = Af[te, j] * np.exp(m.predict(Xf[te]))
+            pred[te], lo[te], hi[te], ana[te] = p, p * np.exp(-q), p * np.exp(q), Af[te, j]
+        out[t] = {"pred": pred, "true": Y[:, j], "lo": lo, "hi": hi, "analytical": ana}
     return out
 
 
@@ -198,6 +199,8 @@ def scores(cv: dict) -> dict:
         cover = (d["lo"][ok] <= d["true"][ok]) & (d["true"][ok] <= d["hi"][ok])
         res[t] = {"mape": float(err.mean()), "median_ape": float(np.median(err)), "coverage90": float(cover.mean()),
                   "n": int(ok.sum())}
+        if "analytical" in d:  # the analytical model's held-out error on the same rows
+            res[t]["analytical_held_out_mape"] = float((np.abs(d["analytical"][ok] - d["true"][ok]) / d["true"][ok]).mean())
         if t == "decode_ms":  # the same predictions as tokens/s (batch / step time): |measured/predicted - 1|
             res[t]["tok_s_mape"] = float(np.abs(d["true"][ok] / d["pred"][ok] - 1).mean())
     return res
@@ -212,7 +215,7 @@ def fit_model(df, alpha: float = DEFAULT_ALPHA, cat: Catalog | None = None) -> d
         raise ValueError(f"only {len(X)} usable measured rows: at least 10 are needed to fit")
     sub = df.loc[keep]
     groups = sub["model"].astype(str).to_numpy()
-    cv = cross_val(X, A, Y, groups, alpha, meta=meta)
+    cv = cross_val(X, A, Y, groups, alpha, meta=meta, refit=refit_analytical(sub, cat))
     targets = {}
     for j, t in enumerate(TARGETS):
         ok = np.isfinite(Y[:, j]) & (Y[:, j] > 0) & (A[:, j] > 0)

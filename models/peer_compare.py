@@ -58,15 +58,16 @@ def peer_tok_s(gpu_id, llm, precision, batch, prompt, gen, folder: Path) -> floa
 
 def _measured_rows(cat) -> list[dict]:
     """Our measured rows on GPUs the peer knows, with the fitted model's leave-one-model-out prediction
-    (held out: the row's model was never seen by the correction that predicts it)."""
+    (held out: the row's model was never seen by the correction that predicts it, nor by the harness constants
+    under it, refitted per fold by models/harness_fit.py)."""
     from measurement.dataset import load_dataset
 
-    from .fitted import cross_val, design, usable_rows
+    from .fitted import cross_val, design, refit_analytical, usable_rows
 
     df = usable_rows(load_dataset(ok_only=True))
     X, A, Y, keep, _ = design(df, cat)
     sub = df.loc[keep]
-    cv = cross_val(X, A, Y, sub["model"].astype(str).to_numpy())["decode_ms"]
+    cv = cross_val(X, A, Y, sub["model"].astype(str).to_numpy(), refit=refit_analytical(sub, cat))["decode_ms"]
     rows = []
     for i, (_, r) in enumerate(sub.iterrows()):
         if r["gpu"] not in PEER_GPU or r["sparsity"] != DEFAULT_SPARSITY or r["kv"] != DEFAULT_KV \

@@ -63,14 +63,19 @@ def _allreduce_s(gpu: GPU, llm: LLM, layers: int, tokens: int, n: int) -> float:
     return 2 * layers * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / link_bytes_per_s(gpu))
 
 
-def _eager_host_factor(cand: Candidate) -> float:
-    """Host time of an eager forward relative to bf16's, for this method (models.efficiency)."""
-    f = eff.EAGER_HOST_FACTOR.get(cand.precision, 1.0)
-    return f * eff.EAGER_HOST_FACTOR_24 if cand.sparsity.startswith("2:4") else f
+def _eager_host_factor(cand: Candidate, c: dict) -> float:
+    """Host time of an eager forward relative to bf16's, for this method (constants ``c``: models.efficiency)."""
+    f = c["eager_host_factor"].get(cand.precision, 1.0)
+    return f * c["eager_host_factor_24"] if cand.sparsity.startswith("2:4") else f
+
+
+def _step_overhead_ms(backend: str, c: dict) -> float:
+    """Per-layer ms of a step's small kernels (compiled) or of its host issue (eager: constants ``c``)."""
+    return c["eager_host_ms_per_layer"] if backend == "eager" else eff.STEP_OVERHEAD_MS_PER_LAYER[backend]
 
 
 def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost,
-                   notes: list[str]) -> float:
+                   notes: list[str], c: dict) -> float:
     n = sc.num_gpus
     prec = cat.methods[cand.precision]
     copy_bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * n
@@ -115,17 +120,17 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     kvq_host = 0.0
     if cat.methods[cand.kv].get("kv_dequant"):
         kv_elems = step.kv_bytes / float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
-        kv_extra = kv_elems * eff.KV_DEQUANT_BYTES_PER_ELEM
-        kvq_host = eff.KVQ_HOST_MS_PER_LAYER[cand.kv] * 1e-3 * layers
-    kv_frac = eff.KV_READ_FRACTION[backend]
+        kv_extra = kv_elems * c["kv_dequant_bytes_per_elem"]
+        kvq_host = c["kvq_host_ms_per_layer"][cand.kv] * 1e-3 * layers
+    kv_frac = c["kv_read_fraction"][backend]
     t_kv = step.kv_bytes / (copy_bw * kv_frac)
     # the 16-bit parts (lm_head, norms, attention) run at the reference precision's kernels
     t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction(DEFAULT_PRECISION, backend)) + t_kv,
                   step.other_flops / (peak_flops(gpu, FP16 if dtype == FP16 else BF16) * eff.MATMUL_FRACTION * n))
-    overhead = eff.STEP_OVERHEAD_MS_PER_LAYER[backend_overhead] * 1e-3 * layers
+    overhead = _step_overhead_ms(backend_overhead, c) * 1e-3 * layers
     overhead += eff.layer_ms(cand.precision, backend_overhead) * 1e-3 * layers
     if backend_overhead == "eager":
-        overhead *= _eager_host_factor(cand)
+        overhead *= _eager_host_factor(cand, c)
     gpu_time = t_lin + t_other
     # Graph replay adds the small kernels to the GPU time; eager issue from Python overlaps with it.
     step = max(gpu_time, overhead) if backend_overhead == "eager" else gpu_time + overhead
@@ -134,7 +139,8 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     return step + _allreduce_s(gpu, llm, layers, sc.batch, n)
 
 
-def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost) -> float:
+def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost,
+                    c: dict) -> float:
     n = sc.num_gpus
     dtype = compute_dtype(cand.precision, gpu)
     k = eff.kernel(cand.precision)
@@ -146,18 +152,22 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
     # Prefill runs as one eager forward per chunk in both measured backends (graphs serve decode only,
     # as in vLLM): the host issues its kernels, with the method's host factor, overlapping the GPU work.
     chunks = max(1, -(-sc.batch * sc.prompt_len // PREFILL_CHUNK_TOKENS))
-    host = eff.STEP_OVERHEAD_MS_PER_LAYER["eager"] * 1e-3 * layers * chunks * _eager_host_factor(cand)
+    host = c["eager_host_ms_per_layer"] * 1e-3 * layers * chunks * _eager_host_factor(cand, c)
     t = max(t, host)
     return t + _allreduce_s(gpu, llm, layers, sc.batch * sc.prompt_len, n)
 
 
-def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> SpeedPrediction:
+def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
+                  constants: dict | None = None) -> SpeedPrediction:
+    """``constants``: the measured constants (models.efficiency.CONSTANTS' shape), default the shipped ones;
+    validation passes the ones fitted on a fold's training rows (models/harness_fit.py)."""
+    c = eff.CONSTANTS if constants is None else constants
     notes: list[str] = []
     dstep = decode_step(cat, llm, cand, sc)
     pstep = prefill_step(cat, llm, cand, sc)
     dtype = compute_dtype(cand.precision, gpu)
-    t_dec = _decode_time_s(cat, gpu, llm, cand, sc, dstep, notes)
-    t_pre = _prefill_time_s(cat, gpu, llm, cand, sc, pstep)
+    t_dec = _decode_time_s(cat, gpu, llm, cand, sc, dstep, notes, c)
+    t_pre = _prefill_time_s(cat, gpu, llm, cand, sc, pstep, c)
     roof_dec = roofline_s(dstep, gpu, dtype, sc.num_gpus)
     roof_pre = roofline_s(pstep, gpu, dtype, sc.num_gpus)
     # Never beat the roofline (guards the efficiency table against a bad entry).

@@ -22,6 +22,10 @@ def test_a_split_with_one_group_is_skipped():
     r = res["leave-one-model-out"]
     assert r["scores"]["decode_ms"]["n"] == len(r["pairs"]["decode_ms"]["pred"]) > 0
     assert all(v >= 0 for v in r["analytical"].values())
+    # the analytical model's held-out error, its constants refitted on each fold's training rows
+    assert r["scores"]["decode_ms"]["analytical_held_out_mape"] >= 0 and r["folds"] >= 2
+    ana = r["pairs"]["decode_ms"]["analytical"]
+    assert np.isfinite(ana).sum() == r["scores"]["decode_ms"]["n"]
 
 
 def test_analytical_scores_skip_missing_targets():

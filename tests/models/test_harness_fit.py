@@ -1,0 +1,140 @@
+"""models.harness_fit: the harness speed model's measured constants derived by code. The derivation recovers
+known constants from rows the analytical model generated with them; a fold's constants never read its held-out
+rows; the shipped file is what the code gives on the shipped dataset; predict_speed takes a constants dict
+without touching the shipped one."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models import efficiency as eff
+from models import harness_fit as HF
+from models.candidate import Candidate, Scenario
+from models.speed import predict_speed
+from profiles import load
+
+KNOWN = {"eager_host_ms_per_layer": 0.7,
+         "eager_host_factor": {**{p: 1.0 for p in eff.precisions()}, "fp8": 3.0, "int8-wo": 1.8, "awq-int4": 1.3,
+                               "gptq-int4": 1.3},  # gptq-int4: awq-int4's kernels (the twin prior)
+         "eager_host_factor_24": 6.0, "kv_read_fraction": {"compiled": 0.8, "eager": 0.4},
+         "kv_dequant_bytes_per_elem": 20.0,
+         "kvq_host_ms_per_layer": {"kv-fp8": 0.3, "kv-int8": 0.4, "kv-int4": 0.5, "kv-int2": 0.6}}
+
+
+def _row(cat, constants, gpu, model, backend, batch, prompt, precision="bf16", sparsity="dense", kv="kv-fp16",
+         compile_mode=None):
+    c, sc = Candidate(precision, sparsity, kv), Scenario(batch, prompt, 64, backend, 1)
+    ms = predict_speed(cat, cat.gpu(gpu), cat.llm(model), c, sc, constants).decode_step_ms.value
+    return dict(status="ok", gpu=gpu, model=model, precision=precision, sparsity=sparsity, kv=kv, kv_budget=None,
+                backend=backend, batch=batch, prompt_len=prompt, gen_len=64, decode_ms_per_token=ms,
+                compile_mode=compile_mode if backend == "compiled" else None)
+
+
+def _synthetic(constants=KNOWN, kv_rows=True, fp8_rows=True):
+    """Rows of the kinds each recipe reads, their decode times from the analytical model with ``constants``."""
+    cat = load()
+    rows = []
+    for model in ("llama3.2-1b", "llama3.2-3b", "qwen2.5-7b"):
+        for prompt in (512, 1024):  # host-bound eager bf16 rows, and the methods' batch-1 rows beside them
+            rows.append(_row(cat, constants, "h100-sxm", model, "eager", 1, prompt))
+            for p in ("int8-wo", "awq-int4") + (("fp8",) if fp8_rows else ()):
+                rows.append(_row(cat, constants, "h100-sxm", model, "eager", 1, prompt, p))
+        rows.append(_row(cat, constants, "h100-sxm", model, "eager", 1, 512, sparsity="2:4-magnitude"))
+    # eager KV read: GPU-bound rows with a large cache
+    rows.append(_row(cat, constants, "h200", "llama3.1-8b", "eager", 64, 8192))
+    # compiled KV read: the same rows at two prompts
+    for model in ("llama3.2-3b", "llama3.1-8b"):
+        for batch in (16, 64):
+            for prompt in (512, 4096):
+                rows.append(_row(cat, constants, "h200", model, "compiled", batch, prompt,
+                                 compile_mode="regional-graph-fused"))
+    if kv_rows:  # quantized caches at batch 1 and 8 beside the 16-bit cache's rows
+        for batch in (1, 8):
+            rows.append(_row(cat, constants, "h200", "llama3.1-8b", "eager", batch, 4096))
+            for kv in constants["kvq_host_ms_per_layer"]:
+                rows.append(_row(cat, constants, "h200", "llama3.1-8b", "eager", batch, 4096, kv=kv))
+    return pd.DataFrame(rows)
+
+
+def _close(a, b, rel=0.01):
+    if isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            _close(a[k], b[k], rel)
+    else:
+        assert a == pytest.approx(b, rel=rel, abs=1e-6)
+
+
+def test_the_derivation_recovers_the_constants_that_generated_the_rows():
+    ev: dict = {}
+    got = HF.fit_constants(_synthetic(), load(), ev)
+    _close(got, KNOWN)
+    assert not [k for k, v in ev.items() if v.startswith("prior") and "fp16" not in k and "w8a8" not in k
+                and "bnb" not in k and "gptq" not in k], ev
+    assert got["eager_host_factor"]["gptq-int4"] == got["eager_host_factor"]["awq-int4"]  # same harness kernels
+
+
+def test_without_evidence_a_constant_takes_its_stated_prior():
+    ev: dict = {}
+    got = HF.fit_constants(_synthetic(kv_rows=False, fp8_rows=False), load(), ev)
+    assert got["eager_host_factor"]["fp8"] == 1.0 and ev["eager_host_factor[fp8]"] == "prior: 1.0"
+    assert got["kv_dequant_bytes_per_elem"] == 0.0 and ev["kv_dequant_bytes_per_elem"] == "prior: 0"
+    assert set(got["kvq_host_ms_per_layer"].values()) == {0.0}
+    only_int4 = _synthetic()
+    only_int4 = only_int4[only_int4["kv"].isin(["kv-fp16", "kv-int4"])]
+    got = HF.fit_constants(only_int4, load(), ev)
+    assert got["kvq_host_ms_per_layer"]["kv-fp8"] == got["kvq_host_ms_per_layer"]["kv-int4"] == pytest.approx(0.5)
+    no_bf16 = _synthetic()
+    no_bf16 = no_bf16[no_bf16["precision"] != "bf16"]
+    ev = {}
+    got = HF.fit_constants(no_bf16, load(), ev)
+    assert ev["eager_host_ms_per_layer"].startswith("prior: median over")
+    assert got["kv_read_fraction"]["eager"] == got["kv_read_fraction"]["compiled"]  # the eager rows are bf16
+
+
+def test_a_fold_never_reads_its_held_out_rows():
+    from measurement.dataset import load_dataset
+    from models.fitted import design, refit_analytical, usable_rows
+
+    cat = load()
+    df = usable_rows(load_dataset())
+    _, _, _, keep, _ = design(df, cat)
+    sub = df.loc[keep]
+    held = (sub["model"] == "llama3.2-1b").to_numpy()  # it has eager bf16 rows: the host median reads them
+    assert held.any()
+    X, A = refit_analytical(sub, cat)(~held)
+    moved = sub.copy()
+    moved.loc[held, "decode_ms_per_token"] *= 3.0
+    X2, A2 = refit_analytical(moved, cat)(~held)
+    np.testing.assert_array_equal(A, A2)
+    np.testing.assert_array_equal(X, X2)
+    # the same perturbation on training rows moves the fold's constants (the test can fail)
+    X3, A3 = refit_analytical(moved, cat)(np.ones(len(sub), bool))
+    assert not np.allclose(A[:, 0], A3[:, 0])
+
+
+def test_the_shipped_constants_are_what_the_code_gives_on_the_shipped_dataset():
+    doc = HF.shipped_document()
+    shipped = json.loads(eff.FITTED_PATH.read_text())
+    for k in ("constants", "evidence", "rows", "snapshot", "priors"):
+        assert doc[k] == shipped[k], k
+    assert shipped["provenance"].startswith(f"fitted by models/harness_fit.py on measurement/data/measurements.csv, "
+                                            f"{shipped['rows']} rows, ")
+    assert eff.CONSTANTS == shipped["constants"]
+
+
+def test_predict_speed_takes_constants_without_touching_the_shipped_ones():
+    cat = load()
+    before = copy.deepcopy(eff.CONSTANTS)
+    gpu, llm = cat.gpu("h200"), cat.llm("llama3.1-8b")
+    c, sc = Candidate("bf16"), Scenario(1, 512, 64, "eager")
+    base = predict_speed(cat, gpu, llm, c, sc).decode_step_ms.value
+    assert predict_speed(cat, gpu, llm, c, sc, eff.CONSTANTS).decode_step_ms.value == base
+    other = {**eff.CONSTANTS, "eager_host_ms_per_layer": 2 * eff.CONSTANTS["eager_host_ms_per_layer"]}
+    assert predict_speed(cat, gpu, llm, c, sc, other).decode_step_ms.value == pytest.approx(2 * base, rel=0.01)
+    assert predict_speed(cat, gpu, llm, c, sc).decode_step_ms.value == base
+    assert eff.CONSTANTS == before
