@@ -184,7 +184,8 @@ def _validate_quality(by: str, as_json: bool) -> None:
                 continue
             click.echo(f"  {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points "
                        f"(beyond rounding {sc['mae_beyond_rounding_points']:5.2f})  90% coverage "
-                       f"{sc['coverage90'] * 100:5.1f}%  ({', '.join(sc['rules'])})")
+                       f"{sc['coverage90'] * 100:5.1f}% (rounding-aware {sc['coverage90_rounding'] * 100:5.1f}%)  "
+                       f"({', '.join(sc['rules'])})")
     _echo_by_kind("catalog methods only (the ones recommend can answer; published tables also hold others):",
                   {k: f.get("_catalog_methods") or {} for k, f in res.items() if k not in ("held_out_by", "as_served")})
     _echo_by_kind("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
@@ -199,7 +200,7 @@ def _echo_by_kind(title: str, by_kind: dict) -> None:
         for f, sc in fams.items():
             click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points "
                        f"(beyond rounding {sc['mae_beyond_rounding_points']:5.2f})  90% coverage "
-                       f"{sc['coverage90'] * 100:5.1f}%")
+                       f"{sc['coverage90'] * 100:5.1f}% (rounding-aware {sc['coverage90_rounding'] * 100:5.1f}%)")
 
 
 def _validate_multi_gpu(as_json: bool) -> None:

@@ -5,7 +5,8 @@ or its model), by the lookup rules of :class:`models.quality.QualityModel` (exac
 perplexity size law, transfer). Scores per method family: mean absolute error in points (points of
 relative perplexity increase for ppl_delta, score points for the drops), the same error beyond the interval
 that the published figures' rounding leaves (issue 11: WikiText-2 8.3 vs 8.2 is 0.0-2.4%, so a prediction
-inside that range is not wrong by the rounding), and the share of rows inside the predicted 90% interval. These figures are for the lookup rules; the monotone envelope needs catalog
+inside that range is not wrong by the rounding), and the share of rows inside the predicted 90% interval
+(and, rounding-aware, the share whose rounding interval meets the predicted one). These figures are for the lookup rules; the monotone envelope needs catalog
 models, so :func:`held_out` also scores, under ``as_served``, the rows of catalog models through the
 whole :meth:`QualityModel.component` (pooling by size, chains, budgets) as recommend answers them, from the
 same model of each fold.
@@ -44,16 +45,28 @@ def _scores(res: list, kind: str, cat) -> dict:
     return {f: {"n": len(v), "mae_points": statistics.mean(abs(c.loss - max(r.loss, 0)) * k for r, c in v),
                 "mae_beyond_rounding_points": statistics.mean(_beyond_rounding(r, c.loss) * k for r, c in v),
                 "coverage90": sum(c.low <= max(r.loss, 0) <= c.high for r, c in v) / len(v),
+                "coverage90_rounding": sum(_meets_rounding(r, c.low, c.high) for r, c in v) / len(v),
                 "rules": sorted({c.rule for _, c in v})} for f, v in sorted(fams.items())}
+
+
+def _rounding_interval(r) -> tuple[float, float]:
+    """The losses a published pair can mean (``Row.lo``/``hi``, the point where the row has none), at >= 0."""
+    return (max(r.lo if r.lo is not None else r.loss, 0.0), max(r.hi if r.hi is not None else r.loss, 0.0))
 
 
 def _beyond_rounding(r, pred: float) -> float:
     """How far ``pred`` falls outside what the published pair can mean: the loss interval from half a unit
     in the last printed place of both figures (``Row.lo``/``hi``; the point where the row has none), clipped
     at 0 like the loss itself. 0 inside it."""
-    lo = max(r.lo if r.lo is not None else r.loss, 0.0)
-    hi = max(r.hi if r.hi is not None else r.loss, 0.0)
+    lo, hi = _rounding_interval(r)
     return max(lo - pred, pred - hi, 0.0)
+
+
+def _meets_rounding(r, low: float, high: float) -> bool:
+    """Whether a predicted interval meets the published pair's rounding interval: the printed figure is
+    consistent with a true loss inside the prediction (the rounding-aware reading of coverage)."""
+    lo, hi = _rounding_interval(r)
+    return low <= hi and lo <= high
 
 
 def held_out(cat, by: str = "paper") -> dict:

@@ -129,6 +129,7 @@ def test_quality_validation(monkeypatch):
     def held_out(cat, by):
         calls["by"] = by
         fam = {"n": 12, "mae_points": 1.234, "mae_beyond_rounding_points": 0.5, "coverage90": 0.75,
+               "coverage90_rounding": 0.8,
                "rules": ["family mean", "size pooling"]}
         return {"ppl_delta": {"_predicted_of": {"predicted": 12, "rows": 20}, "int4": fam,
                               "_catalog_methods": {"int4": fam}},
@@ -138,8 +139,8 @@ def test_quality_validation(monkeypatch):
     r = _run("--quality")
     assert r.exit_code == 0, r.output
     assert calls["by"] == "paper" and "ppl_delta: 12 of 20 rows predicted" in r.output
-    assert ("int4                     n= 12  MAE   1.23 points (beyond rounding  0.50)  90% coverage  75.0%  "
-            "(family mean, size pooling)") in r.output
+    assert ("int4                     n= 12  MAE   1.23 points (beyond rounding  0.50)  90% coverage  75.0% "
+            "(rounding-aware  80.0%)  (family mean, size pooling)") in r.output
     assert "catalog methods only" in r.output and "as served" in r.output
     assert r.output.count("ppl_delta      int4") == 2  # once per summary section
     r = _run("--quality", "--hold-out", "model", "--json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.quality_rows import PPL, Row, row_loss
-from models.quality_validate import _beyond_rounding
+from models.quality_validate import _beyond_rounding, _meets_rounding
 
 
 def _row(baseline: float, value: float) -> Row:
@@ -31,3 +31,10 @@ def test_a_row_without_bounds_falls_back_to_its_point_and_a_gain_reads_as_zero()
     r = Row("m", "f", 8.0, ("precision", "x"), None, "wikitext2_ppl", -0.01, "c", "published")
     assert _beyond_rounding(r, 0.0) == 0.0
     assert _beyond_rounding(r, 0.03) == pytest.approx(0.03)
+
+
+def test_rounding_aware_coverage_asks_whether_the_intervals_meet():
+    r = _row(6.1, 6.2)          # 0.0 .. 3.3 %: a point 1.6%
+    assert _meets_rounding(r, 0.0, 0.0044)          # the point lies outside [0, 0.44%], the printed pair does not
+    assert not _meets_rounding(r, 0.04, 0.06)
+    assert _meets_rounding(r, 0.03, 0.06)
