@@ -94,14 +94,14 @@ class Files:
                 pass
         for k in self.prod_order:
             job = self.jobs[k]
-            if self.stop:
-                break
-            if not self._wait_room(k):
-                break
+            # the deadline first: a run that stops at its deadline before this thread gets here (the main
+            # loop can finish while the catalog loads) still says why each file was never made
             if self.deadline is not None and self.deadline.remaining() < 20:
                 job.status, job.reason = "error", "deadline before the file was made"
                 job.ready.set()
                 continue
+            if self.stop or not self._wait_room(k):
+                break
             t0 = time.time()
             self.busy = True
             try:
