@@ -35,28 +35,28 @@ def _table() -> dict:
 _KERNELS = _table()["precisions"]
 
 # 2:4 semi-structured (cuSPARSELt), bf16, needs >= 16 rows: 76.5 us graph / 308 us eager at 16 rows
-# against a 15.4 us floor for its 1.125 bytes per weight.
-# Compiled: FUSED over all 8 llama3.1-8b 2:4-magnitude rows (batch 1-64; 14.3-32 ms per step): 0.12.
-# The time grows with the batch (cuSPARSELt is no faster than its padding to 16 rows suggests): +19% at
-# batch 1, -33% at batch 64 with one constant. Uncompiled layers in a graph (regional-graph-nocompile) 0.10.
-# Above 16 rows its compiled time grows: batch 64 takes 1.76-1.82x batch 16 (same rows), +0.016 per row.
-SPARSE_24 = dict(bw={"compiled": 0.12, "eager": 0.05}, compute_speedup=1.0, row_factor=0.016,
-                 src="compiled: FUSED 2:4 rows; eager PROBE: 2:4 bf16 308 us at 16 rows; dense-speed prefill "
-                     "assumed (no speedup measured)")
+# against a 15.4 us floor for its 1.125 bytes per weight (PROBE): eager 0.05; compiled 0.20 is the prior of the
+# fitted compiled fraction. Compiled: fraction and row factor (the compiled time's growth per row above 16 rows)
+# fitted by code on the FUSED 2:4 rows (CONSTANTS["sparse24"], models/harness_fit_kernels.py; the hand values
+# were 0.12 and +0.016 per row). Dense-speed prefill assumed (no speedup measured).
+SPARSE_24 = dict(bw={"eager": 0.05}, probe_bw_compiled=round(15.4 / 76.5, 2), compute_speedup=1.0,
+                 src="compiled: FUSED 2:4 rows, fitted by code; eager PROBE: 2:4 bf16 308 us at 16 rows; dense-speed "
+                     "prefill assumed (no speedup measured)")
 
 # Methods that dequantize to 16 bit and run a 16-bit GEMM above a few rows (bnb-nf4): the dequantized
 # weights are written and read by separate kernels, not streamed by a GEMV: the PROBE cuBLAS fraction
 # (0.84), not FUSED's; with 1.04 the 8B nf4 rows at batch 4-64 came out 18% too fast (median).
 DEQUANT_PATH_BW = {"compiled": 0.84, "eager": 0.82}
 # compiled: fixed per-step cost of the small kernels (norms, rotary, KV write, attention at small context,
-# sampling) per layer, added to the GPU time: 0.044 with the bf16 compiled fraction 1.04, both from FUSED
-# (two unknowns, two model sizes). (The unmerged regional-graph rows gave 0.028-0.041 ms per layer at a
-# 0.84 fraction on six models, H100 and H200.)
+# sampling) per layer, added to the GPU time: CONSTANTS["compiled_step_ms_per_layer"], fitted by code jointly with
+# the bf16 compiled fraction on the FUSED batch-1 rows (two unknowns, two model sizes; hand values 0.044 and 1.04).
+# (The unmerged regional-graph rows gave 0.028-0.041 ms per layer at a 0.84 fraction on six models, H100 and H200:
+# the prior where a fold has no FUSED bf16 row.)
 # eager: the host issues every kernel from Python, so a step takes max(GPU time, host time): the host ms per
 # layer of an eager bf16 step, CONSTANTS["eager_host_ms_per_layer"] below.
 #
-# The measured constants of the eager host, the KV read and the quantized caches' dequantization are fitted by
-# code, not by hand: models/harness_fit.py derives them from the rows of measurement/data/measurements.csv
+# The measured constants of the eager host, the KV read and the quantized caches' dequantization (and the kernel
+# figures above: models/harness_fit_kernels.py) are fitted by code, not by hand: models/harness_fit.py derives them from the rows of measurement/data/measurements.csv
 # (each constant's recipe in its docstrings) and ``python -m models.harness_fit`` writes them, with their
 # provenance and the rows behind each, to models/data/harness_fitted.json; advisor validate refits them inside
 # every fold on its training rows only. CONSTANTS is that file's plain dict; models.speed.predict_speed takes
@@ -80,7 +80,8 @@ def _fitted() -> dict:
 
 
 CONSTANTS: dict = _fitted()["constants"]
-STEP_OVERHEAD_MS_PER_LAYER = {"compiled": 0.044, "eager": CONSTANTS["eager_host_ms_per_layer"]}
+STEP_OVERHEAD_MS_PER_LAYER = {"compiled": CONSTANTS["compiled_step_ms_per_layer"],
+                              "eager": CONSTANTS["eager_host_ms_per_layer"]}
 EAGER_HOST_FACTOR = CONSTANTS["eager_host_factor"]
 EAGER_HOST_FACTOR_24 = CONSTANTS["eager_host_factor_24"]
 KV_READ_FRACTION = CONSTANTS["kv_read_fraction"]
@@ -88,14 +89,16 @@ KV_DEQUANT_BYTES_PER_ELEM = CONSTANTS["kv_dequant_bytes_per_elem"]
 KVQ_HOST_MS_PER_LAYER = CONSTANTS["kvq_host_ms_per_layer"]
 # torchao 0.18 Int8WeightOnlyConfig under inductor (torch 2.11) at more than one row per step: 144 ms at
 # batch 8, 516 at 32, 1024 at 64 for Llama-3.1-8B on the H200 (3.6 ms at batch 1), i.e. ~16 ms per row,
-# as if every row re-read and dequantized all int8 weights: bytes per weight per row at the copy
-# bandwidth, from 16 ms x 4.25 TB/s / 7.5e9 int8 weights. Eager int8-wo does not do this (32 ms at batch 16 on the H100).
-INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW = 9.0
+# as if every row re-read and dequantized all int8 weights: bytes per weight per row at the copy bandwidth,
+# CONSTANTS["int8wo_compiled_bytes_per_weight_per_row"], fitted by code on those rows (hand value 9.0, from
+# 16 ms x 4.25 TB/s / 7.5e9 int8 weights). Eager int8-wo does not do this (32 ms at batch 16 on the H100).
+INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW = CONSTANTS["int8wo_compiled_bytes_per_weight_per_row"]
 # int4 g128 weight-only in the measured stack (torchao tile_packed_to_4d, compiled): the linear time grows
-# with the rows of the step, about +0.15 of the one-row time per extra row (llama3.1-8b on the H100: the
-# linear part is 2.0x at batch 8 and 6.3x at batch 32; llama3.2-1b/3b 2.5x-3.0x at batch 16).
-INT4_COMPILED_ROW_FACTOR = 0.15
-STEP_OVERHEAD_SRC = ("compiled: regional-graph-fused rows, eager: host time per layer fitted by models/harness_fit.py; "
+# with the rows of the step, by CONSTANTS["int4_compiled_row_factor"] of the one-row time per extra row, fitted by
+# code on the compiled int4 rows above batch 1 (hand value 0.15, from llama3.1-8b on the H100: the linear part is
+# 2.0x at batch 8 and 6.3x at batch 32; llama3.2-1b/3b 2.5x-3.0x at batch 16).
+INT4_COMPILED_ROW_FACTOR = CONSTANTS["int4_compiled_row_factor"]
+STEP_OVERHEAD_SRC = ("compiled: regional-graph-fused rows, eager: eager rows; both fitted by models/harness_fit.py on "
                      "both in measurement/data/measurements.csv")
 
 # Relative error carried on a speed prediction: probe GPU (H200/H100) vs other GPUs.
@@ -112,13 +115,44 @@ def kernel(precision: str) -> dict:
     return _KERNELS[precision]
 
 
-def layer_ms(precision: str, backend: str) -> float:
-    """Extra fixed GPU ms per layer per step of a method's kernels (0 where none was measured)."""
+def kernels_of(precision: str) -> str:
+    """The precision whose harness kernels (and fitted figures) ``precision`` shares (itself where none)."""
+    return _KERNELS[precision].get("kernels_of", precision)
+
+
+def fitted_figures(precision: str) -> list[str]:
+    """The figures of ``precision`` fitted by code from measured rows (harness_kernels.json ``fit``)."""
+    return list(_KERNELS[precision].get("fit", []))
+
+
+def layer_ms(precision: str, backend: str, c: dict | None = None) -> float:
+    """Extra fixed GPU ms per layer per step of a method's kernels (0 where none was measured); the compiled
+    figures fitted by code come from the constants ``c`` (default the shipped ones)."""
+    c = CONSTANTS if c is None else c
+    if backend == "compiled" and precision in c["layer_ms_compiled"]:
+        return c["layer_ms_compiled"][precision]
     return _KERNELS[precision].get("layer_ms", {}).get(backend, 0.0)
 
 
-def bw_fraction(precision: str, backend: str) -> float:
+def bw_fraction(precision: str, backend: str, c: dict | None = None) -> float:
+    """Decode bandwidth fraction of a method's projections: fitted by code (constants ``c``) where it is, else the
+    harness_kernels.json figure (PROBE, TORCHAO)."""
+    c = CONSTANTS if c is None else c
+    if backend == "compiled" and precision in c["bw_compiled"]:
+        return c["bw_compiled"][precision]
     return _KERNELS[precision]["bw"][backend]
+
+
+def compute_fraction(precision: str, c: dict | None = None) -> float:
+    """Prefill fraction of the dtype's dense peak: fitted by code (constants ``c``) where it is, else the table's."""
+    c = CONSTANTS if c is None else c
+    return c["compute"][precision] if precision in c["compute"] else _KERNELS[precision]["compute"]
+
+
+def sparse24_bw(backend: str, c: dict | None = None) -> float:
+    """2:4 projections' bandwidth fraction: compiled fitted by code (constants ``c``), eager PROBE."""
+    c = CONSTANTS if c is None else c
+    return c["sparse24"]["bw_compiled"] if backend == "compiled" else SPARSE_24["bw"][backend]
 
 
 def uses_graphs(precision: str, backend: str) -> bool:

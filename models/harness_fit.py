@@ -8,6 +8,8 @@ models/speed.py (engine "transformers") takes a plain dict of constants (models.
 - ``kv_read_fraction`` ({backend: dimensionless}): fraction of the copy bandwidth reached on the KV bytes;
 - ``kv_dequant_bytes_per_elem`` (bytes per cached element per step) and ``kvq_host_ms_per_layer`` ({kv cache:
   ms per layer per step}): what our quantized caches' per-step dequantization adds (eager).
+- the kernel figures once read off the rows by hand (compiled fractions and per-layer ms, prefill compute
+  fractions, the compiled step overhead, the 2:4, int4 and int8-wo batch costs): models/harness_fit_kernels.py.
 
 :func:`fit_constants` derives them from a set of measured rows, each by the recipe the hand derivation
 described (the functions' docstrings). Where the rows hold no evidence for a constant it takes a stated prior
@@ -28,7 +30,8 @@ from profiles import Catalog, load
 from . import efficiency as eff
 from .candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Scenario
 from .measured_rows import row_candidate, usable_rows
-from .roofline import decode_step
+from .harness_fit_kernels import KERNEL_PRIORS, fit_kernels, initial
+from .roofline import decode_step, prefill_step
 from .speed import _decode_time_s
 
 SIG_DIGITS = 3  # significant digits kept (the hand values carried 2-3)
@@ -38,12 +41,13 @@ PRIORS = {
     "eager_host_ms_per_layer": "no eager bf16 row: the median ms per layer over the eager rows of every precision; "
                                "no eager row at all: 0 (no host time modelled)",
     "eager_host_factor": "no batch-1 eager row of the precision: the factor of a measured precision with the same "
-                         "harness kernels (harness_kernels.json bw, compute, layer_ms), else bf16's 1.0",
+                         "harness kernels (harness_kernels.json kernels_of), else bf16's 1.0",
     "eager_host_factor_24": "no batch-1 eager 2:4 row: dense's 1.0",
     "kv_read_fraction": "eager without batch >= 16 x prompt >= 4096 eager rows: the compiled fraction; "
                         "compiled without prompt pairs at batch >= 16: 1.0 (the copy bandwidth)",
     "kv_dequant_bytes_per_elem": "no quantized-cache rows at two batches: 0 (no dequantization traffic modelled)",
     "kvq_host_ms_per_layer": "no row of the cache: the median over the other quantized caches; none: 0",
+    **KERNEL_PRIORS,
 }
 
 
@@ -66,12 +70,15 @@ def _rows(df, cat: Catalog) -> list[dict]:
             sc = Scenario(int(r["batch"]), int(r["prompt_len"]), int(r["gen_len"]), str(r["backend"]), 1)
             step = decode_step(cat, llm, cand, sc)
             ms = float(r["decode_ms_per_token"])
+            pstep = prefill_step(cat, llm, cand, sc)
+            pre = float(r.get("prefill_ms") if r.get("prefill_ms") is not None else math.nan)
         except (LookupError, KeyError, ValueError, TypeError):
             continue
         if not (math.isfinite(ms) and ms > 0):
             continue
         kvm = cat.methods[cand.kv]
-        out.append({"gpu": gpu, "llm": llm, "cand": cand, "sc": sc, "step": step, "ms": ms,
+        out.append({"gpu": gpu, "llm": llm, "cand": cand, "sc": sc, "step": step, "ms": ms, "pstep": pstep,
+                    "prefill_ms": pre if math.isfinite(pre) and pre > 0 else None,
                     "layers": llm.num_hidden_layers - cand.dropped_layers,
                     "copy_bw": gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION, "kvq": bool(kvm.get("kv_dequant")),
                     "kv_elems": step.kv_bytes / float(kvm.get("bytes_per_kv_elem") or 2.0),
@@ -135,11 +142,9 @@ def eager_host_factors(rows: list[dict], base_ms_per_layer: float, ev: dict) -> 
         if v:
             out[p] = _median(v)
             seen[p] = len(v)
-    sig = {p: tuple(json.dumps(eff.kernel(p).get(k), sort_keys=True) for k in ("bw", "compute", "layer_ms"))
-           for p in eff.precisions()}
     for p in eff.precisions():
         if p not in out:
-            twin = next((q for q in eff.precisions() if q in out and sig[q] == sig[p]), None)
+            twin = eff.kernels_of(p) if eff.kernels_of(p) in out else None
             out[p] = out[twin] if twin else 1.0
             ev[f"eager_host_factor[{p}]"] = f"prior: {twin}'s (same harness kernels)" if twin else "prior: 1.0"
         elif p in seen:
@@ -256,7 +261,7 @@ def fit_constants(df, cat: Catalog | None = None, evidence: dict | None = None) 
     nbytes, host = kv_dequant(rows, cat, ev)
     c["kv_dequant_bytes_per_elem"] = _round(nbytes)
     c["kvq_host_ms_per_layer"] = {k: _round(v) for k, v in host.items()}
-    return c
+    return fit_kernels(cat, rows, initial(c), ev, _round)
 
 
 def shipped_document(df=None, cat: Catalog | None = None) -> dict:

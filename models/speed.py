@@ -71,7 +71,7 @@ def _eager_host_factor(cand: Candidate, c: dict) -> float:
 
 def _step_overhead_ms(backend: str, c: dict) -> float:
     """Per-layer ms of a step's small kernels (compiled) or of its host issue (eager: constants ``c``)."""
-    return c["eager_host_ms_per_layer"] if backend == "eager" else eff.STEP_OVERHEAD_MS_PER_LAYER[backend]
+    return c["eager_host_ms_per_layer"] if backend == "eager" else c["compiled_step_ms_per_layer"]
 
 
 def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario, step: StepCost,
@@ -86,19 +86,19 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
         backend_overhead = "eager"
     else:
         backend_overhead = backend
-    lin_bytes, frac = step.linear_bytes, eff.bw_fraction(cand.precision, backend)
+    lin_bytes, frac = step.linear_bytes, eff.bw_fraction(cand.precision, backend, c)
     rows = sc.batch
     row_factor = 1.0
     if cand.sparsity.startswith("2:4"):
-        frac = eff.SPARSE_24["bw"][backend]
+        frac = eff.sparse24_bw(backend, c)
         if rows < 16:
             notes.append(f"2:4 kernels need >= 16 rows: batch {rows} is padded to 16")
         elif backend == "compiled":
-            row_factor = 1.0 + eff.SPARSE_24["row_factor"] * (rows - 16)
+            row_factor = 1.0 + c["sparse24"]["row_factor"] * (rows - 16)
     gemv_rows = kern.get("gemv_max_rows")
     batch_cost = kern.get("compiled_batch_cost") if backend == "compiled" and rows > 1 else None
     if batch_cost == "row_factor":
-        row_factor = 1.0 + eff.INT4_COMPILED_ROW_FACTOR * (rows - 1)
+        row_factor = 1.0 + c["int4_compiled_row_factor"] * (rows - 1)
         notes.append(f"{cand.precision} compiled: the int4 g128 kernel's time grows with the batch (measured)")
     elif gemv_rows is not None and rows > gemv_rows:
         pc = param_counts(llm, cand.dropped_layers)
@@ -108,7 +108,7 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     t_rows = 0.0
     if batch_cost == "weight_reread":
         pc = param_counts(llm, cand.dropped_layers)
-        t_rows = pc.linear * rows * eff.INT8WO_COMPILED_BYTES_PER_WEIGHT_PER_ROW / copy_bw
+        t_rows = pc.linear * rows * c["int8wo_compiled_bytes_per_weight_per_row"] / copy_bw
         notes.append(f"{cand.precision} compiled at batch > 1: torchao's int8 weight-only matmul under inductor "
                      "re-reads the weights per row (measured ~16 ms per row for an 8B model on the H200)")
     dtype = compute_dtype(cand.precision, gpu)
@@ -125,10 +125,10 @@ def _decode_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenar
     kv_frac = c["kv_read_fraction"][backend]
     t_kv = step.kv_bytes / (copy_bw * kv_frac)
     # the 16-bit parts (lm_head, norms, attention) run at the reference precision's kernels
-    t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction(DEFAULT_PRECISION, backend)) + t_kv,
+    t_other = max((step.other_bytes - step.kv_bytes) / (copy_bw * eff.bw_fraction(DEFAULT_PRECISION, backend, c)) + t_kv,
                   step.other_flops / (peak_flops(gpu, FP16 if dtype == FP16 else BF16) * eff.MATMUL_FRACTION * n))
     overhead = _step_overhead_ms(backend_overhead, c) * 1e-3 * layers
-    overhead += eff.layer_ms(cand.precision, backend_overhead) * 1e-3 * layers
+    overhead += eff.layer_ms(cand.precision, backend_overhead, c) * 1e-3 * layers
     if backend_overhead == "eager":
         overhead *= _eager_host_factor(cand, c)
     gpu_time = t_lin + t_other
@@ -143,10 +143,9 @@ def _prefill_time_s(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scena
                     c: dict) -> float:
     n = sc.num_gpus
     dtype = compute_dtype(cand.precision, gpu)
-    k = eff.kernel(cand.precision)
-    peak = peak_flops(gpu, dtype) * k["compute"] * n  # k["compute"]: fraction of the dtype's dense peak
+    peak = peak_flops(gpu, dtype) * eff.compute_fraction(cand.precision, c) * n  # fraction of the dtype's dense peak
     peak16 = peak_flops(gpu, FP16 if dtype == FP16 else BF16) * eff.MATMUL_FRACTION * n
-    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction(DEFAULT_PRECISION, "compiled") * n
+    bw = gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION * eff.bw_fraction(DEFAULT_PRECISION, "compiled", c) * n
     t = max(step.linear_bytes / bw, step.linear_flops / peak) + max(step.other_bytes / bw, step.other_flops / peak16)
     layers = llm.num_hidden_layers - cand.dropped_layers
     # Prefill runs as one eager forward per chunk in both measured backends (graphs serve decode only,

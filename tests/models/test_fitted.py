@@ -36,7 +36,10 @@ def _synthetic(n_models=("llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "qwen2.5-7
                                              gen_len=64, status="ok",
                                              decode_ms_per_token=s.decode_step_ms.value * k * np.exp(noise),
                                              prefill_ms=s.prefill_ms.value * np.exp(noise),
-                                             peak_mem_gb=mem * 0.97, j_per_token=None))
+                                             peak_mem_gb=mem * 0.97, j_per_token=None,
+                                             # the harness's default compiled backend: the FUSED rows the kernel
+                                             # figures are refitted from inside each fold
+                                             compile_mode="regional-graph-fused" if backend == "compiled" else None))
     return pd.DataFrame(rows)
 
 

@@ -22,15 +22,25 @@ KNOWN = {"eager_host_ms_per_layer": 0.7,
                                "gptq-int4": 1.3},  # gptq-int4: awq-int4's kernels (the twin prior)
          "eager_host_factor_24": 6.0, "kv_read_fraction": {"compiled": 0.8, "eager": 0.4},
          "kv_dequant_bytes_per_elem": 20.0,
-         "kvq_host_ms_per_layer": {"kv-fp8": 0.3, "kv-int8": 0.4, "kv-int4": 0.5, "kv-int2": 0.6}}
+         "kvq_host_ms_per_layer": {"kv-fp8": 0.3, "kv-int8": 0.4, "kv-int4": 0.5, "kv-int2": 0.6},
+         # the kernel figures (models/harness_fit_kernels.py); the twins (fp16, gptq-int4) share their method's
+         "compiled_step_ms_per_layer": 0.06, "bw_compiled": {"bf16": 0.9, "fp16": 0.9, "fp8": 0.6, "awq-int4": 0.4,
+                                                             "gptq-int4": 0.4},
+         "layer_ms_compiled": {"fp8": 0.03, "awq-int4": 0.01, "gptq-int4": 0.01},
+         "compute": {"bf16": 0.5, "fp16": 0.5, "fp8": 0.3, "int8-wo": 0.35, "bnb-int8": 0.1, "bnb-nf4": 0.45,
+                     "awq-int4": 0.05, "gptq-int4": 0.05},
+         "sparse24": {"bw_compiled": 0.15, "row_factor": 0.02}, "int4_compiled_row_factor": 0.2,
+         "int8wo_compiled_bytes_per_weight_per_row": 8.0}
+FUSED = "regional-graph-fused"
 
 
 def _row(cat, constants, gpu, model, backend, batch, prompt, precision="bf16", sparsity="dense", kv="kv-fp16",
          compile_mode=None):
     c, sc = Candidate(precision, sparsity, kv), Scenario(batch, prompt, 64, backend, 1)
-    ms = predict_speed(cat, cat.gpu(gpu), cat.llm(model), c, sc, constants).decode_step_ms.value
+    spd = predict_speed(cat, cat.gpu(gpu), cat.llm(model), c, sc, constants)
+    ms, pre = spd.decode_step_ms.value, spd.prefill_ms.value
     return dict(status="ok", gpu=gpu, model=model, precision=precision, sparsity=sparsity, kv=kv, kv_budget=None,
-                backend=backend, batch=batch, prompt_len=prompt, gen_len=64, decode_ms_per_token=ms,
+                backend=backend, batch=batch, prompt_len=prompt, gen_len=64, decode_ms_per_token=ms, prefill_ms=pre,
                 compile_mode=compile_mode if backend == "compiled" else None)
 
 
@@ -52,6 +62,19 @@ def _synthetic(constants=KNOWN, kv_rows=True, fp8_rows=True):
             for prompt in (512, 4096):
                 rows.append(_row(cat, constants, "h200", model, "compiled", batch, prompt,
                                  compile_mode="regional-graph-fused"))
+    for model in ("llama3.2-3b", "llama3.1-8b"):  # FUSED batch-1 rows of two sizes: bf16, then each fitted method
+        for p in ("bf16", "fp8", "awq-int4"):
+            rows.append(_row(cat, constants, "h200", model, "compiled", 1, 512, p, compile_mode=FUSED))
+    for batch in (1, 16, 64):  # 2:4 FUSED rows below and above 16 rows
+        rows.append(_row(cat, constants, "h200", "llama3.1-8b", "compiled", batch, 512, sparsity="2:4-magnitude",
+                         compile_mode=FUSED))
+    for batch in (8, 32):  # the compiled batch costs of int4 (row factor) and int8-wo (weight re-read)
+        for p in ("awq-int4", "int8-wo"):
+            rows.append(_row(cat, constants, "h100-sxm", "llama3.1-8b", "compiled", batch, 512, p,
+                             compile_mode="regional-graph"))
+    for p in ("bf16", "fp8", "int8-wo", "bnb-int8", "bnb-nf4", "awq-int4"):  # long prefills (compute-bound)
+        rows.append(_row(cat, constants, "h100-sxm", "llama3.1-8b", "compiled", 2, 8192, p,
+                         compile_mode="regional-graph"))
     if kv_rows:  # quantized caches at batch 1 and 8 beside the 16-bit cache's rows
         for batch in (1, 8):
             rows.append(_row(cat, constants, "h200", "llama3.1-8b", "eager", batch, 4096))
@@ -104,14 +127,18 @@ def test_a_fold_never_reads_its_held_out_rows():
     df = usable_rows(load_dataset())
     _, _, _, keep, _ = design(df, cat)
     sub = df.loc[keep]
-    held = (sub["model"] == "llama3.2-1b").to_numpy()  # it has eager bf16 rows: the host median reads them
-    assert held.any()
-    X, A = refit_analytical(sub, cat)(~held)
-    moved = sub.copy()
-    moved.loc[held, "decode_ms_per_token"] *= 3.0
-    X2, A2 = refit_analytical(moved, cat)(~held)
-    np.testing.assert_array_equal(A, A2)
-    np.testing.assert_array_equal(X, X2)
+    # llama3.2-1b has eager bf16 rows (the host median reads them); llama3.1-8b every FUSED, 2:4 and compiled
+    # int8-wo row (the kernel figures read them)
+    for model in ("llama3.1-8b", "llama3.2-1b"):
+        held = (sub["model"] == model).to_numpy()
+        assert held.any()
+        X, A = refit_analytical(sub, cat)(~held)
+        moved = sub.copy()
+        moved.loc[held, "decode_ms_per_token"] *= 3.0
+        moved.loc[held, "prefill_ms"] *= 0.5
+        X2, A2 = refit_analytical(moved, cat)(~held)
+        np.testing.assert_array_equal(A, A2)
+        np.testing.assert_array_equal(X, X2)
     # the same perturbation on training rows moves the fold's constants (the test can fail)
     X3, A3 = refit_analytical(moved, cat)(np.ones(len(sub), bool))
     assert not np.allclose(A[:, 0], A3[:, 0])
@@ -138,3 +165,23 @@ def test_predict_speed_takes_constants_without_touching_the_shipped_ones():
     assert predict_speed(cat, gpu, llm, c, sc, other).decode_step_ms.value == pytest.approx(2 * base, rel=0.01)
     assert predict_speed(cat, gpu, llm, c, sc).decode_step_ms.value == base
     assert eff.CONSTANTS == before
+
+
+def test_a_kernel_figure_without_evidence_takes_its_stated_prior():
+    rows = _synthetic()
+    ev: dict = {}
+    got = HF.fit_constants(rows[rows["compile_mode"] != FUSED], load(), ev)  # no FUSED row at all
+    assert got["bw_compiled"]["bf16"] == eff.kernel("bf16")["prior"]["bw.compiled"]
+    assert ev["bw_compiled[bf16]"].startswith("prior")
+    assert got["sparse24"] == {"bw_compiled": eff.SPARSE_24["probe_bw_compiled"], "row_factor": 0.0}
+    # the unmerged rows stand in for the step overhead at the prior fraction (none at batch 1 of bf16 here)
+    assert ev["compiled_step_ms_per_layer"] == "prior: 0"
+    no_fp8 = rows[rows["precision"] != "fp8"]
+    ev = {}
+    got = HF.fit_constants(no_fp8, load(), ev)
+    others = [got["bw_compiled"]["bf16"], got["bw_compiled"]["awq-int4"]] + [
+        eff.kernel(p)["bw"]["compiled"] for p in eff.precisions() if "compiled" in eff.kernel(p)["bw"]]
+    assert got["bw_compiled"]["fp8"] == pytest.approx(float(np.median(others)), rel=0.01)
+    assert got["layer_ms_compiled"]["fp8"] == 0.0 and ev["layer_ms_compiled[fp8]"] == "prior: 0"
+    assert ev["compute[fp8]"].startswith("prior: median")
+    assert got["int8wo_compiled_bytes_per_weight_per_row"] == pytest.approx(8.0, rel=0.01)
