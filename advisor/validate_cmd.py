@@ -90,9 +90,11 @@ def register_validate(main: click.Group) -> None:
                 ho = r["analytical_held_out_mape"].get(t, float("nan")) * 100
                 ins = r["analytical_in_sample_mape"].get(t, float("nan")) * 100
                 click.echo(f"  {t:12s} MAPE {s['mape'] * 100:6.1f}% (analytical: held out {ho:6.1f}%, in-sample "
-                           f"{ins:6.1f}%)  coverage90 {s['coverage90'] * 100:5.1f}%  n={s['n']}")
+                           f"{ins:6.1f}%)  median APE {s['median_ape'] * 100:5.1f}%  coverage90 "
+                           f"{s['coverage90'] * 100:5.1f}%  n={s['n']}")
                 if "tok_s_mape" in s:
-                    click.echo(f"  {'decode tok/s':12s} MAPE {s['tok_s_mape'] * 100:6.1f}%")
+                    click.echo(f"  {'decode tok/s':12s} MAPE {s['tok_s_mape'] * 100:6.1f}%  median APE "
+                               f"{s['tok_s_median_ape'] * 100:5.1f}%")
             if r["constants_from_prior"]:
                 click.echo(f"  on their prior in a fold (of {r['folds']}) whose training rows lack the evidence: "
                            f"{_priors_text(r['constants_from_prior'])}")

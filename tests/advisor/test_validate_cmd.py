@@ -29,7 +29,8 @@ def harness(monkeypatch):
 
     def held_out(df):
         seen["rows"] = len(df)
-        return {"leave_one_gpu_out": {"scores": {"decode_ms": dict(_sc(), tok_s_mape=0.12, analytical_held_out_mape=0.3)},
+        return {"leave_one_gpu_out": {"scores": {"decode_ms": dict(_sc(), tok_s_mape=0.12, tok_s_median_ape=0.07,
+                                                                   analytical_held_out_mape=0.3)},
                                       "pairs": {"decode_ms": {"pred": [1.0, 2.0], "true": [1.1, 1.9]}},
                                       "analytical": {"decode_ms": 0.2}, "folds": 2,
                                       "priors": {"eager_host_factor[fp8]": 1, "eager_host_factor[awq-int4]": 2,
@@ -51,7 +52,8 @@ def test_harness_validation_prints_scores_and_writes_plots(harness, tmp_path):
     assert ("on their prior in a fold (of 2) whose training rows lack the evidence: "
             "eager_host_factor[awq-int4 x2, fp8], kv_dequant_bytes_per_elem") in out
     assert "refitted by models/harness_fit.py on each fold's training rows" in out
-    assert "coverage90  90.0%  n=10" in out and "decode tok/s MAPE   12.0%" in out
+    assert "median APE   8.0%  coverage90  90.0%  n=10" in out
+    assert "decode tok/s MAPE   12.0%  median APE   7.0%" in out
     assert "skipped: only one method in the data" in out
     assert "vllm               n=  3  MAPE   25.0%  median   20.0%" in out
     svg = (tmp_path / "plots" / "leave_one_gpu_out_decode_ms.svg").read_text()
@@ -63,7 +65,8 @@ def test_harness_validation_json(harness, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["held_out"]["leave_one_gpu_out"] == {
-        "fitted": {"decode_ms": dict(_sc(), tok_s_mape=0.12)}, "analytical_held_out_mape": {"decode_ms": 0.3},
+        "fitted": {"decode_ms": dict(_sc(), tok_s_mape=0.12, tok_s_median_ape=0.07)},
+        "analytical_held_out_mape": {"decode_ms": 0.3},
         "analytical_in_sample_mape": {"decode_ms": 0.2}, "folds": 2,
         "constants_from_prior": {"eager_host_factor[fp8]": 1, "eager_host_factor[awq-int4]": 2,
                                  "kv_dequant_bytes_per_elem": 1}}
