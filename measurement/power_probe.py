@@ -12,7 +12,7 @@ is set apart from how hard the busy time drives memory and tensor cores: the pow
 ``python -m measurement.power_probe --out DIR --gpu h200 --commit SHA [--seconds 4]``: one row per case
 appended to DIR/power_probe.csv the moment it is measured (a rerun skips the cases already there), with
 the datasheet rooflines beside each row (u_memory, u_compute: bytes and FLOPs over the window at the
-catalog's bandwidth and bf16 peak). Needs torch with CUDA and pynvml (the device machine has both).
+catalog's bandwidth and the dense peak of the case's tensor type, ``peak_dtype``). Needs torch with CUDA and pynvml (the device machine has both).
 """
 from __future__ import annotations
 
@@ -25,13 +25,16 @@ from pathlib import Path
 
 COLUMNS = ["case", "kind", "rows_m", "duty", "period_s", "window_s", "calls", "bytes", "flops", "busy_frac",
            "avg_power_w", "gpu_util_pct", "sm_clock_mhz", "temp_c", "achieved_gbps", "achieved_tflops",
-           "datasheet_gbps", "datasheet_tflops_bf16", "u_memory", "u_compute", "roofline_flag", "gpu", "gpu_name",
+           "datasheet_gbps", "datasheet_tflops", "peak_dtype", "u_memory", "u_compute", "roofline_flag", "gpu", "gpu_name",
            "driver", "torch", "commit", "date_utc", "weights"]
 DUTIES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 GEMM_ROWS = (1, 16, 64, 256, 1024, 8192)
 K = N = 8192
 COPY_BYTES = 1 << 31      # elements of the copied buffer, in bytes (2 GiB); a call reads and writes it
 TINY_ELEMS, TINY_PER_CALL = 4096, 100
+ELT_ELEMS = 1 << 28       # bf16 elements of each operand of the large element-wise add (512 MiB)
+ATTN = dict(batch=64, heads=8, ctx=4096, head_dim=128)  # decode attention: one query per sequence over its KV
+SECOND = ("attn", "eltwise", "gemm_fp8")  # kinds added after the first run, at duty 0.5 and 1
 
 
 def plan() -> list[dict]:
@@ -40,6 +43,8 @@ def plan() -> list[dict]:
     out = [dict(case=f"{kind}-d{d:g}", kind=kind, rows_m=K if kind == "gemm" else 0, duty=d)
            for kind in ("copy", "gemm", "tiny") for d in DUTIES]
     out += [dict(case=f"gemm-m{m}-d1", kind="gemm", rows_m=m, duty=1.0) for m in GEMM_ROWS if m != K]
+    out += [dict(case=f"{kind}-d{d:g}", kind=kind, rows_m=K if kind == "gemm_fp8" else 0, duty=d)
+            for kind in SECOND for d in (0.5, 1.0)]
     return out
 
 
@@ -49,11 +54,19 @@ def work_per_call(kind: str, m: int) -> tuple[float, float]:
         return 2.0 * COPY_BYTES, 0.0
     if kind == "gemm":
         return 2.0 * (m * K + K * N + m * N), 2.0 * m * N * K
+    if kind == "gemm_fp8":  # fp8 operands, bf16 output
+        return float(m * K + K * N + 2 * m * N), 2.0 * m * N * K
+    if kind == "eltwise":
+        return 3.0 * 2 * ELT_ELEMS, float(ELT_ELEMS)
+    if kind == "attn":  # K and V read once per call (bf16); QK^T and PV
+        b, h, c, d = ATTN["batch"], ATTN["heads"], ATTN["ctx"], ATTN["head_dim"]
+        return 2.0 * 2 * b * h * c * d, 4.0 * b * h * c * d
     return TINY_PER_CALL * 3.0 * 2 * TINY_ELEMS, TINY_PER_CALL * float(TINY_ELEMS)  # bf16 a + b -> c
 
 
 def derive(case: dict, calls: int, window_s: float, busy_s: float, gbps: float, tflops: float) -> dict:
-    """The row's work and its datasheet-relative utilisations over the whole window."""
+    """The row's work and its datasheet-relative utilisations over the whole window (``tflops``: the peak of
+    the case's tensor type)."""
     b, f = work_per_call(case["kind"], case["rows_m"])
     byts, flops = b * calls, f * calls
     ach_gbps = byts / window_s / 1e9
@@ -101,6 +114,20 @@ def _kernel(torch, kind: str, m: int):
         a = torch.randn(m, K, dtype=torch.bfloat16, device=dev)
         w = torch.randn(K, N, dtype=torch.bfloat16, device=dev)
         return lambda: torch.matmul(a, w)
+    if kind == "gemm_fp8":
+        a8 = torch.randn(m, K, device=dev).to(torch.float8_e4m3fn)
+        w8 = torch.randn(N, K, device=dev).to(torch.float8_e4m3fn).t()
+        one = torch.ones((), device=dev)
+        return lambda: torch._scaled_mm(a8, w8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    if kind == "eltwise":
+        ea = torch.randn(ELT_ELEMS, dtype=torch.bfloat16, device=dev)
+        eb, ec = torch.randn_like(ea), torch.empty_like(ea)
+        return lambda: torch.add(ea, eb, out=ec)
+    if kind == "attn":
+        b, h, c, d = ATTN["batch"], ATTN["heads"], ATTN["ctx"], ATTN["head_dim"]
+        q = torch.randn(b, h, 1, d, dtype=torch.bfloat16, device=dev)
+        kk, vv = (torch.randn(b, h, c, d, dtype=torch.bfloat16, device=dev) for _ in range(2))
+        return lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, vv)
     x = torch.randn(TINY_ELEMS, dtype=torch.bfloat16, device=dev)
     y = torch.randn_like(x)
 
@@ -159,14 +186,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--period", type=float, default=0.05)
     ap.add_argument("--deadline-s", type=float, default=480.0)
+    ap.add_argument("--kinds", default="", help="comma-separated kinds to run (default: all)")
     a = ap.parse_args(argv)
     import pynvml as nv
     import torch
 
     from profiles import load
-    from profiles.dtypes import BF16
+    from profiles.dtypes import BF16, FP8
     g = load().gpu(a.gpu)
     gbps, tflops = float(g.mem_bw_gbps), float(g.peak_tflops(BF16))
+    tflops8 = float(g.peak_tflops(FP8) or tflops)
+    kinds = {k for k in a.kinds.split(",") if k}
     nv.nvmlInit()
     h = nv.nvmlDeviceGetHandleByIndex(0)
     name, driver = nv.nvmlDeviceGetName(h), nv.nvmlSystemGetDriverVersion()
@@ -181,16 +211,18 @@ def main(argv=None) -> int:
         if new:
             w.writeheader()
         for case in plan():
-            if case["case"] in have:
+            if case["case"] in have or (kinds and case["kind"] not in kinds):
                 continue
             if time.time() - t_start > a.deadline_s:
                 print(f"deadline: stop before {case['case']}", flush=True)
                 break
             calls, window, busy, state = run_case(torch, nv, h, case, a.seconds, a.period)
             row = {**case, "period_s": a.period, "window_s": round(window, 3),
-                   **derive(case, calls, window, busy, gbps, tflops),
+                   **derive(case, calls, window, busy, gbps, tflops8 if case["kind"] == "gemm_fp8" else tflops),
                    "avg_power_w": "", "gpu_util_pct": "", "sm_clock_mhz": "", "temp_c": "", **state,
-                   "datasheet_gbps": gbps, "datasheet_tflops_bf16": tflops, "gpu": g.id,
+                   "datasheet_gbps": gbps,
+                   "datasheet_tflops": tflops8 if case["kind"] == "gemm_fp8" else tflops,
+                   "peak_dtype": FP8 if case["kind"] == "gemm_fp8" else BF16, "gpu": g.id,
                    "gpu_name": name if isinstance(name, str) else name.decode(), "driver": driver if isinstance(
                        driver, str) else driver.decode(), "torch": torch.__version__, "commit": a.commit,
                    "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

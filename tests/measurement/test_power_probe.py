@@ -45,3 +45,12 @@ def test_a_rerun_skips_the_cases_already_written(tmp_path):
         w.writeheader()
         w.writerow({"case": "copy-d0"})
     assert P.done_cases(path) == {"copy-d0"}
+
+
+def test_the_second_kinds_count_their_reads_and_the_fp8_operands_one_byte_each():
+    b, f = P.work_per_call("attn", 0)
+    a = P.ATTN
+    assert b == 2 * 2 * a["batch"] * a["heads"] * a["ctx"] * a["head_dim"] and f == 2 * b / 2
+    assert P.work_per_call("eltwise", 0) == (3.0 * 2 * P.ELT_ELEMS, float(P.ELT_ELEMS))
+    b8, f8 = P.work_per_call("gemm_fp8", P.K)
+    assert b8 == P.K * P.K + P.K * P.N + 2 * P.K * P.N and f8 == P.work_per_call("gemm", P.K)[1]
