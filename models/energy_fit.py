@@ -9,7 +9,7 @@ Rows (one GPU's average power over a measured window, and how hard the window dr
   ``avg_power_w`` and ``roofline_frac`` (one GPU only);
 * the tensor-parallel sweep (``measurement/data/multi_gpu/tp_rows.csv``): decode and prefill, power per
   GPU averaged over the GPUs.
-* the power probe on one H200 (``measurement/data/power_probe/rows.csv``, :mod:`measurement.power_probe`):
+* the power probe on one H200 (``measurement/data/power_probe/rows*.csv``, :mod:`measurement.power_probe`):
   copy, GEMM and launch-bound kernels at set duty cycles, their datasheet utilisations computed from the
   bytes and FLOPs of each window.
 
@@ -105,11 +105,12 @@ def measured_rows(cat) -> list[dict]:
                 add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p)
             else:
                 add("h200", "llamacpp:h200", 0.0, u * _f(r["peak_tflops_bf16"]) / h200.peak_tflops(BF16), p)
-    with open(DATA / "power_probe" / "rows.csv", newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["roofline_flag"] or not _f(r["avg_power_w"]):
-                continue
-            add(r["gpu"], f"probe:{r['gpu']}", _f(r["u_memory"]), _f(r["u_compute"]), _f(r["avg_power_w"]))
+    for path in sorted((DATA / "power_probe").glob("rows*.csv")):  # one file per device call
+        with open(path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if r["roofline_flag"] or not _f(r["avg_power_w"]):
+                    continue
+                add(r["gpu"], f"probe:{r['gpu']}", _f(r["u_memory"]), _f(r["u_compute"]), _f(r["avg_power_w"]))
     with open(DATA / "multi_gpu" / "tp_rows.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             if r["status"] != "ok" or r["metric"] not in ("decode_step_ms", "prefill_ms") or not r["power_w_per_gpu"]:
