@@ -1,11 +1,13 @@
 """Energy cost model: board power from how hard a step drives the GPU, J/token, EOR and TWEOR.
 
-Power of one GPU (issue 14): ``P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_compute x
-u_compute, 0, 1)``, where ``u_memory`` and ``u_compute`` say how hard the step drives the memory system and
-the tensor cores (the unit's datasheet-roofline time / the step time: decode at small batch drives memory,
-prefill and large batches the tensor cores, large-batch decode both). So a prediction always lies in [idle_w, TDP] of its GPU (tested for every GPU, method and
+Power of one GPU (issue 14): ``P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_kv x u_kv +
+c_compute x u_compute, 0, 1)``, where ``u_memory`` and ``u_compute`` say how hard the step drives the memory
+system and the tensor cores (the unit's datasheet-roofline time / the step time: decode at small batch drives
+memory, prefill and large batches the tensor cores, large-batch decode both) and ``u_kv`` is the part of
+``u_memory`` spent reading the KV cache, which attention kernels do at a higher power per byte than weight
+streaming or a copy (measurement/data/power_probe). So a prediction always lies in [idle_w, TDP] of its GPU (tested for every GPU, method and
 batch). ``idle_w`` and ``tdp_w`` come from the GPU catalog (cited); where a GPU has no idle figure,
-DEFAULT_IDLE_FRACTION of its TDP stands in. ``active``, ``c_memory`` and ``c_compute`` are fitted on NVML
+DEFAULT_IDLE_FRACTION of its TDP stands in. ``active``, ``c_memory``, ``c_kv`` and ``c_compute`` are fitted on NVML
 rows measured on H100 SXM and H200 (``python -m models.energy_fit`` -> models/data/power.json, with the
 leave-one-source-out error as the interval); ``advisor validate --energy`` holds out each source, and
 checks the published ML.ENERGY rows on H100 and B200 that the fit never saw.
@@ -43,13 +45,18 @@ def idle_w(gpu) -> float:
     return float(gpu.idle_w) if gpu.idle_w else DEFAULT_IDLE_FRACTION * gpu.tdp_w
 
 
-def board_power_w(gpu, u_memory: float, u_compute: float = 0.0, params: dict | None = None) -> float:
+def board_power_w(gpu, u_memory: float, u_compute: float = 0.0, params: dict | None = None,
+                  u_kv: float = 0.0) -> float:
     """Watts of one GPU running a step that drives its memory system at ``u_memory`` and its tensor cores at
-    ``u_compute`` (each: datasheet-roofline time of that unit / step time)."""
+    ``u_compute`` (each: datasheet-roofline time of that unit / step time); ``u_kv``: the part of
+    ``u_memory`` that reads the KV cache through attention kernels, which draws more per byte than streaming
+    weights (measurement/data/power_probe: decode attention 682 W where a copy drew 472 W at the same
+    bandwidth), charged ``c_kv`` on top."""
     p = params or power_params()
     um = min(max(float(u_memory), 0.0), 1.0)
+    uk = min(max(float(u_kv), 0.0), um)
     uc = min(max(float(u_compute), 0.0), 1.0)
-    frac = min(max(p["active"] + p["c_memory"] * um + p["c_compute"] * uc, 0.0), 1.0)
+    frac = min(max(p["active"] + p["c_memory"] * um + p.get("c_kv", 0.0) * uk + p["c_compute"] * uc, 0.0), 1.0)
     idle = idle_w(gpu)
     return idle + (gpu.tdp_w - idle) * frac
 

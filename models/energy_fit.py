@@ -72,11 +72,29 @@ def measured_rows(cat) -> list[dict]:
     from measurement.tp import shard_plan
     out = []
 
-    def add(gpu_id, source, um, uc, power):
+    from .candidate import DEFAULT_KV, DEFAULT_PRECISION, Candidate, Scenario
+    from .engine_fit import kv_of
+    from .measured_rows import row_candidate
+    from .memory import kv_bytes_per_token
+    from .roofline import decode_step
+
+    def add(gpu_id, source, um, uc, power, kv_share=0.0):
         if power is None or power <= 0 or um is None or uc is None or (um <= 0 and uc <= 0):
             return
-        out.append({"gpu": gpu_id, "source": source, "u_memory": min(um, 1.2), "u_compute": min(uc, 1.2),
-                    "power_w": power})
+        um = min(um, 1.2)
+        out.append({"gpu": gpu_id, "source": source, "u_memory": um, "u_compute": min(uc, 1.2),
+                    "u_kv": um * min(max(kv_share, 0.0), 1.0), "power_w": power})
+
+    def harness_kv_share(r) -> float:
+        """KV-cache bytes over all bytes of the row's decode step (models/roofline.decode_step)."""
+        try:
+            st = decode_step(cat, cat.llm(r["model"]), row_candidate(r),
+                             Scenario(int(r["batch"]), int(r["prompt_len"]), int(r["gen_len"]), str(r["backend"])))
+        except (LookupError, KeyError, ValueError, TypeError):
+            return 0.0
+        return st.kv_bytes / st.bytes if st.bytes else 0.0
+
+    kv_names = kv_of(cat)
 
     d = pd.read_csv(DATA / "measurements.csv")
     for r in d[d.status == "ok"].to_dict("records"):
@@ -87,7 +105,7 @@ def measured_rows(cat) -> list[dict]:
         if u:
             um = u * sb
             add(g.id, f"harness:{g.id}", um, um * 2 * r["batch"] / bytes_per_weight(cat, r["precision"]) / _ridge(g),
-                _f(r.get("avg_power_w")))
+                _f(r.get("avg_power_w")), harness_kv_share(r))
         pj, pms, u = _f(r.get("prefill_j")), _f(r.get("prefill_ms")), _f(r.get("prefill_roofline_frac"))
         if pj and pms and u and pms > 200:  # windows under 0.2 s are below NVML's energy-counter resolution
             add(g.id, f"harness:{g.id}", 0.0, u * sc, pj / (pms / 1e3))
@@ -102,7 +120,13 @@ def measured_rows(cat) -> list[dict]:
             if r["metric"] == "decode_tok_s":
                 um = u * _f(r["copy_bw_gbps"]) / h200.mem_bw_gbps
                 bpw = (_f(r["gguf_bits_per_weight"]) or 16) / 8
-                add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p)
+                # KV read per step: batch x (depth + prompt + half the generated tokens) x the cache's bytes per token
+                kvm = kv_names.get(str(r["kv_dtype"] or "").lower(), DEFAULT_KV)
+                kvb = int(r["batch"]) * ((_f(r["depth"]) or 0) + (_f(r["prompt_len"]) or 0) + (_f(r["gen_len"]) or 0) / 2) \
+                    * kv_bytes_per_token(cat, cat.llm(r["model"]), Candidate(DEFAULT_PRECISION, kv=kvm))
+                wb = _f(r["weight_bytes_read"]) or 0.0
+                add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p,
+                    kvb / (wb + kvb) if wb + kvb > 0 else 0.0)
             else:
                 add("h200", "llamacpp:h200", 0.0, u * _f(r["peak_tflops_bf16"]) / h200.peak_tflops(BF16), p)
     for path in sorted((DATA / "power_probe").glob("rows*.csv")):  # one file per device call
@@ -110,7 +134,8 @@ def measured_rows(cat) -> list[dict]:
             for r in csv.DictReader(fh):
                 if r["roofline_flag"] or not _f(r["avg_power_w"]):
                     continue
-                add(r["gpu"], f"probe:{r['gpu']}", _f(r["u_memory"]), _f(r["u_compute"]), _f(r["avg_power_w"]))
+                add(r["gpu"], f"probe:{r['gpu']}", _f(r["u_memory"]), _f(r["u_compute"]), _f(r["avg_power_w"]),
+                    1.0 if r["kind"] == "attn" else 0.0)  # decode attention reads only the KV cache
     with open(DATA / "multi_gpu" / "tp_rows.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             if r["status"] != "ok" or r["metric"] not in ("decode_step_ms", "prefill_ms") or not r["power_w_per_gpu"]:
@@ -121,19 +146,21 @@ def measured_rows(cat) -> list[dict]:
             pl = shard_plan(cat.llm(r["model"]), int(r["num_gpus"]))
             B, ctx, t = int(r["batch"]), int(r["prompt_len"]), float(r["value"]) / 1e3
             bpw = bytes_per_weight(cat, r["precision"])
+            kvb = 0.0
             if r["metric"] == "decode_step_ms":
-                byts = pl.matmul_params * bpw + B * ctx * pl.kv_bytes_per_token()
+                kvb = B * ctx * pl.kv_bytes_per_token()
+                byts = pl.matmul_params * bpw + kvb
                 flops = 2 * pl.matmul_params * B + B * 4 * ctx * pl.layers * pl.q_heads * pl.head_dim
             else:
                 byts, flops = pl.matmul_params * bpw, 2 * pl.matmul_params * B * ctx
             add("h200", "tp:h200", byts / t / (h200.mem_bw_gbps * 1e9), flops / t / (h200.peak_tflops(BF16) * 1e12),
-                statistics.mean(ws))
+                statistics.mean(ws), kvb / byts)
     return out
 
 
 def fit(rows: list[dict], cat) -> dict:
-    """NNLS on (P - idle) / (TDP - idle) = active + c_memory x u_memory + c_compute x u_compute (relative
-    error in power)."""
+    """NNLS on (P - idle) / (TDP - idle) = active + c_memory x u_memory + c_kv x u_kv + c_compute x u_compute
+    (relative error in power; u_kv: the KV-cache part of u_memory)."""
     from scipy.optimize import nnls
 
     from .energy import idle_w
@@ -141,17 +168,18 @@ def fit(rows: list[dict], cat) -> dict:
     for r in rows:
         g = cat.gpu(r["gpu"])
         idle, tdp = idle_w(g), g.tdp_w
-        A.append([1.0, min(r["u_memory"], 1.0), min(r["u_compute"], 1.0)])
+        um = min(r["u_memory"], 1.0)
+        A.append([1.0, um, min(r.get("u_kv", 0.0), um), min(r["u_compute"], 1.0)])
         y.append((r["power_w"] - idle) / (tdp - idle))
         w.append((tdp - idle) / r["power_w"])
     A, y, w = np.asarray(A), np.asarray(y), np.asarray(w)
     coef, _ = nnls(A * w[:, None], y * w)
-    return {"active": float(coef[0]), "c_memory": float(coef[1]), "c_compute": float(coef[2])}
+    return {"active": float(coef[0]), "c_memory": float(coef[1]), "c_kv": float(coef[2]), "c_compute": float(coef[3])}
 
 
 def predict_power(r: dict, params: dict, cat) -> float:
     from .energy import board_power_w
-    return board_power_w(cat.gpu(r["gpu"]), r["u_memory"], r["u_compute"], params)
+    return board_power_w(cat.gpu(r["gpu"]), r["u_memory"], r["u_compute"], params, u_kv=r.get("u_kv", 0.0))
 
 
 def published_rows(cat) -> list[dict]:
@@ -186,12 +214,13 @@ def published_rows(cat) -> list[dict]:
         wbytes = (pc.total - pc.embed) * 2  # bf16 weights read per step (embedding gathered)
         ctx = m["ctx"]
         step = m["tpot_ms"] / 1e3
-        u_bw = (wbytes + B * ctx * kv_bytes_per_token(cat, llm, Candidate(prec))) / n / (step * g.mem_bw_gbps * 1e9)
+        kvb = B * ctx * kv_bytes_per_token(cat, llm, Candidate(prec))
+        u_bw = (wbytes + kvb) / n / (step * g.mem_bw_gbps * 1e9)
         # the step's matmul tokens: the batch plus the prompts folded in meanwhile (as the speed model counts them)
         tokens = B + float(prompts_per_step(B, *m["lengths"]))
         u_tc = 2 * (total - pc.embed) * tokens / n / (step * g.peak_tflops(BF16) * 1e12)
         out.append({"gpu": gpu_id, "source": "mlenergy-leaderboard-v3", "engine": m["engine"], "u_memory": u_bw,
-                    "u_compute": u_tc,
+                    "u_compute": u_tc, "u_kv": u_bw * kvb / (wbytes + kvb),
                     "n": n, "model": model, "batch": B, "prompt": m["lengths"][0], "gen": m["lengths"][1],
                     "power_w": m["j_per_token"] * m["output_tok_s"] / n, "j_per_token": m["j_per_token"],
                     "output_tok_s": m["output_tok_s"]})
@@ -264,8 +293,9 @@ def main() -> int:
     params = fit(rows, cat)
     doc = dict(params, rel_err=_conformal_q(rows, cat, "source"), rows=len(rows),
                sources=sorted({r["source"] for r in rows}), gpus=sorted({r["gpu"] for r in rows}),
-               model="P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_compute x u_compute, 0, 1); "
-                     "u: datasheet-roofline time of the unit / step time",
+               model="P = idle + (TDP - idle) x clip(active + c_memory x u_memory + c_kv x u_kv + c_compute x "
+                     "u_compute, 0, 1); u: datasheet-roofline time of the unit / step time; u_kv: the KV-cache "
+                     "reads' part of u_memory",
                fitted_by="python -m models.energy_fit (NNLS, relative error in power)")
     from .energy import PARAMS_PATH
     PARAMS_PATH.write_text(json.dumps(doc, indent=1) + "\n")

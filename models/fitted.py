@@ -80,8 +80,9 @@ def design(df, cat: Catalog | None = None, constants: dict | None = None):
             mem = predict_memory(cat, llm, cand, sc)
         except (LookupError, KeyError, ValueError, TypeError):
             continue
-        power = board_power_w(gpu, spd.memory_floor_ms / spd.decode_step_ms.value,
-                              spd.compute_floor_ms / spd.decode_step_ms.value)
+        step = spd.decode_step_ms.value
+        power = board_power_w(gpu, spd.memory_floor_ms / step, spd.compute_floor_ms / step,
+                              u_kv=spd.kv_floor_ms / step)
         jpt = joules_per_token(power, spd.decode_step_ms.value / 1e3, sc.batch)
         cm = r.get("compile_mode")
         X.append(features(gpu, llm, cand, sc, spd.utilisation, cm if isinstance(cm, str) else None))

@@ -59,7 +59,7 @@ def energy_of(gpu: GPU, spd: SpeedPrediction, sc: Scenario) -> tuple[float, Esti
     command gets its energy here, so one configuration has one J/token."""
     step_s = spd.decode_step_ms.value / 1e3
     um, uc = spd.memory_floor_ms / spd.decode_step_ms.value, spd.compute_floor_ms / spd.decode_step_ms.value
-    power = energy.board_power_w(gpu, um, uc) * sc.num_gpus
+    power = energy.board_power_w(gpu, um, uc, u_kv=spd.kv_floor_ms / spd.decode_step_ms.value) * sc.num_gpus
     jpt = energy.joules_per_token(power, step_s, sc.batch)
     rel = energy.rel_err() + (spd.decode_step_ms.high / spd.decode_step_ms.value - 1)
     return power, energy.j_per_token_estimate(jpt, rel, "power model (models/energy.py, fitted on NVML rows) "

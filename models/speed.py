@@ -47,6 +47,7 @@ class SpeedPrediction:
     notes: list[str] = field(default_factory=list)
     memory_floor_ms: float = 0.0  # decode step's bytes / datasheet bandwidth (per GPU)
     compute_floor_ms: float = 0.0  # decode step's FLOPs / datasheet dense peak of its dtype (per GPU)
+    kv_floor_ms: float = 0.0  # the part of memory_floor_ms that reads the KV cache (per GPU)
 
 
 def link_bytes_per_s(gpu: GPU) -> float:
@@ -186,5 +187,6 @@ def predict_speed(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenari
     pre = Estimate(pre.value, max(pre.low, roof_pre * 1e3), pre.high, "ms", "analytical", detail)
     t_mem = dstep.bytes / (gpu.mem_bw_gbps * 1e9 * sc.num_gpus)
     t_cmp = dstep.flops / (peak_flops(gpu, dtype) * sc.num_gpus)
+    t_kv = dstep.kv_bytes / (gpu.mem_bw_gbps * 1e9 * sc.num_gpus)
     return SpeedPrediction(step_ms, tok_s, per_seq, pre, roof_dec * 1e3, roof_pre * 1e3, roof_dec / t_dec, notes,
-                           t_mem * 1e3, t_cmp * 1e3)
+                           t_mem * 1e3, t_cmp * 1e3, t_kv * 1e3)

@@ -90,3 +90,16 @@ def test_validate_energy_scores_held_out_sources_and_published_rows():
     for sc in list(groups.values()) + list(d["published_j_per_token"].values()):
         assert sc["n"] > 0 and 0 <= sc["median_ape"] < 1 and 0 <= sc["coverage90"] <= 1
     assert d["published_rows"] > 20 and set(d["published_j_per_token"]) >= {"h100-sxm", "b200"}
+
+
+def test_kv_cache_reads_draw_more_than_weight_streaming_at_the_same_bandwidth():
+    """The power probe's finding (decode attention 682 W where a copy drew 472 W at the same u_memory), as the
+    fitted c_kv carries it: a step whose bytes are KV reads draws at least as much, never beyond [idle, TDP]."""
+    from models.energy import board_power_w, idle_w, power_params
+    from profiles import load
+    g = load().gpu("h200")
+    assert power_params().get("c_kv", 0.0) >= 0.0
+    weights = board_power_w(g, 0.6, 0.05)
+    kv = board_power_w(g, 0.6, 0.05, u_kv=0.6)
+    assert idle_w(g) <= weights <= kv <= g.tdp_w
+    assert board_power_w(g, 0.2, 0.0, u_kv=0.9) == board_power_w(g, 0.2, 0.0, u_kv=0.2)  # u_kv is part of u_memory

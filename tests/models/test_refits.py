@@ -13,7 +13,8 @@ from models import tp_model as TM
 from profiles import load
 
 CASES = {  # name: (module holding the path, path attribute, refit entry point, fitted keys, exact keys)
-    "power": (EN, "PARAMS_PATH", EF.main, ("active", "c_memory", "c_compute", "rel_err"), ("rows", "sources", "gpus")),
+    "power": (EN, "PARAMS_PATH", EF.main, ("active", "c_memory", "c_kv", "c_compute", "rel_err"),
+              ("rows", "sources", "gpus")),
     "allreduce": (TM, "ALLREDUCE_PATH", TM.main,
                   ("alpha_s", "busbw_gbps", "link_efficiency", "fit_median_ape", "datasheet_link_gbps_per_direction"),
                   ("rows", "sources")),
