@@ -74,6 +74,7 @@ def measured_rows(cat) -> list[dict]:
 
     from .candidate import DEFAULT_KV, DEFAULT_PRECISION, Candidate, Scenario
     from .engine_fit import kv_of
+    from .engine_speed import decode_context
     from .measured_rows import row_candidate
     from .memory import kv_bytes_per_token
     from .roofline import decode_step
@@ -120,10 +121,11 @@ def measured_rows(cat) -> list[dict]:
             if r["metric"] == "decode_tok_s":
                 um = u * _f(r["copy_bw_gbps"]) / h200.mem_bw_gbps
                 bpw = (_f(r["gguf_bits_per_weight"]) or 16) / 8
-                # KV read per step: batch x (depth + prompt + half the generated tokens) x the cache's bytes per token
+                # KV read per step: batch x the mean decode context x the cache's bytes per token
                 kvm = kv_names.get(str(r["kv_dtype"] or "").lower(), DEFAULT_KV)
-                kvb = int(r["batch"]) * ((_f(r["depth"]) or 0) + (_f(r["prompt_len"]) or 0) + (_f(r["gen_len"]) or 0) / 2) \
-                    * kv_bytes_per_token(cat, cat.llm(r["model"]), Candidate(DEFAULT_PRECISION, kv=kvm))
+                ctx = float(decode_context(_f(r["prompt_len"]) or 0, _f(r["gen_len"]) or 0, _f(r["depth"]) or 0))
+                kvb = int(r["batch"]) * ctx * kv_bytes_per_token(cat, cat.llm(r["model"]),
+                                                                 Candidate(DEFAULT_PRECISION, kv=kvm))
                 wb = _f(r["weight_bytes_read"]) or 0.0
                 add("h200", "llamacpp:h200", um, um * 2 * int(r["batch"]) / bpw / _ridge(h200), p,
                     kvb / (wb + kvb) if wb + kvb > 0 else 0.0)

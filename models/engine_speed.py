@@ -255,11 +255,15 @@ def roofline_decode_s(a: dict, batch, ctx, extra_tokens=0.0):
     return np.maximum(*decode_floors_s(a, batch, ctx, extra_tokens))
 
 
+def kv_read_floor_s(a: dict, batch, ctx):
+    """The KV-cache part of a decode step's memory floor: its bytes / datasheet bandwidth, on each GPU."""
+    return batch * ctx * a["KVB"] / (a["div"] * a["bw"])
+
+
 def decode_floors_s(a: dict, batch, ctx, extra_tokens=0.0):
     """(bytes / datasheet bandwidth, FLOPs / datasheet peak) of one decode step on each GPU."""
-    byts = a["W"] + batch * ctx * a["KVB"]
     flops = batch * (a["F"] + ctx * a["A"]) + extra_tokens * a["F"]
-    return byts / (a["div"] * a["bw"]), flops / (a["div"] * a["peak"])
+    return a["W"] / (a["div"] * a["bw"]) + kv_read_floor_s(a, batch, ctx), flops / (a["div"] * a["peak"])
 
 
 def roofline_prefill_s(a: dict, batch, prompt):

@@ -79,7 +79,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     pre = _est(t_pre * 1e3, max(roof_pre * 1e3, t_pre * 1e3 * math.exp(-qp)), t_pre * 1e3 * math.exp(qp), "ms", detail)
     util = roof_dec / t_dec
     f_mem, f_cmp = (float(f) for f in es.decode_floors_s(a, B, ctx, x))
-    f_kv = B * ctx * float(a["KVB"]) / (float(a["div"]) * float(a["bw"]))
+    f_kv = float(es.kv_read_floor_s(a, B, ctx))
     spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes,
                           f_mem * 1e3, f_cmp * 1e3, f_kv * 1e3)
     # memory: weights + KV of batch x context + the engine's runtime, per GPU

@@ -20,7 +20,7 @@ from sklearn.linear_model import Ridge
 
 from profiles import Catalog, load
 
-from .candidate import Candidate, Scenario
+from .candidate import Scenario
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
 from .measured_rows import SUPERSEDED_COMPILE_MODES, row_candidate, usable_rows  # noqa: F401 (re-exported)
 from .memory import predict_memory
@@ -61,10 +61,6 @@ class CorrectionRegressor(RegressorMixin, BaseEstimator):
                 "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "q90": q90, "alpha": self.alpha}
 
 
-def _cand(r) -> Candidate:
-    return row_candidate(r)
-
-
 def design(df, cat: Catalog | None = None, constants: dict | None = None):
     """Feature matrix, analytical predictions, measured targets, the kept row labels, and per kept row
     (gpu id, cc major, params_b, precision, sparsity, backend, model id): what the interval widening looks at.
@@ -74,7 +70,7 @@ def design(df, cat: Catalog | None = None, constants: dict | None = None):
     for i, r in df.iterrows():
         try:
             gpu, llm = cat.gpu(str(r["gpu"])), cat.llm(str(r["model"]))
-            cand = _cand(r)
+            cand = row_candidate(r)
             sc = Scenario(int(r["batch"]), int(r["prompt_len"]), int(r["gen_len"]), str(r["backend"]), 1)
             spd = predict_speed(cat, gpu, llm, cand, sc, constants)
             mem = predict_memory(cat, llm, cand, sc)
