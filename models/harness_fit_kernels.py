@@ -181,8 +181,21 @@ def _fit_row_costs(cat, rows, c, ev) -> dict:
     for r in i8:
         extra = r["ms"] / 1e3 - _pred_ms(cat, r, c0) / 1e3
         v.append(extra * r["copy_bw"] / (param_counts(r["llm"], r["cand"].dropped_layers).linear * r["sc"].batch))
-    ev[key] = f"compiled int8 weight-only rows above batch 1: {len(v)}" if v else "prior: 0"
-    return _set(c, key, None, max(_median(v), 0.0) if v else 0.0)
+    if v:
+        ev[key] = f"compiled int8 weight-only rows above batch 1: {len(v)}"
+        return _set(c, key, None, max(_median(v), 0.0))
+    prior = _reread_prior(cat)
+    ev[key] = f"prior: {prior:g} (the stored weight bytes, read once more per row: the mechanism's lower bound)"
+    return _set(c, key, None, prior)
+
+
+def _reread_prior(cat: Catalog) -> float:
+    """Bytes per weight per row where no row measures it: a kernel that re-reads its weights for every row
+    (methods.yaml compiled_batch_cost weight_reread) moves at least the stored bytes once more per row, so the
+    smallest stored bytes_per_weight of those methods (1.0 for int8 weight-only)."""
+    b = [float(m.get("bytes_per_weight")) for m in cat.methods.values()
+         if (m.get("kernels") or {}).get("compiled_batch_cost") == "weight_reread" and m.get("bytes_per_weight")]
+    return min(b) if b else 0.0
 
 
 def _prefill_ratio(cat, rs: list[dict], c: dict) -> float:
