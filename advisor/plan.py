@@ -194,16 +194,17 @@ def _size_replicas(gpu, cand, sc, req: PlanRequest, price, loss, spd, one, label
     """Replicas for the load; ``spd`` at full concurrency, ``one`` for a single sequence's prefill."""
     t_pre = one.prefill_ms.value / 1e3
     tau0 = spd.decode_step_ms.value / 1e3
+    t_req = one.request_ms / 1e3  # per request outside the GPU's forwards: adds to TTFT, occupies no GPU
     if tau0 > req.tpot_p95_s:
         return f"{cand.label} at concurrency {sc.batch}, TP {sc.num_gpus}: decode step {tau0 * 1e3:.1f} ms > TPOT target"
-    if t_pre + tau0 > req.ttft_p95_s:
+    if t_pre + tau0 + t_req > req.ttft_p95_s:
         return f"{cand.label}, TP {sc.num_gpus}: prefill {t_pre * 1e3:.0f} ms alone exceeds the TTFT target"
     # Smallest replica count meeting both targets (latency falls as load per replica falls).
     capacity = sc.batch / (req.gen_len * tau0)
     r = max(1, math.ceil(req.qps / capacity))
     while r <= MAX_REPLICAS:
         lat = serving_latency(req.qps / r, sc.batch, tau0, t_pre, req.gen_len)
-        if lat.stable and lat.tau_s <= req.tpot_p95_s and lat.ttft_p95_s <= req.ttft_p95_s:
+        if lat.stable and lat.tau_s <= req.tpot_p95_s and lat.ttft_p95_s + t_req <= req.ttft_p95_s:
             break
         r = r + max(1, r // 8)
     else:
@@ -223,7 +224,7 @@ def _size_replicas(gpu, cand, sc, req: PlanRequest, price, loss, spd, one, label
     return PlanOption(gpu.id, cand.label, sc.batch, sc.num_gpus, r, gpus,
                       gpus * price * HOURS_PER_MONTH if price else None, kwh,
                       kwh * req.grid_gco2_per_kwh / 1000 if req.grid_gco2_per_kwh is not None else None,
-                      lat.ttft_p95_s, lat.tau_s, util, loss, link, step_model=label, j_per_token=jpt,
+                      lat.ttft_p95_s + t_req, lat.tau_s, util, loss, link, step_model=label, j_per_token=jpt,
                       power_w_per_gpu=busy_w)
 
 

@@ -30,6 +30,12 @@ PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
 INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources
 _RUNNING = __import__("re").compile(r"avg running batch ([0-9.]+)")
 _UB = __import__("re").compile(r"micro-?batch size \(-ub\) (\d+)", __import__("re").I)
+# a finite offered request rate in a row's text ("request rate 4", "request-rate 2", "QPS 8"): its throughput
+# is the offered load (rate x lengths) unless the engine saturates, which the row does not say
+_RATE = __import__("re").compile(r"(?:request[ -]rate|qps)\s*[:=]?\s*\d", __import__("re").I)
+# a README convention (measurement/data/published_engine/README.md): the source's prompts repeat, so the engine's
+# prefix cache serves most prefills and its TTFT and throughput are not a prefill's
+PREFIX_CACHED = "prefix cache serves"
 
 
 @dataclass
@@ -169,9 +175,20 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
             skip("latency under a request rate with no stated concurrency")
             continue
+        if es.METRIC_GROUP[metric] == "throughput" and _RATE.search(text):
+            skip("throughput under a fixed request rate (the offered load, not the engine's capacity)")
+            continue
+        if metric != "tpot_ms" and PREFIX_CACHED in text:
+            skip("repeated prompts: the prefix cache serves the prefill (not modelled)")
+            continue
         if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
+            continue
+        if metric == "ttft_ms" and str(r.get("stat") or "mean") == "mean" and b * prompt > float(eng.get("prefill_chunk_tokens") or 0) > 0:
+            # a closed-loop client starts all its concurrent requests at once: their prompts overflow one prefill
+            # forward, and that first wave's waiting enters the mean (not the median) TTFT
+            skip("mean TTFT whose first wave of prompts overflows one prefill forward (start-up queueing, not modelled)")
             continue
         if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
             b = min(b, max(1.0, es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))

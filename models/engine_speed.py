@@ -18,7 +18,9 @@ split runs the GPUs one after the other):
 
 Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
 and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak, plus causal attention at
-``e_attn``. Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
+``e_attn``. A request's TTFT is its own prefill, one decode step and ``req_ms``: the work outside the GPU's
+forwards between a request's arrival and its first token (HTTP, tokenization, scheduling, detokenization), which
+only TTFT rows inform (a prior of 10 ms where none do: an assumption). Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
 ``B x OSL / (prefill(B x ISL) + OSL x t_step(B, ISL + OSL / 2))``; when a benchmark lets the engine pick
 ``B`` it is the KV capacity (memory left after weights, at the engine's memory fraction) capped at the
 engine's batch limit.
@@ -137,9 +139,10 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "seq_us": (0.05, 2.0, 0.0001, 100.0),
     "layer_exp": (0.5, 0.7, 0.01, 2.0),   # the per-layer cost grows as (hidden / 4096) ** layer_exp   # per sequence per layer per step (row-wise small kernels)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
+    "req_ms": (10.0, 1.5, 0.1, 500.0),    # per request outside the forwards (module docstring): an assumption
 }
 KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms")
 
 
 def prior_params(kernels) -> dict:
@@ -342,5 +345,5 @@ def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None)
         [metric == "tpot_ms", metric == "decode_tok_s", metric == "prefill_tok_s", metric == "ttft_ms",
          metric == "output_tok_s", metric == "total_tok_s", metric == "request_latency_s",
          metric == "decode_out_tok_s"],
-        [t_tpot * 1e3, 1.0 / t_tpot, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3,
+        [t_tpot * 1e3, 1.0 / t_tpot, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3 + p["req_ms"],
          out, out * (prompt + gen) / np.maximum(gen, 1), t_round, batch / t_dec], np.nan)

@@ -81,7 +81,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     f_mem, f_cmp = (float(f) for f in es.decode_floors_s(a, B, ctx, x))
     f_kv = float(es.kv_read_floor_s(a, B, ctx))
     spd = SpeedPrediction(step, tok, tok.scale(1 / B), pre, roof_dec * 1e3, roof_pre * 1e3, util, notes,
-                          f_mem * 1e3, f_cmp * 1e3, f_kv * 1e3)
+                          f_mem * 1e3, f_cmp * 1e3, f_kv * 1e3, float(p["req_ms"]))
     # memory: weights + KV of batch x context + the engine's runtime, per GPU
     n = sc.num_gpus
     kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9
@@ -101,9 +101,11 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
 
 
 def ttft_ms(p: Prediction) -> Estimate:
-    """Time to first token of one request: its prefill and one decode step."""
-    a, b = p.speed.prefill_ms, p.speed.decode_step_ms
-    return Estimate(a.value + b.value, a.low + b.low, a.high + b.high, "ms", a.source, "prefill + one decode step")
+    """Time to first token of one request: its prefill, one decode step and the serving engine's per-request
+    time outside the forwards (engine_speed req_ms; 0 for the harness)."""
+    a, b, r = p.speed.prefill_ms, p.speed.decode_step_ms, p.speed.request_ms
+    return Estimate(a.value + b.value + r, a.low + b.low + r, a.high + b.high + r, "ms", a.source,
+                    "prefill + one decode step" + (f" + {r:.3g} ms per request outside the forwards" if r else ""))
 
 
 __all__ = ["predict", "ttft_ms"]

@@ -48,6 +48,7 @@ class SpeedPrediction:
     memory_floor_ms: float = 0.0  # decode step's bytes / datasheet bandwidth (per GPU)
     compute_floor_ms: float = 0.0  # decode step's FLOPs / datasheet dense peak of its dtype (per GPU)
     kv_floor_ms: float = 0.0  # the part of memory_floor_ms that reads the KV cache (per GPU)
+    request_ms: float = 0.0  # per request outside the GPU's forwards (a serving engine's req_ms): TTFT adds it
 
 
 def link_bytes_per_s(gpu: GPU) -> float:

@@ -128,3 +128,23 @@ def test_a_request_latency_of_one_output_token_is_a_prefill_figure():
     g = metric_groups(np.array(["request_latency_s", "request_latency_s", "ttft_ms", "tpot_ms"]),
                       np.array([1.0, 128.0, 128.0, 128.0]))
     assert g.tolist() == ["prefill", "throughput", "prefill", "decode"]
+
+
+def test_ttft_adds_the_per_request_time_outside_the_forwards(cat):
+    q = es.query(cat, cat.gpu("h100-sxm"), cat.llm("llama3.1-8b"), Candidate("bf16"), cat.engines["vllm"])
+    a, p = es.arrays(q), es.row_params(es.prior_params([q.kernel]), q.kernel)
+    args = (np.array(["ttft_ms"]), np.array([1.0]), np.array([512.0]), np.array([128.0]), np.array([0.0]))
+    with_req = es.metric_values(a, {**p, "req_ms": 40.0}, *args)[0]
+    without = es.metric_values(a, {**p, "req_ms": 0.0}, *args)[0]
+    assert with_req - without == pytest.approx(40.0)
+
+
+def test_predicted_ttft_carries_the_fitted_request_time():
+    import advisor
+    from models.engine_fit import load_params
+    r = advisor.predict(model="llama3.1-8b", gpu="h100-sxm", engine="vllm", precision="bf16", batch=1,
+                        prompt_len=512, gen_len=128)
+    req = load_params()["engines"]["vllm"]["params"]["req_ms"]
+    assert req > 0 and "per request outside the forwards" in r["ttft_ms"]["detail"]
+    pre_ms = 512 / r["prefill_tok_s"]["value"] * 1e3
+    assert r["ttft_ms"]["value"] == pytest.approx(pre_ms + r["tpot_ms"]["value"] + req, rel=1e-6)
