@@ -110,11 +110,15 @@ def engines_fitted(cat: Catalog | None = None) -> tuple[str, ...]:
     return tuple(e.id for e in cat.engines.values() if not e.runs_everything)
 
 
-def _metric_of(r, eng) -> str:
+def _text(r) -> str:
+    """A row's location and notes, lower case: where sources state setups the cost model reads."""
+    return f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
+
+
+def _metric_of(r, eng, text: str) -> str:
     """The row's metric; output_tok_s of a tool that times decode alone (engines.yaml decode_only_output_tool:
-    llama-batched-bench's S_TG) is decode_out_tok_s."""
+    llama-batched-bench's S_TG) is decode_out_tok_s. ``text``: :func:`_text` of the row."""
     m = str(r["metric"])
-    text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
     tool = eng.get("decode_only_output_tool")
     if m == "output_tok_s" and tool and tool in text:
         return "decode_out_tok_s"
@@ -143,7 +147,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         prec = precs.get(str(r["precision"]), str(r["precision"]))
         kv_name = r.get("kv_dtype")
         kv = kvs.get(str(kv_name).lower()) if kv_name else kv16  # no KV dtype stated: the 16-bit cache
-        metric = _metric_of(r, eng)
+        text = _text(r)
+        metric = _metric_of(r, eng, text)
         if prec not in cat.methods or kv is None or metric not in es.METRICS:
             skip("method, KV dtype or metric not modelled")
             continue
@@ -168,7 +173,6 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             skip("throughput row without input/output lengths")
             continue
         b = _num(r.get("batch"), 0)
-        text = f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
         run = _RUNNING.search(text)
         if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
             b = float(run.group(1))
@@ -185,7 +189,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
             continue
-        if metric == "ttft_ms" and str(r.get("stat") or "mean") == "mean" and b * prompt > float(eng.get("prefill_chunk_tokens") or 0) > 0:
+        if metric == "ttft_ms" and str(r.get("stat") or "mean") == "mean" and b * prompt > q.prefill_chunk_tokens > 0:
             # a closed-loop client starts all its concurrent requests at once: their prompts overflow one prefill
             # forward, and that first wave's waiting enters the mean (not the median) TTFT
             skip("mean TTFT whose first wave of prompts overflows one prefill forward (start-up queueing, not modelled)")

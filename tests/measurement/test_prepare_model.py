@@ -17,6 +17,7 @@ import measurement.precision as PR
 import measurement.sparsity as SP
 from measurement import prepare as P
 from measurement.store import RunConfig
+from measurement.testing import SizedTensor
 
 
 class Linear:
@@ -34,26 +35,16 @@ class Layer:
         yield from self.mods.items()
 
 
-class Param:
-    def __init__(self, n, size=2):
-        self.n, self.size = n, size
-
-    def numel(self):
-        return self.n
-
-    def element_size(self):
-        return self.size
-
 
 class Net:
     def __init__(self, tied=False, llama=True):
         self.config = NS(vocab_size=100, hidden_size=64, tie_word_embeddings=tied)
         self.model = NS(layers=[Layer(llama), Layer(llama)])
-        self.emb = Param(100 * 64)
+        self.emb = SizedTensor(100 * 64)
         self._advisor_notes = []
 
     def parameters(self):
-        return [self.emb, Param(2 * (64 * 64 + 64 * 128)), Param(64)]
+        return [self.emb, SizedTensor(2 * (64 * 64 + 64 * 128)), SizedTensor(64)]
 
     def get_input_embeddings(self):
         return NS(weight=self.emb)

@@ -17,6 +17,7 @@ import pytest
 
 import measurement.roofline as RF
 from measurement import tp_bench as TB
+from measurement.testing import SizedTensor
 from measurement.tp import shard_plan
 from profiles import load
 
@@ -88,16 +89,6 @@ def _fake_torch(st: State):
     return t, dist
 
 
-class Tensor:
-    def __init__(self, n, size):
-        self.n, self.size = n, size
-
-    def numel(self):
-        return self.n
-
-    def element_size(self):
-        return self.size
-
 
 class Decoder:
     """Records its forward calls; new caches of ``oom_tokens`` tokens or more do not fit."""
@@ -157,11 +148,11 @@ def env(monkeypatch, tmp_path):
 
     def shard(llm, tp, *, device, dtype, layers=None):
         p = shard_plan(llm, tp)
-        return {"embed": Tensor(p.vocab * p.hidden, 2), "layers": Tensor(p.params - p.vocab * p.hidden, 2)}
+        return {"embed": SizedTensor(p.vocab * p.hidden, 2), "layers": SizedTensor(p.params - p.vocab * p.hidden, 2)}
 
     def fp8(w, layers):
         st.fp8_calls.append(layers)
-        return {k: Tensor(v.n, 1) for k, v in w.items()}
+        return {k: SizedTensor(v.n, 1) for k, v in w.items()}
 
     monkeypatch.setattr(TB, "random_shard", shard)
     monkeypatch.setattr(TB, "to_fp8", fp8)
