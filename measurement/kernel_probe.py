@@ -23,6 +23,7 @@ import copy
 import datetime as _dt
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,8 +79,8 @@ def _time_us(fn, iters: int, reps: int) -> float:
     return statistics.median(ms) * 1e3 / reps
 
 
-def _runner(lins, rows: int, mode: str):
-    """(callable, how) for the projections at ``rows`` rows: compiled + CUDA graph, or eager."""
+def _runner(lins, rows: int, mode: str, graph: bool = True):
+    """(callable, how) for the projections at ``rows`` rows: compiled + CUDA graph (``graph``), or eager."""
     import torch
 
     dt = torch.bfloat16
@@ -95,6 +96,8 @@ def _runner(lins, rows: int, mode: str):
         for _ in range(3):
             fn(xs)
         torch.cuda.synchronize()
+        if not graph:
+            return (lambda: fn(xs)), "compiled, no graph (capture failed in an earlier process)"
         try:
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
@@ -105,17 +108,21 @@ def _runner(lins, rows: int, mode: str):
             with torch.cuda.graph(g):
                 fn(xs)
             return g.replay, "compiled+graph"
-        except Exception as e:  # bitsandbytes LLM.int8 and torchao w8a8 fail capture (shared/gpu-notes.md)
-            torch.cuda.synchronize()
-            return (lambda: fn(xs)), f"compiled, no graph ({type(e).__name__})"
+        except Exception as e:  # bitsandbytes LLM.int8 and torchao w8a8 fail capture (shared/gpu-notes.md); the
+            raise CaptureFailed(f"{type(e).__name__}: {e}") from e  # failed capture leaves the process unusable
 
 
-def probe_one(model_id, precision, sparsity, lins, mode, rows, peaks, prov) -> dict:
+class CaptureFailed(RuntimeError):
+    """A CUDA graph capture failed: the CUDA context is left unusable (its RNG stays in capture mode), so the
+    process ends and the parent reruns the rest without graphs."""
+
+
+def probe_one(model_id, precision, sparsity, lins, mode, rows, peaks, prov, graph: bool = True) -> dict:
     import torch
 
     from .roofline import matmul_dtype
 
-    fn, how = _runner(lins, rows, mode)
+    fn, how = _runner(lins, rows, mode, graph)
     with torch.inference_mode():
         us = _time_us(fn, iters=15 if rows <= 64 else 7, reps=20 if rows <= 64 else 3)
     params = sum(lin.in_features * lin.out_features for lin in lins)
@@ -142,53 +149,78 @@ def _prov() -> dict:
             "weights": "random"}
 
 
+def _todo(done: set, prov: dict, model_id: str, precision: str, sparsity: str) -> list[tuple[str, int]]:
+    """(mode, rows) not yet in ``done``: eager first (a failed graph capture ends the process)."""
+    return [(m, r) for m, rs in (("eager", EAGER_ROWS), ("graph", GRAPH_ROWS)) for r in rs
+            if key({**prov, "model": model_id, "precision": precision, "sparsity": sparsity, "mode": m, "rows": r})
+            not in done]
+
+
+def _done(f: Path) -> set:
+    return {key(json.loads(s)) for s in f.read_text().splitlines() if s.strip()} if f.exists() else set()
+
+
+def run_one(out: Path, model_id: str, precision: str, sparsity: str, graph: bool) -> int:
+    """Child process: one (model, method); rows appended to ``out``/kernel_probe.jsonl. Exit 3: capture failed."""
+    peaks = json.loads((out / "peaks.json").read_text())
+    prov = _prov()
+    f = out / "kernel_probe.jsonl"
+    try:
+        _, lins = _layer(model_id, precision, sparsity)
+    except Exception as e:
+        print(f"{model_id} {precision} {sparsity}: not applied: {type(e).__name__}: {e}"[:300], file=sys.stderr)
+        return 4
+    for mode, rows in _todo(_done(f), prov, model_id, precision, sparsity):
+        try:
+            r = probe_one(model_id, precision, sparsity, lins, mode, rows, peaks, prov, graph)
+        except CaptureFailed as e:
+            print(f"{model_id} {precision} {sparsity} {rows}: graph capture failed: {e}"[:300], file=sys.stderr)
+            return 3
+        except Exception as e:
+            print(f"{model_id} {precision} {sparsity} {mode} {rows}: {type(e).__name__}: {e}"[:300], file=sys.stderr)
+            continue
+        with f.open("a") as fh:
+            fh.write(json.dumps(r) + "\n")
+        print(f"{model_id:13s} {precision:9s} {sparsity:14s} {mode:5s} {rows:5d} {r['us']:10.1f} us "
+              f"{r['tflops_achieved']:7.1f} TF/s floor {r['bf16_floor_us']:8.1f} {r['how']}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline-s", type=float, default=540.0)
+    ap.add_argument("--one", help="MODEL:PRECISION:SPARSITY (the child process)")
+    ap.add_argument("--no-graph", action="store_true")
     a = ap.parse_args(argv)
-    import torch
-
+    out = Path(a.out)
+    if a.one:
+        return run_one(out, *a.one.split(":"), graph=not a.no_graph)
     from .roofline import machine_peaks
 
     t0 = time.time()
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    f = out / "kernel_probe.jsonl"
-    done = {key(json.loads(s)) for s in f.read_text().splitlines() if s.strip()} if f.exists() else set()
-    peaks = machine_peaks()
-    (out / "peaks.json").write_text(json.dumps(peaks))
+    if not (out / "peaks.json").exists():
+        (out / "peaks.json").write_text(json.dumps(machine_peaks()))
     prov = _prov()
     for model_id, methods in PLAN:
         for precision, sparsity in methods:
-            todo = [(m, r) for m, rs in (("graph", GRAPH_ROWS), ("eager", EAGER_ROWS)) for r in rs
-                    if key({**prov, "model": model_id, "precision": precision, "sparsity": sparsity,
-                            "mode": m, "rows": r}) not in done]
-            if not todo:
-                continue
-            if time.time() - t0 > a.deadline_s:
-                print("deadline reached", file=sys.stderr)
-                return 0
-            try:
-                model, lins = _layer(model_id, precision, sparsity)
-            except Exception as e:
-                print(f"{model_id} {precision} {sparsity}: not applied: {type(e).__name__}: {e}", file=sys.stderr)
-                continue
-            for mode, rows in todo:
-                if time.time() - t0 > a.deadline_s:
-                    break
+            graph = True
+            while _todo(_done(out / "kernel_probe.jsonl"), prov, model_id, precision, sparsity):
+                left = a.deadline_s - (time.time() - t0)
+                if left < 20:
+                    print("deadline reached", file=sys.stderr)
+                    return 0
+                cmd = [sys.executable, "-m", "measurement.kernel_probe", "--out", str(out),
+                       "--one", f"{model_id}:{precision}:{sparsity}"] + ([] if graph else ["--no-graph"])
                 try:
-                    r = probe_one(model_id, precision, sparsity, lins, mode, rows, peaks, prov)
-                except Exception as e:
-                    print(f"{model_id} {precision} {sparsity} {mode} {rows}: {type(e).__name__}: {e}"[:300],
-                          file=sys.stderr)
+                    rc = subprocess.run(cmd, timeout=left).returncode
+                except subprocess.TimeoutExpired:
+                    return 0
+                if rc == 3 and graph:
+                    graph = False
                     continue
-                with f.open("a") as fh:
-                    fh.write(json.dumps(r) + "\n")
-                print(f"{model_id:13s} {precision:9s} {sparsity:14s} {mode:5s} {rows:5d} {r['us']:10.1f} us "
-                      f"{r['tflops_achieved']:7.1f} TF/s floor {r['bf16_floor_us']:8.1f} {r['how']}", flush=True)
-            del model, lins
-            torch.cuda.empty_cache()
+                break
     return 0
 
 
