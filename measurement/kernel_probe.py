@@ -35,6 +35,7 @@ PLAN = [
     ("llama3.1-70b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense"),
                       ("bnb-nf4", "dense"), ("bnb-int8", "dense")]),
     ("llama3.2-1b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense")]),
+    ("qwen2.5-7b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense")]),
 ]
 GRAPH_ROWS = (1, 16, 64)
 EAGER_ROWS = (1, 2048, 8192)
@@ -150,10 +151,13 @@ def _prov() -> dict:
 
 
 def _todo(done: set, prov: dict, model_id: str, precision: str, sparsity: str) -> list[tuple[str, int]]:
-    """(mode, rows) not yet in ``done``: eager first (a failed graph capture ends the process)."""
+    """(mode, rows) not yet in ``done``: eager first (a failed graph capture ends the process); no compiled rows the
+    harness's compiled backend refuses (measurement.precision.compiled_check)."""
+    from .precision import compiled_check
+
     return [(m, r) for m, rs in (("eager", EAGER_ROWS), ("graph", GRAPH_ROWS)) for r in rs
             if key({**prov, "model": model_id, "precision": precision, "sparsity": sparsity, "mode": m, "rows": r})
-            not in done]
+            not in done and (m == "eager" or compiled_check(precision, r) is None)]
 
 
 def _done(f: Path) -> set:
