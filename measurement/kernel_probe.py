@@ -194,12 +194,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline-s", type=float, default=540.0)
-    ap.add_argument("--one", help="MODEL:PRECISION:SPARSITY (the child process)")
+    ap.add_argument("--one", help="MODEL,PRECISION,SPARSITY (the child process)")
     ap.add_argument("--no-graph", action="store_true")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if a.one:
-        return run_one(out, *a.one.split(":"), graph=not a.no_graph)
+        return run_one(out, *a.one.split(","), graph=not a.no_graph)
     from .roofline import machine_peaks
 
     t0 = time.time()
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                     print("deadline reached", file=sys.stderr)
                     return 0
                 cmd = [sys.executable, "-m", "measurement.kernel_probe", "--out", str(out),
-                       "--one", f"{model_id}:{precision}:{sparsity}"] + ([] if graph else ["--no-graph"])
+                       "--one", f"{model_id},{precision},{sparsity}"] + ([] if graph else ["--no-graph"])
                 try:
                     rc = subprocess.run(cmd, timeout=left).returncode
                 except subprocess.TimeoutExpired:
