@@ -28,17 +28,19 @@ import sys
 import time
 from pathlib import Path
 
-# (model, [(precision, sparsity)]): the methods the harness measures; the 1B only where its small shapes matter
-PLAN = [
-    ("llama3.1-8b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense"),
-                     ("bnb-nf4", "dense"), ("bnb-int8", "dense"), ("w8a8", "dense"), ("bf16", "2:4-magnitude")]),
-    ("llama3.1-70b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense"),
-                      ("bnb-nf4", "dense"), ("bnb-int8", "dense")]),
-    ("llama3.2-1b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense")]),
-    ("qwen2.5-7b", [("bf16", "dense"), ("fp8", "dense"), ("awq-int4", "dense"), ("int8-wo", "dense")]),
-]
-GRAPH_ROWS = (1, 16, 64)
-EAGER_ROWS = (1, 2048, 8192)
+PLAN_PATH = Path(__file__).resolve().parent / "sweeps" / "kernel_probe.yaml"
+
+
+def _plan() -> tuple[list[tuple[str, list[tuple[str, str]]]], tuple[int, ...], tuple[int, ...]]:
+    """(model, [(precision, sparsity)]) pairs, graph rows and eager rows from sweeps/kernel_probe.yaml."""
+    import yaml
+
+    d = yaml.safe_load(PLAN_PATH.read_text())
+    return ([(m, [tuple(x) for x in v]) for m, v in d["models"].items()], tuple(d["graph_rows"]),
+            tuple(d["eager_rows"]))
+
+
+PLAN, GRAPH_ROWS, EAGER_ROWS = _plan()
 
 
 def key(r: dict) -> tuple:
