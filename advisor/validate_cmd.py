@@ -10,10 +10,11 @@ HELD_OUT_NOTE = (
     "(analytical, held out: every constant read off these rows (eager host, KV read, KV dequant, the kernels' "
     "compiled bandwidth fractions and per-layer ms (FUSED), prefill compute fractions (PREFILL), the compiled step "
     "overhead, the 2:4, int4 and int8-wo batch costs) refitted by models/harness_fit.py on each fold's training "
-    "rows (a stated prior where they lack the evidence), the correction fitted on those predictions; in-sample: the "
-    "shipped constants, fitted on all these rows. Not derived from these rows, so left as they are: the PROBE "
-    "(H200 projection probe) and TORCHAO (torchao's published table) figures in models/data/harness_kernels.json "
-    "and models/efficiency.py)")
+    "rows (where they lack the evidence: the kernel probes of measurement/data/kernel_probe transferred through the "
+    "methods the fold did fit, else a stated prior), the correction fitted on those predictions; in-sample: the "
+    "shipped constants, fitted on all these rows. Not derived from these rows, so left as they are: the kernel "
+    "probes, the PROBE (H200 projection probe) and TORCHAO (torchao's published table) figures in "
+    "models/data/harness_kernels.json and models/efficiency.py)")
 
 
 def register_validate(main: click.Group) -> None:

@@ -20,7 +20,9 @@ models.speed.predict_speed takes):
   which the median of analytical / measured prefill time is 1 (the hand recipe applied once the earlier fraction
   times that median; the code solves for the fixed point by bisection).
 
-Methods whose ``kernels_of`` names another take that method's fitted figures.
+Methods whose ``kernels_of`` names another take that method's fitted figures. Where a fold's rows lack the evidence
+for a method's figure, its prior comes from the kernel probes (measurement/data/kernel_probe, models/harness_probe.py:
+one decoder layer's projections per method timed alone on an H200), transferred through the methods the fold did fit.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from profiles import Catalog
 
 from . import efficiency as eff
 from .candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY
+from .harness_probe import bw_prior, compute_prior, reread_prior, row_factor_prior, sparse24_sparsity
 from .memory import param_counts
 from .speed import _decode_time_s, _prefill_time_s
 
@@ -43,15 +46,21 @@ PREFILL_MIN_TOKENS = 8192  # the PREFILL recipe's ">= 8192 tokens (batch x promp
 KERNEL_PRIORS = {
     "compiled_step_ms_per_layer": "no FUSED bf16 batch-1 row: fitted at the prior bf16 fraction on the unmerged "
                                   "regional-graph bf16 batch-1 rows; none: 0",
-    "bw_compiled": "bf16 without FUSED batch-1 rows of two model sizes: PROBE's cuBLAS fraction (harness_kernels.json "
-                   "prior); another method without FUSED batch-1 rows: the median of the other methods' compiled "
-                   "fractions (no PROBE or TORCHAO compiled figure exists for them)",
+    "bw_compiled": "bf16 without FUSED batch-1 rows of two model sizes: its one-row kernel probe transferred from the "
+                   "methods fitted on the rows (below), which are then fitted again, else PROBE's cuBLAS fraction "
+                   "(harness_kernels.json prior); another method without FUSED batch-1 rows: its one-row kernel probe "
+                   "at k times the probe's time, k the median model / probe time of the fitted methods' probes "
+                   "(models/harness_probe.py bw_prior), else the median of the other methods' compiled fractions",
     "layer_ms_compiled": "FUSED batch-1 rows of one model size only, or none: 0 (the fraction alone is fitted)",
-    "sparse24": "no FUSED 2:4 row: PROBE's compiled fraction (15.4 / 76.5 us) and row factor 0; no row above "
-                "16 rows: row factor 0",
-    "int4_compiled_row_factor": "no compiled row above batch 1 of a row_factor method: 0 (the one-row time)",
-    "int8wo_compiled_bytes_per_weight_per_row": "no compiled row above batch 1 of a weight_reread method: 0",
-    "compute": "no dense prefill of >= 8192 tokens of the precision: the median of the other precisions' fractions",
+    "sparse24": "no FUSED 2:4 row: the 2:4 kernel probe at 16 rows transferred as the methods' (models/harness_probe.py"
+                "), else PROBE's compiled fraction (15.4 / 76.5 us), and row factor 0; no row above 16 rows: row factor 0",
+    "int4_compiled_row_factor": "no compiled row above batch 1 of a row_factor method: the kernel probes' growth "
+                                "with rows (models/harness_probe.py), else 0 (the one-row time)",
+    "int8wo_compiled_bytes_per_weight_per_row": "no compiled row above batch 1 of a weight_reread method: the kernel "
+                                                "probes' extra bytes per weight per row, else the stored bytes",
+    "compute": "no dense prefill of >= 8192 tokens of the precision: its kernel probe plus the median extra time "
+               "per FLOP of the fitted precisions over their probes (models/harness_probe.py compute_prior), else the "
+               "median of the other precisions' fractions",
 }
 _X0_LAYER_MS = 0.01
 
@@ -134,11 +143,14 @@ def _fit_methods(cat, rows, c, ev) -> dict:
             ev[f"bw_compiled[{p}]"] = f"FUSED batch-1 rows: {len(b1)}"
             if lay:
                 ev[f"layer_ms_compiled[{p}]"] = "prior: 0 (rows of one model size)"
+    fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in [DEFAULT_PRECISION, *todo]
+              if q not in missing and not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
     for p in missing:
+        tr = bw_prior(p, fitted)
         others = [eff.bw_fraction(q, "compiled", c) for q in eff.precisions()
                   if q not in missing and eff.kernels_of(q) not in missing and eff.kernels_of(q) == q]
-        c = _with_twins(c, "bw_compiled", p, _median(others))
-        ev[f"bw_compiled[{p}]"] = f"prior: median of {len(others)} other methods' compiled fractions"
+        c = _with_twins(c, "bw_compiled", p, tr[0] if tr else _median(others))
+        ev[f"bw_compiled[{p}]"] = tr[1] if tr else f"prior: median of {len(others)} other methods' compiled fractions"
         if "layer_ms.compiled" in eff.fitted_figures(p):
             ev[f"layer_ms_compiled[{p}]"] = "prior: 0"
     return c
@@ -149,8 +161,12 @@ def _fit_sparse24(cat, rows, c, ev) -> dict:
          and r["cand"].sparsity.startswith("2:4") and r["cand"].kv == DEFAULT_KV and r["cand"].kv_budget is None]
     prior = {"bw_compiled": eff.SPARSE_24["probe_bw_compiled"], "row_factor": 0.0}
     if not s:
-        ev["sparse24"] = "prior: PROBE fraction, row factor 0"
-        return {**c, "sparse24": prior}
+        fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in eff.precisions()
+                  if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+        sp = sparse24_sparsity()
+        tr = bw_prior(DEFAULT_PRECISION, fitted, sparsity=sp, rows=16) if sp else None
+        ev["sparse24"] = (tr[1] + " (16 rows), row factor 0") if tr else "prior: PROBE fraction, row factor 0"
+        return {**c, "sparse24": {**prior, "bw_compiled": tr[0]} if tr else prior}
     if any(r["sc"].batch > 16 for r in s):
         f = lambda cc, x: {**cc, "sparse24": {"bw_compiled": x[0], "row_factor": x[1]}}  # noqa: E731
         x = _lsq(cat, s, c, f, [prior["bw_compiled"], 0.01], [0.005, 0.0], [3.0, 1.0])
@@ -172,8 +188,9 @@ def _batch_rows(cat: Catalog, rows: list[dict], cost: str) -> list[dict]:
 def _fit_row_costs(cat, rows, c, ev) -> dict:
     i4 = _batch_rows(cat, rows, "row_factor")
     f = lambda cc, x: _set(cc, "int4_compiled_row_factor", None, x[0])  # noqa: E731
-    c = f(c, _lsq(cat, i4, c, f, [0.1], [0.0], [10.0]) if i4 else [0.0])
-    ev["int4_compiled_row_factor"] = f"compiled int4 rows above batch 1: {len(i4)}" if i4 else "prior: 0"
+    pr = row_factor_prior()
+    c = f(c, _lsq(cat, i4, c, f, [0.1], [0.0], [10.0]) if i4 else [pr[0] if pr else 0.0])
+    ev["int4_compiled_row_factor"] = f"compiled int4 rows above batch 1: {len(i4)}" if i4 else (pr[1] if pr else "prior: 0")
     i8 = _batch_rows(cat, rows, "weight_reread")
     key = "int8wo_compiled_bytes_per_weight_per_row"
     c0 = _set(c, key, None, 0.0)
@@ -184,6 +201,10 @@ def _fit_row_costs(cat, rows, c, ev) -> dict:
     if v:
         ev[key] = f"compiled int8 weight-only rows above batch 1: {len(v)}"
         return _set(c, key, None, max(_median(v), 0.0))
+    pr = reread_prior()
+    if pr:
+        ev[key] = pr[1]
+        return _set(c, key, None, pr[0])
     prior = _reread_prior(cat)
     ev[key] = f"prior: {prior:g} (the stored weight bytes, read once more per row: the mechanism's lower bound)"
     return _set(c, key, None, prior)
@@ -223,10 +244,12 @@ def _fit_compute(cat, rows, c, ev) -> dict:
                 hi = mid
         c = _with_twins(c, "compute", p, math.exp((lo + hi) / 2))
         ev[f"compute[{p}]"] = f"prefills >= {PREFILL_MIN_TOKENS} tokens: {len(rs)}"
+    fitted = {q: eff.compute_fraction(q, c) for q in todo if q not in missing and eff.kernels_of(q) == q}
     for p in missing:
+        tr = compute_prior(p, fitted)
         others = [eff.compute_fraction(q, c) for q in eff.precisions() if eff.kernels_of(q) == q and q not in missing]
-        c = _with_twins(c, "compute", p, _median(others))
-        ev[f"compute[{p}]"] = f"prior: median of {len(others)} other precisions' fractions"
+        c = _with_twins(c, "compute", p, tr[0] if tr else _median(others))
+        ev[f"compute[{p}]"] = tr[1] if tr else f"prior: median of {len(others)} other precisions' fractions"
     return c
 
 
@@ -243,6 +266,14 @@ def fit_kernels(cat: Catalog, rows: list[dict], c: dict, ev: dict, rnd) -> dict:
     methods' with them fixed, the batch costs with the methods' fractions fixed, prefill compute last."""
     c = _fit_bf16(cat, rows, c, ev)
     c = _fit_methods(cat, rows, c, ev)
+    if ev[f"bw_compiled[{DEFAULT_PRECISION}]"].startswith("prior"):  # no bf16 row: from the methods' probes, then
+        fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c))  # the methods once more
+                  for q in eff.precisions() if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+        tr = bw_prior(DEFAULT_PRECISION, fitted)
+        if tr:
+            c = _with_twins(c, "bw_compiled", DEFAULT_PRECISION, tr[0])
+            c = _fit_methods(cat, rows, c, ev)
+            ev[f"bw_compiled[{DEFAULT_PRECISION}]"] = tr[1]
     c = _fit_sparse24(cat, rows, c, ev)
     c = _fit_row_costs(cat, rows, c, ev)
     c = _fit_compute(cat, rows, c, ev)

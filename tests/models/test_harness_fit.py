@@ -13,6 +13,7 @@ import pytest
 
 from models import efficiency as eff
 from models import harness_fit as HF
+from models import harness_probe as HP
 from models.candidate import Candidate, Scenario
 from models.speed import predict_speed
 from profiles import load
@@ -179,9 +180,13 @@ def test_a_kernel_figure_without_evidence_takes_its_stated_prior():
     no_fp8 = rows[rows["precision"] != "fp8"]
     ev = {}
     got = HF.fit_constants(no_fp8, load(), ev)
-    others = [got["bw_compiled"]["bf16"], got["bw_compiled"]["awq-int4"]] + [
-        eff.kernel(p)["bw"]["compiled"] for p in eff.precisions() if "compiled" in eff.kernel(p)["bw"]]
-    assert got["bw_compiled"]["fp8"] == pytest.approx(float(np.median(others)), rel=0.01)
+    # fp8's figures come from its kernel probes, transferred through the methods the rows did fit
+    fitted = {q: (got["bw_compiled"][q], got["layer_ms_compiled"].get(q, 0.0)) for q in ("bf16", "awq-int4")}
+    assert got["bw_compiled"]["fp8"] == pytest.approx(HP.bw_prior("fp8", fitted)[0], rel=0.01)
+    assert ev["bw_compiled[fp8]"].startswith("prior: kernel probe")
     assert got["layer_ms_compiled"]["fp8"] == 0.0 and ev["layer_ms_compiled[fp8]"] == "prior: 0"
-    assert ev["compute[fp8]"].startswith("prior: median")
+    assert ev["compute[fp8]"].startswith("prior: kernel probe")
+    fitted_c = {q: got["compute"][q] for q in ("bf16", "int8-wo", "bnb-int8", "bnb-nf4", "awq-int4")
+                if not ev[f"compute[{q}]"].startswith("prior")}
+    assert got["compute"]["fp8"] == pytest.approx(HP.compute_prior("fp8", fitted_c)[0], rel=0.01)
     assert got["int8wo_compiled_bytes_per_weight_per_row"] == pytest.approx(8.0, rel=0.01)
