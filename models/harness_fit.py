@@ -31,6 +31,7 @@ from . import efficiency as eff
 from .candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Scenario
 from .measured_rows import row_candidate, usable_rows
 from .harness_fit_kernels import KERNEL_PRIORS, fit_kernels, initial
+from .harness_probe import eager_nearest
 from .roofline import decode_step, prefill_step
 from .speed import _decode_time_s
 
@@ -38,8 +39,9 @@ SIG_DIGITS = 3  # significant digits kept (the hand values carried 2-3)
 KV_READ_MIN_BATCH = 16  # the KV read dominates from here (the recipe's "batch >= 16")
 KV_READ_MIN_PROMPT_EAGER = 4096  # the eager recipe's "batch 16-64 x prompt 4096 rows"
 PRIORS = {
-    "eager_host_ms_per_layer": "no eager bf16 row: the median ms per layer over the eager rows of every precision; "
-                               "no eager row at all: 0 (no host time modelled)",
+    "eager_host_ms_per_layer": "no eager bf16 row: the median ms per layer over the eager rows of the method whose "
+                               "eager kernel probe is nearest bf16's (models/harness_probe.py), else over the eager "
+                               "rows of every precision; no eager row at all: 0 (no host time modelled)",
     "eager_host_factor": "no batch-1 eager row of the precision: the factor of a measured precision with the same "
                          "harness kernels (harness_kernels.json kernels_of), else bf16's 1.0",
     "eager_host_factor_24": "no batch-1 eager 2:4 row: dense's 1.0",
@@ -104,6 +106,12 @@ def eager_host_ms_per_layer(rows: list[dict], ev: dict) -> float:
     if ref:
         ev["eager_host_ms_per_layer"] = f"eager bf16 rows: {len(ref)}"
         return _median(ref)
+    near = eager_nearest({r["cand"].precision for r in _eager(rows) if _plain(r)}, DEFAULT_PRECISION)
+    if near:
+        v = [r["ms"] / r["layers"] for r in _eager(rows) if _plain(r) and r["cand"].precision == near]
+        ev["eager_host_ms_per_layer"] = (f"prior: {near}'s eager rows ({len(v)}), the method whose eager kernel probe "
+                                         "is nearest bf16's")
+        return _median(v)
     fam = [r["ms"] / r["layers"] for r in _eager(rows) if _plain(r)]
     ev["eager_host_ms_per_layer"] = f"prior: median over {len(fam)} eager rows of every precision" if fam else \
         "prior: 0 (no eager row)"

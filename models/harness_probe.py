@@ -20,6 +20,7 @@ row (dimensionless growth, extra bytes).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from functools import lru_cache
 from pathlib import Path
@@ -187,3 +188,19 @@ def reread_prior() -> tuple[float, str] | None:
     beyond the one-row time, times the copy bandwidth, over the projection weights times the rows."""
     v = [(b["us"] - a["us"]) * 1e-6 * _copy_bw(b) / (b["linear_params"] * b["rows"]) for a, b in _batch_pairs("weight_reread")]
     return (float(statistics.median(v)), f"prior: kernel probes above one row: {len(v)}") if v else None
+
+
+def eager_nearest(precisions: set[str], reference: str) -> str | None:
+    """Of ``precisions``, the one whose eager one-row probe (the host work of issuing a layer's projections
+    eagerly) is nearest ``reference``'s: the median over the probed models of its time over the reference's, the
+    smallest |log| wins; None where no probed model has both."""
+    one = {(r["model"], r["precision"]): r["us"] for r in probe_rows()
+           if r["mode"] == "eager" and r["rows"] == 1 and r["sparsity"] == DEFAULT_SPARSITY}
+    best = None
+    for q in sorted(precisions):
+        v = [one[(m, q)] / one[(m, p)] for (m, p) in one if p == reference and (m, q) in one]
+        if v:
+            d = abs(math.log(statistics.median(v)))
+            if best is None or d < best[0]:
+                best = (d, q)
+    return best[1] if best else None

@@ -116,7 +116,11 @@ def test_without_evidence_a_constant_takes_its_stated_prior():
     no_bf16 = no_bf16[no_bf16["precision"] != "bf16"]
     ev = {}
     got = HF.fit_constants(no_bf16, load(), ev)
-    assert ev["eager_host_ms_per_layer"].startswith("prior: median over")
+    eager = set(no_bf16.loc[(no_bf16["backend"] == "eager") & (no_bf16["sparsity"] == "dense")
+                            & (no_bf16["kv"] == "kv-fp16"), "precision"])
+    near = HP.eager_nearest(eager, "bf16")  # the method whose eager kernel probe is nearest bf16's
+    assert near in eager and ev["eager_host_ms_per_layer"].startswith(f"prior: {near}'s eager rows")
+    assert near != max(eager, key=lambda q: got["eager_host_factor"][q])  # not the slowest-host method
     assert got["kv_read_fraction"]["eager"] == got["kv_read_fraction"]["compiled"]  # the eager rows are bf16
 
 

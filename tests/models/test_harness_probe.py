@@ -75,3 +75,12 @@ def test_a_broken_probe_file_names_its_line(tmp_path):
     f.write_text(json.dumps(_row("bf16", "graph", 1, 1.0)) + "\n{broken\n")
     with pytest.raises(ValueError, match="line 2"):
         HP.probe_rows(f)
+
+
+def test_eager_nearest_picks_the_method_whose_eager_probe_is_closest(fake_rows):
+    fake_rows([_row("bf16", "eager", 1, 200.0), _row("awq-int4", "eager", 1, 500.0),
+               _row("fp8", "eager", 1, 4000.0), _row("bnb-nf4", "eager", 1, 300.0, model="m2")])
+    assert HP.eager_nearest({"awq-int4", "fp8"}, "bf16") == "awq-int4"
+    assert HP.eager_nearest({"bnb-nf4"}, "bf16") is None  # probed on another model only
+    fake_rows([_row("bf16", "eager", 1, 200.0), _row("awq-int4", "eager", 1, 500.0), _row("fp8", "eager", 1, 90.0)])
+    assert HP.eager_nearest({"awq-int4", "fp8"}, "bf16") == "fp8"  # nearest on a log scale: 2.2x beats 2.5x
