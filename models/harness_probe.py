@@ -125,7 +125,7 @@ def bw_prior(precision: str, fitted: dict[str, tuple[float, float]], sparsity: s
     ``sparsity`` and ``rows`` pick other probes of the method (2:4 kernels need 16 rows)."""
     mine = _one_row(precision, sparsity, rows)
     ks = [(_nbytes(r) / (_copy_bw(r) * f) + lay * 1e-3) / (r["us"] * 1e-6)
-          for q, (f, lay) in fitted.items() if q != precision for r in _one_row(q)]
+          for q, (f, lay) in fitted.items() if q != precision or sparsity != DEFAULT_SPARSITY for r in _one_row(q)]
     if not mine or not ks:
         return None
     k = float(statistics.median(ks))

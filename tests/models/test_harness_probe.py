@@ -84,3 +84,10 @@ def test_eager_nearest_picks_the_method_whose_eager_probe_is_closest(fake_rows):
     assert HP.eager_nearest({"bnb-nf4"}, "bf16") is None  # probed on another model only
     fake_rows([_row("bf16", "eager", 1, 200.0), _row("awq-int4", "eager", 1, 500.0), _row("fp8", "eager", 1, 90.0)])
     assert HP.eager_nearest({"awq-int4", "fp8"}, "bf16") == "fp8"  # nearest on a log scale: 2.2x beats 2.5x
+
+
+def test_a_sparse_probe_transfers_through_the_dense_fit_of_its_own_precision():
+    fitted = {"bf16": (1.0, 0.0)}
+    assert HP.bw_prior("bf16", fitted) is None  # a method never transfers through itself
+    sp = HP.sparse24_sparsity()
+    assert sp is not None and HP.bw_prior("bf16", fitted, sparsity=sp, rows=16) is not None  # its dense kernels do
