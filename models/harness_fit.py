@@ -31,7 +31,7 @@ from . import efficiency as eff
 from .candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Scenario
 from .measured_rows import row_candidate, usable_rows
 from .harness_fit_kernels import KERNEL_PRIORS, fit_kernels, initial
-from .harness_probe import eager_nearest
+from .harness_probe import eager_factor_prior, eager_nearest
 from .roofline import decode_step, prefill_step
 from .speed import _decode_time_s
 
@@ -43,7 +43,9 @@ PRIORS = {
                                "eager kernel probe is nearest bf16's (models/harness_probe.py), else over the eager "
                                "rows of every precision; no eager row at all: 0 (no host time modelled)",
     "eager_host_factor": "no batch-1 eager row of the precision: the factor of a measured precision with the same "
-                         "harness kernels (harness_kernels.json kernels_of), else bf16's 1.0",
+                         "harness kernels (harness_kernels.json kernels_of), else 1 + g (r - 1) with r its eager "
+                         "kernel probe over bf16's and g the fitted methods' median share (models/harness_probe.py "
+                         "eager_factor_prior), else bf16's 1.0",
     "eager_host_factor_24": "no batch-1 eager 2:4 row: dense's 1.0",
     "kv_read_fraction": "eager without batch >= 16 x prompt >= 4096 eager rows: the compiled fraction; "
                         "compiled without prompt pairs at batch >= 16: 1.0 (the copy bandwidth)",
@@ -150,11 +152,14 @@ def eager_host_factors(rows: list[dict], base_ms_per_layer: float, ev: dict) -> 
         if v:
             out[p] = _median(v)
             seen[p] = len(v)
+    fitted = {p: out[p] for p in seen}
     for p in eff.precisions():
         if p not in out:
             twin = eff.kernels_of(p) if eff.kernels_of(p) in out else None
-            out[p] = out[twin] if twin else 1.0
-            ev[f"eager_host_factor[{p}]"] = f"prior: {twin}'s (same harness kernels)" if twin else "prior: 1.0"
+            tr = None if twin else eager_factor_prior(p, fitted, DEFAULT_PRECISION)
+            out[p] = out[twin] if twin else (tr[0] if tr else 1.0)
+            ev[f"eager_host_factor[{p}]"] = f"prior: {twin}'s (same harness kernels)" if twin else (
+                tr[1] if tr else "prior: 1.0")
         elif p in seen:
             ev[f"eager_host_factor[{p}]"] = f"batch-1 eager rows: {seen[p]}"
     out = {p: out[p] for p in eff.precisions()}

@@ -204,3 +204,25 @@ def eager_nearest(precisions: set[str], reference: str) -> str | None:
             if best is None or d < best[0]:
                 best = (d, q)
     return best[1] if best else None
+
+
+def _eager_ratio(precision: str, reference: str) -> float | None:
+    one = {(r["model"], r["precision"]): r["us"] for r in probe_rows()
+           if r["mode"] == "eager" and r["rows"] == 1 and r["sparsity"] == DEFAULT_SPARSITY}
+    v = [one[(m, precision)] / one[(m, p)] for (m, p) in one if p == reference and (m, precision) in one]
+    return float(statistics.median(v)) if v else None
+
+
+def eager_factor_prior(precision: str, fitted: dict[str, float], reference: str) -> tuple[float, str] | None:
+    """(eager host factor, evidence) of ``precision`` (its eager step's host time over ``reference``'s) where no row
+    measures it: its eager one-row probe over the reference's, r, taken as extra host work: 1 + g (r - 1), g the
+    median over the methods in ``fitted`` (factors fitted on rows) of (factor - 1) / (r - 1): the share of a layer's
+    extra projection-issue time that shows in a whole eager step. None without probes."""
+    r = _eager_ratio(precision, reference)
+    g = [(f - 1) / (rq - 1) for q, f in fitted.items() if q not in (precision, reference)
+         and (rq := _eager_ratio(q, reference)) is not None and rq > 1.05]
+    if r is None or not g:
+        return None
+    gm = float(statistics.median(g))
+    return max(1.0 + gm * (r - 1), 1.0), (f"prior: eager kernel probe {r:.2f}x {reference}'s, at the median share "
+                                          f"{gm:.2f} of {len(g)} fitted methods")

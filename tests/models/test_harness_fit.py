@@ -96,7 +96,16 @@ def _close(a, b, rel=0.01):
 def test_the_derivation_recovers_the_constants_that_generated_the_rows():
     ev: dict = {}
     got = HF.fit_constants(_synthetic(), load(), ev)
-    _close(got, KNOWN)
+    # a precision without eager rows here (w8a8) takes its eager factor from its kernel probe, not from the rows
+    probed = [p for p in got["eager_host_factor"] if ev.get(f"eager_host_factor[{p}]", "").startswith(
+        "prior: eager kernel probe")]
+    assert probed
+    fitted = {q: got["eager_host_factor"][q] for q in got["eager_host_factor"]
+              if ev.get(f"eager_host_factor[{q}]", "").startswith("batch-1 eager rows")}
+    for p in probed:
+        assert got["eager_host_factor"][p] == pytest.approx(HP.eager_factor_prior(p, fitted, "bf16")[0], rel=0.01)
+    _close(got, {**KNOWN, "eager_host_factor": {**KNOWN["eager_host_factor"],
+                                                **{p: got["eager_host_factor"][p] for p in probed}}})
     assert not [k for k, v in ev.items() if v.startswith("prior") and "fp16" not in k and "w8a8" not in k
                 and "bnb" not in k and "gptq" not in k], ev
     assert got["eager_host_factor"]["gptq-int4"] == got["eager_host_factor"]["awq-int4"]  # same harness kernels
@@ -105,7 +114,11 @@ def test_the_derivation_recovers_the_constants_that_generated_the_rows():
 def test_without_evidence_a_constant_takes_its_stated_prior():
     ev: dict = {}
     got = HF.fit_constants(_synthetic(kv_rows=False, fp8_rows=False), load(), ev)
-    assert got["eager_host_factor"]["fp8"] == 1.0 and ev["eager_host_factor[fp8]"] == "prior: 1.0"
+    fitted = {q: got["eager_host_factor"][q] for q in got["eager_host_factor"]
+              if ev.get(f"eager_host_factor[{q}]", "").startswith("batch-1 eager rows")}
+    assert ev["eager_host_factor[fp8]"].startswith("prior: eager kernel probe")  # no fp8 row: its probe
+    assert got["eager_host_factor"]["fp8"] == pytest.approx(HP.eager_factor_prior("fp8", fitted, "bf16")[0], rel=0.01)
+    assert got["eager_host_factor"]["fp8"] > max(fitted.values())  # fp8's eager probe is the slowest issued
     assert got["kv_dequant_bytes_per_elem"] == 0.0 and ev["kv_dequant_bytes_per_elem"] == "prior: 0"
     assert set(got["kvq_host_ms_per_layer"].values()) == {0.0}
     only_int4 = _synthetic()

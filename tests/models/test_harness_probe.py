@@ -91,3 +91,13 @@ def test_a_sparse_probe_transfers_through_the_dense_fit_of_its_own_precision():
     assert HP.bw_prior("bf16", fitted) is None  # a method never transfers through itself
     sp = HP.sparse24_sparsity()
     assert sp is not None and HP.bw_prior("bf16", fitted, sparsity=sp, rows=16) is not None  # its dense kernels do
+
+
+def test_eager_factor_prior_scales_the_probe_by_the_fitted_methods_share(fake_rows):
+    fake_rows([_row("bf16", "eager", 1, 100.0), _row("awq-int4", "eager", 1, 300.0),
+               _row("fp8", "eager", 1, 1100.0), _row("int8-wo", "eager", 1, 500.0)])
+    # awq: (1.4 - 1) / (3 - 1) = 0.2, int8-wo: (1.8 - 1) / (5 - 1) = 0.2 -> fp8: 1 + 0.2 x (11 - 1) = 3.0
+    got, ev = HP.eager_factor_prior("fp8", {"awq-int4": 1.4, "int8-wo": 1.8}, "bf16")
+    assert got == pytest.approx(3.0) and "0.20" in ev
+    assert HP.eager_factor_prior("fp8", {}, "bf16") is None
+    assert HP.eager_factor_prior("bnb-nf4", {"awq-int4": 1.4}, "bf16") is None  # never probed
