@@ -53,7 +53,8 @@ KERNEL_PRIORS = {
                    "(models/harness_probe.py bw_prior), else the median of the other methods' compiled fractions",
     "layer_ms_compiled": "FUSED batch-1 rows of one model size only, or none: 0 (the fraction alone is fitted)",
     "sparse24": "no FUSED 2:4 row: the 2:4 kernel probe at 16 rows transferred as the methods' (models/harness_probe.py"
-                "), else PROBE's compiled fraction (15.4 / 76.5 us), and row factor 0; no row above 16 rows: row factor 0",
+                "; through bf16's prior fraction where no method is fitted), else PROBE's compiled fraction (15.4 / "
+                "76.5 us), and row factor 0; no row above 16 rows: row factor 0",
     "int4_compiled_row_factor": "no compiled row above batch 1 of a row_factor method: the kernel probes' growth "
                                 "with rows (models/harness_probe.py), else 0 (the one-row time)",
     "int8wo_compiled_bytes_per_weight_per_row": "no compiled row above batch 1 of a weight_reread method: the kernel "
@@ -163,6 +164,8 @@ def _fit_sparse24(cat, rows, c, ev) -> dict:
     if not s:
         fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in eff.precisions()
                   if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+        # no fitted method: through bf16's dense figure, its prior (the 2:4 kernels are bf16's own, sparse)
+        fitted = fitted or {DEFAULT_PRECISION: (eff.bw_fraction(DEFAULT_PRECISION, "compiled", c), 0.0)}
         sp = sparse24_sparsity()
         tr = bw_prior(DEFAULT_PRECISION, fitted, sparsity=sp, rows=16) if sp else None
         ev["sparse24"] = (tr[1] + " (16 rows), row factor 0") if tr else "prior: PROBE fraction, row factor 0"

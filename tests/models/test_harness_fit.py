@@ -191,7 +191,11 @@ def test_a_kernel_figure_without_evidence_takes_its_stated_prior():
     got = HF.fit_constants(rows[rows["compile_mode"] != FUSED], load(), ev)  # no FUSED row at all
     assert got["bw_compiled"]["bf16"] == eff.kernel("bf16")["prior"]["bw.compiled"]
     assert ev["bw_compiled[bf16]"].startswith("prior")
-    assert got["sparse24"] == {"bw_compiled": eff.SPARSE_24["probe_bw_compiled"], "row_factor": 0.0}
+    # no 2:4 row and no fitted method: the 2:4 kernel probe, through bf16's prior fraction
+    through = HP.bw_prior("bf16", {"bf16": (got["bw_compiled"]["bf16"], 0.0)}, sparsity=HP.sparse24_sparsity(),
+                          rows=16)[0]
+    assert got["sparse24"] == {"bw_compiled": pytest.approx(through, rel=0.01), "row_factor": 0.0}
+    assert through != eff.SPARSE_24["probe_bw_compiled"]
     # the unmerged rows stand in for the step overhead at the prior fraction (none at batch 1 of bf16 here)
     assert ev["compiled_step_ms_per_layer"] == "prior: 0"
     no_fp8 = rows[rows["precision"] != "fp8"]
