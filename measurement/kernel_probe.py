@@ -47,26 +47,18 @@ def key(r: dict) -> tuple:
     return (r["gpu_name"], r["model"], r["precision"], r["sparsity"], r["mode"], r["rows"])
 
 
-def _layer(model_id: str, precision: str, sparsity: str):
-    """A one-layer random-weight copy of ``model_id`` with ``sparsity`` then ``precision`` applied by the harness's
-    own code (measurement.precision / measurement.sparsity); returns its decoder linears."""
-    import torch
-
-    from profiles import load
-
-    from .build import build_random, profile_config
+def _layer(model_id: str, precision: str, sparsity: str, device: str = "cuda"):
+    """A one-layer random-weight copy of ``model_id`` with ``sparsity`` then ``precision`` applied, built as the
+    harness builds its models (measurement.prepare.prepare_model); returns the model and its decoder linears."""
+    from .build import profile_config
     from .method_base import decoder_linears
-    from .precision import apply_precision
-    from .sparsity import apply_sparsity
+    from .prepare import prepare_model
+    from .store import RunConfig
 
     cfg = copy.deepcopy(profile_config(model_id))
     cfg.num_hidden_layers = 1
-    m = load().methods.get(precision)
-    dtype = getattr(torch, (m.get("torch_dtype") if m is not None else None) or "bfloat16")
-    model = build_random(cfg, dtype=dtype, device="cuda")
-    apply_sparsity(model, sparsity)
-    apply_precision(model, precision)
-    return model, [lin for _, lin in decoder_linears(model)]
+    ctx = prepare_model(RunConfig(model_id, precision=precision, sparsity=sparsity), device, config=cfg)
+    return ctx.model, [lin for _, lin in decoder_linears(ctx.model)]
 
 
 def _time_us(fn, iters: int, reps: int) -> float:

@@ -96,6 +96,13 @@ def _lsq(cat: Catalog, rows: list[dict], c: dict, apply, x0, lo, hi) -> np.ndarr
     return least_squares(res, np.clip(x0, lo, hi), bounds=(lo, hi), x_scale="jac").x
 
 
+def _fitted_bw(c: dict, ev: dict) -> dict:
+    """{precision: (compiled fraction, fixed ms per layer)} of the methods whose compiled fraction the rows fitted
+    (evidence not a prior): what :func:`~models.harness_probe.bw_prior` transfers a probe through."""
+    return {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in eff.precisions()
+            if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+
+
 def _compiled_b1(rows: list[dict], precision: str, mode: str = FUSED_MODE) -> list[dict]:
     return [r for r in rows if r["sc"].backend == "compiled" and r["cm"] == mode and r["sc"].batch == 1
             and r["cand"].precision == precision and r["cand"].sparsity == DEFAULT_SPARSITY
@@ -144,8 +151,7 @@ def _fit_methods(cat, rows, c, ev) -> dict:
             ev[f"bw_compiled[{p}]"] = f"FUSED batch-1 rows: {len(b1)}"
             if lay:
                 ev[f"layer_ms_compiled[{p}]"] = "prior: 0 (rows of one model size)"
-    fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in [DEFAULT_PRECISION, *todo]
-              if q not in missing and not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+    fitted = _fitted_bw(c, ev)
     for p in missing:
         tr = bw_prior(p, fitted)
         others = [eff.bw_fraction(q, "compiled", c) for q in eff.precisions()
@@ -162,8 +168,7 @@ def _fit_sparse24(cat, rows, c, ev) -> dict:
          and r["cand"].sparsity.startswith("2:4") and r["cand"].kv == DEFAULT_KV and r["cand"].kv_budget is None]
     prior = {"bw_compiled": eff.SPARSE_24["probe_bw_compiled"], "row_factor": 0.0}
     if not s:
-        fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c)) for q in eff.precisions()
-                  if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
+        fitted = _fitted_bw(c, ev)
         # no fitted method: through bf16's dense figure, its prior (the 2:4 kernels are bf16's own, sparse)
         fitted = fitted or {DEFAULT_PRECISION: (eff.bw_fraction(DEFAULT_PRECISION, "compiled", c), 0.0)}
         sp = sparse24_sparsity()
@@ -270,9 +275,7 @@ def fit_kernels(cat: Catalog, rows: list[dict], c: dict, ev: dict, rnd) -> dict:
     c = _fit_bf16(cat, rows, c, ev)
     c = _fit_methods(cat, rows, c, ev)
     if ev[f"bw_compiled[{DEFAULT_PRECISION}]"].startswith("prior"):  # no bf16 row: from the methods' probes, then
-        fitted = {q: (eff.bw_fraction(q, "compiled", c), eff.layer_ms(q, "compiled", c))  # the methods once more
-                  for q in eff.precisions() if not ev.get(f"bw_compiled[{q}]", "prior").startswith("prior")}
-        tr = bw_prior(DEFAULT_PRECISION, fitted)
+        tr = bw_prior(DEFAULT_PRECISION, _fitted_bw(c, ev))  # the methods once more
         if tr:
             c = _with_twins(c, "bw_compiled", DEFAULT_PRECISION, tr[0])
             c = _fit_methods(cat, rows, c, ev)

@@ -36,52 +36,54 @@ PROBE_DIR = Path(__file__).resolve().parent.parent / "measurement" / "data" / "k
 DECODE_ROWS = 1
 PREFILL_ROWS = 8192
 GRAPH_HOW = "compiled+graph"
-_GPU_BY_NAME = (("h200", "h200"), ("h100", "h100-sxm"))
 
 
-def probe_rows(path: Path | None = None) -> list[dict]:
-    """Every probe row (one JSON object per line) of ``path`` or of every *.jsonl under PROBE_DIR."""
-    files = [path] if path is not None else sorted(PROBE_DIR.glob("*.jsonl"))
+def _read(f: Path) -> list[dict]:
     out = []
-    for f in files:
-        for i, s in enumerate(f.read_text().splitlines(), 1):
-            if s.strip():
-                try:
-                    out.append(json.loads(s))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{f}: line {i}: not JSON ({e.msg})") from None
+    for i, s in enumerate(f.read_text().splitlines(), 1):
+        if s.strip():
+            try:
+                out.append(json.loads(s))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{f}: line {i}: not JSON ({e.msg})") from None
     return out
 
 
+@lru_cache(maxsize=1)
+def _shipped() -> tuple[dict, ...]:
+    return tuple(r for f in sorted(PROBE_DIR.glob("*.jsonl")) for r in _read(f))
+
+
+def probe_rows(path: Path | None = None) -> list[dict] | tuple[dict, ...]:
+    """Every probe row (one JSON object per line) of ``path``, or of every *.jsonl under PROBE_DIR (read once per
+    process: the priors of every validation fold read them)."""
+    return _read(path) if path is not None else _shipped()
+
+
 def gpu_of(row: dict) -> str:
-    """The catalog GPU id of a probe row's CUDA device name."""
-    n = row["gpu_name"].lower()
-    for pat, gid in _GPU_BY_NAME:
-        if pat in n:
-            return gid
-    raise ValueError(f"probe row on {row['gpu_name']!r}: no catalog GPU for it")
+    """The catalog GPU id of a probe row's CUDA device name (measurement.env.gpu_profile_id)."""
+    from measurement.env import gpu_profile_id
+
+    gid = gpu_profile_id(row["gpu_name"])
+    if gid not in load().gpus:
+        raise ValueError(f"probe row on {row['gpu_name']!r}: no catalog GPU for it")
+    return gid
 
 
 def roofline_us(row: dict) -> float:
     """The datasheet roofline of a probe row, microseconds: max(stored bytes / datasheet bandwidth, FLOPs / datasheet
     dense peak of the method's matmul dtype). A measured time below it is a bug."""
-    cat = load()
-    gpu = cat.gpus[gpu_of(row)]
-    cand = Candidate(precision=row["precision"], sparsity=row["sparsity"])
-    nbytes = row["linear_params"] * linear_bytes_per_weight(cat, cand)
-    return max(nbytes / (gpu.mem_bw_gbps * 1e9), row["flops"] / peak_flops(gpu, compute_dtype(row["precision"], gpu))) * 1e6
+    gpu = load().gpus[gpu_of(row)]
+    return max(_nbytes(row) / (gpu.mem_bw_gbps * 1e9), row["flops"] / peak_flops(gpu, compute_dtype(row["precision"], gpu))) * 1e6
 
 
 def _fractions(row: dict) -> tuple[str, float] | None:
-    cat = load()
-    gpu = cat.gpus[gpu_of(row)]
-    p = row["precision"]
     s = row["us"] * 1e-6
     if row["mode"] == "graph" and row["rows"] == DECODE_ROWS and row["how"] == GRAPH_HOW:
-        nbytes = row["linear_params"] * linear_bytes_per_weight(cat, Candidate(precision=p))
-        return "bw_compiled", nbytes / s / (gpu.mem_bw_gbps * 1e9 * eff.COPY_BW_FRACTION)
+        return "bw_compiled", _nbytes(row) / s / _copy_bw(row)
     if row["mode"] == "eager" and row["rows"] == PREFILL_ROWS:
-        return "compute", row["flops"] / s / peak_flops(gpu, compute_dtype(p, gpu))
+        gpu = load().gpus[gpu_of(row)]
+        return "compute", row["flops"] / s / peak_flops(gpu, compute_dtype(row["precision"], gpu))
     return None
 
 
@@ -194,15 +196,11 @@ def eager_nearest(precisions: set[str], reference: str) -> str | None:
     """Of ``precisions``, the one whose eager one-row probe (the host work of issuing a layer's projections
     eagerly) is nearest ``reference``'s: the median over the probed models of its time over the reference's, the
     smallest |log| wins; None where no probed model has both."""
-    one = {(r["model"], r["precision"]): r["us"] for r in probe_rows()
-           if r["mode"] == "eager" and r["rows"] == 1 and r["sparsity"] == DEFAULT_SPARSITY}
     best = None
     for q in sorted(precisions):
-        v = [one[(m, q)] / one[(m, p)] for (m, p) in one if p == reference and (m, q) in one]
-        if v:
-            d = abs(math.log(statistics.median(v)))
-            if best is None or d < best[0]:
-                best = (d, q)
+        r = _eager_ratio(q, reference)
+        if r is not None and (best is None or abs(math.log(r)) < best[0]):
+            best = (abs(math.log(r)), q)
     return best[1] if best else None
 
 

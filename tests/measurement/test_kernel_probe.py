@@ -30,3 +30,13 @@ def test_the_plan_names_catalog_models_and_harness_methods():
         assert model in cat.llms
         for p, s in methods:
             assert p in PRECISIONS and s in cat.methods
+
+
+def test_the_probed_layer_is_built_as_the_harness_builds_its_models():
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    model, lins = KP._layer("llama3.2-1b", "bf16", "dense", device="cpu")
+    assert model.config.num_hidden_layers == 1 and len(lins) == 7  # q, k, v, o, gate, up, down
+    assert all(lin.weight.dtype == torch.bfloat16 for lin in lins)
