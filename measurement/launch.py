@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,15 +66,16 @@ class SubprocessLauncher:
             for attempt in range(self.max_restarts + 1):
                 if self.deadline and time.time() > self.deadline:
                     break
-                import tempfile
-
                 plan = Path(tempfile.gettempdir()) / f"advisor_plan_{os.getpid()}_{seg}_{_safe(model)}.json"
                 plan.write_text(json.dumps([dataclasses.asdict(r) for r in rcs]))
                 cmd = [self.python, "-m", "measurement.harness", "--plan", str(plan), "--out", str(self.out_dir)]
                 if self.deadline:
                     cmd += ["--deadline", str(self.deadline)]
-                p = subprocess.run(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent),
-                                   preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads start before it
+                try:
+                    p = subprocess.run(cmd, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+                                       preexec_fn=die_with_parent)  # noqa: PLW1509 - no threads start before it
+                finally:
+                    plan.unlink(missing_ok=True)  # the child has read it; no plan file outlives the run
                 rows = store.rows()
                 for r in rows[seen:]:
                     if self.on_row:

@@ -50,10 +50,14 @@ class FakeWorker:
 def _launch(monkeypatch, tmp_path, worker, **kw):
     monkeypatch.delenv("ADVISOR_PEAKS_FILE", raising=False)  # an earlier sweep in this process may have set it
     monkeypatch.setattr(L, "subprocess", SimpleNamespace(run=worker.run))
+    plans = tmp_path / "plans"
+    plans.mkdir(parents=True)
+    monkeypatch.setattr(L.tempfile, "tempdir", str(plans))
     seen = []
     rows = L.SubprocessLauncher(tmp_path, on_row=seen.append, python="/usr/bin/python3", **kw).run(
         [RunConfig(model="a", batch=1), RunConfig(model="a", batch=2), RunConfig(model="b", batch=4),
          RunConfig(model="a", batch=8)])
+    assert not list(plans.iterdir()), "a plan file outlived its child"
     return rows, seen
 
 
