@@ -38,6 +38,11 @@ def _read(path: Path, kind: str):
                 i = int(bad.idxmax())
                 raise RowsError(f"{path}: row {i + 2}, column {c}: '{df[c][i]}' is not a number")
             df[c] = num
+    if "flash_attn" in df:  # on / off, or empty: not stated (read as on, every engine's default today)
+        bad = df["flash_attn"].notna() & ~df["flash_attn"].isin(("on", "off"))
+        if bad.any():
+            i = int(bad.idxmax())
+            raise RowsError(f"{path}: row {i + 2}, column flash_attn: '{df['flash_attn'][i]}' is not on, off or empty")
     df["kind"] = kind
     df["file"] = path.name
     if "status" in df:

@@ -9,9 +9,12 @@ split runs the GPUs one after the other):
     t_matmul  = B x F / (n x peak[dtype] x e_mm[kernel])    F: matmul FLOPs per token
     t_linear  = (t_weights^3 + t_matmul^3)^(1/3)            (a soft roofline: the GEMMs near the ridge
                                                              reach neither asymptote)
-    t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)   (decode attention reads the KV cache)
+    t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)   (decode attention reads the KV cache; without
+                flash attention, llama.cpp also writes and re-reads an fp32 score per head and context token)
     t_step    = t_linear + t_kv + host_ms + layers x (layer_us x (hidden/4096)^layer_exp + B x seq_us)
-                + allreduce
+                + allreduce + row_sync   (llama.cpp's row split: every projection's slices are copied to and
+                from each GPU and synchronized, ROW_SPLIT_MATMULS x 2 copies x n GPUs per layer, each at the
+                measured all-reduce latency times a fitted ``row_sync``)
     A serving engine's TPOT at steady state (``B`` > 1) adds to the step's matmul tokens the prompts of
     the other requests that arrive meanwhile: (B - 1) x ISL / OSL per step (chunked prefill puts them in the
     same forward); llama.cpp's benchmarks time decode alone.
@@ -67,6 +70,15 @@ KERNEL_DTYPE = {
 # (bitsandbytes/autograd/_functions.py matmul_4bit and MatMul4Bit.forward, commit 012c660;
 # vllm/model_executor/layers/quantization/bitsandbytes.py _apply_bnb_4bit).
 DEQUANT_COPY_BYTES = {"bnb": 4.0}
+# Attention without flash attention (llama.cpp before PR #5021 of 2024-04-30, and with -fa 0 after): the graph
+# multiplies K by Q into an fp32 score matrix, soft_max_ext reads and rewrites it, and the V product reads it
+# again: 4 passes of 4 bytes per score, one score per head per token per context token (llama.cpp
+# src/llama-graph.cpp build_attn_mha, non-flash branch). Flash attention keeps the scores on chip.
+NONFUSED_SCORE_BYTES = 16.0
+# llama.cpp's row split (--split-mode row) splits the weights of each of a layer's projections across the
+# GPUs (q, k, v, o, gate, up, down in the catalog's dense decoders); each one's input is copied to every GPU and
+# its output slices back to the main GPU, which waits on them (ggml/src/ggml-cuda/ggml-cuda.cu, split buffers).
+ROW_SPLIT_MATMULS = 7
 
 
 def dtype_peak_flops(gpu: GPU, dtype: str) -> float:
@@ -104,6 +116,7 @@ class Work:
     hidden: int
     weights: float = 0.0       # weights one decode step reads (count)
     linear_weights: float = 0.0  # of which in the quantized projections (the lm_head and embeddings excluded)
+    score_bytes_per_ctx: float = 0.0  # attention without flash attention: bytes per token per context token
 
 
 def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
@@ -121,8 +134,9 @@ def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
     kv_elem = float(cat.methods[cand.kv].get("bytes_per_kv_elem"))
     kvb = 2 * pc.layers * llm.num_key_value_heads * llm.head_dim * kv_elem
     attn = 4.0 * pc.layers * llm.num_attention_heads * llm.head_dim
+    scores = NONFUSED_SCORE_BYTES * pc.layers * llm.num_attention_heads
     return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size,
-                float(pc.linear + head), float(pc.linear))
+                float(pc.linear + head), float(pc.linear), float(scores))
 
 
 # Parameters of one engine: efficiencies per kernel and fixed costs (see the module docstring).
@@ -140,9 +154,10 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "layer_exp": (0.5, 0.7, 0.01, 2.0),   # the per-layer cost grows as (hidden / 4096) ** layer_exp   # per sequence per layer per step (row-wise small kernels)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
     "req_ms": (10.0, 1.5, 0.1, 500.0),    # per request outside the forwards (module docstring): an assumption
+    "row_sync": (1.0, 1.0, 0.05, 50.0),   # row split: each copy's cost in measured all-reduce latencies
 }
 KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync")
 
 
 def prior_params(kernels) -> dict:
@@ -175,10 +190,12 @@ class Query:
     runtime_gb_per_gpu: float
     max_batch_seqs: float
     prefill_in_decode_steps: bool
+    flash_attn: bool = True  # fused attention (every engine's default today; llama.cpp's -fa auto on CUDA)
+    prefill_call_tokens: float = 0.0  # tokens per call into the engine (llama.cpp n_batch); 0: one chunk
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
-          split: str | None = None) -> Query:
+          split: str | None = None, flash_attn: bool = True) -> Query:
     kernel = eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
     dtype = KERNEL_DTYPE.get(kernel, "16")
     split = split or eng.default_split if num_gpus > 1 else "none"
@@ -186,7 +203,7 @@ def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gp
                  cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel,
                  float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
                  float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
-                 bool(eng.get("prefill_in_decode_steps")))
+                 bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)))
 
 
 def kparams(params: dict, kernel: str) -> dict:
@@ -206,14 +223,19 @@ def row_params(params: dict, kernel: str, gpu: str | None = None) -> dict:
 def arrays(q: Query) -> dict:
     """A query as the plain numbers the vectorized formulas below take (floats or numpy arrays)."""
     tp = q.n > 1 and q.split != "layer"
+    row = q.n > 1 and q.split == "row"
     return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "fp32": q.fp32, "NW": q.w.weights,
             "link": q.link, "W": q.w.weight_bytes,
             "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": q.prefill_chunk_tokens,
+            "call": q.prefill_call_tokens or q.prefill_chunk_tokens,
             "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": q.gemv_max_rows,
             "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0),
-            "serving": 1.0 if q.prefill_in_decode_steps else 0.0}
+            "serving": 1.0 if q.prefill_in_decode_steps else 0.0,
+            "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx,
+            # a row split leaves attention and the KV cache on the main GPU
+            "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
 
 def allreduce_s(a: dict, tokens):
@@ -222,6 +244,14 @@ def allreduce_s(a: dict, tokens):
     n = np.maximum(a["n"], 1.0)
     msg = tokens * a["hidden"] * 2
     return a["tp"] * 2 * a["layers"] * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / a["link"])
+
+
+def row_sync_s(a: dict, p: dict, forwards=1.0):
+    """Synchronization of llama.cpp's row split per forward (0 for any other split)."""
+    if not np.any(a.get("row", 0.0)):
+        return 0.0
+    return (a["row"] * forwards * a["layers"] * ROW_SPLIT_MATMULS * 2 * a["n"] * ALLREDUCE_LATENCY_S
+            * p.get("row_sync", PARAM_PRIORS["row_sync"][0]))
 
 
 def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
@@ -233,23 +263,32 @@ def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     t_w = (a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)) / (a["div"] * a["bw"] * p["e_bw"] * multi)
     t_c = (batch + extra_tokens) * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
-    t_kv = batch * ctx * a["KVB"] / (a["div"] * a["bw"] * p["e_kv"])
+    t_kv = batch * ctx * (a["KVB"] + a.get("SB", 0.0)) / (a.get("kvdiv", a["div"]) * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
     fixed = p["host_ms"] * 1e-3 + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6
-    return _soft(t_w, t_c, t_dq) + t_kv + fixed + allreduce_s(a, batch)
+    return _soft(t_w, t_c, t_dq) + t_kv + fixed + allreduce_s(a, batch) + row_sync_s(a, p)
 
 
 def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
-    """Seconds to prefill ``batch x prompt`` tokens after ``depth`` cached ones, in the engine's chunks."""
+    """Seconds to prefill ``batch x prompt`` tokens after ``depth`` cached ones, in the engine's chunks. A layer
+    split pipelines the chunks of one call into the engine through its ``n`` GPUs, each holding 1/n of the
+    layers: a call of ``k`` chunks takes (k + n - 1) stage times of 1/n of a chunk, and the pipeline drains
+    between calls (llama.cpp pipeline parallelism, PR #6017)."""
     tokens = batch * prompt
     chunks = np.maximum(1.0, np.ceil(tokens / a["chunk"]))
-    # a layer split pipelines successive chunks through its GPUs (llama.cpp pipeline parallelism)
-    div = np.where(a.get("pipe", 0.0) > 0, np.minimum(a["n"], chunks), a["div"])
+    pipe = a.get("pipe", 0.0) > 0
+    div = np.where(pipe, 1.0, a["div"])
+    calls = np.minimum(chunks, np.maximum(1.0, np.ceil(tokens / a.get("call", a["chunk"]))))
+    stages = np.where(pipe, (chunks + calls * (a["n"] - 1)) / (a["n"] * chunks), 1.0)
     t_w = chunks * (a["W"] + a.get("DQB", 0.0)) / (div * a["bw"] * p["e_bw"])
     t_c = tokens * a["F"] / (div * a["peak"] * p["e_pre"])
-    t_attn = tokens * (depth + prompt / 2) * a["A"] / (div * a["peak16"] * p["e_attn"])
+    adiv = np.where(pipe, 1.0, a.get("kvdiv", a["div"]))
+    pairs = tokens * (depth + prompt / 2)  # (token, context token) pairs of causal attention
+    t_attn = pairs * a["A"] / (adiv * a["peak16"] * p["e_attn"])
+    t_scores = pairs * a.get("SB", 0.0) / (adiv * a["bw"] * p["e_kv"])  # no flash attention: the scores' traffic
     t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])
-    return _soft(t_w, t_c, t_dq) + t_attn + chunks * p["pre_fix_ms"] * 1e-3 / div + allreduce_s(a, tokens)
+    work = _soft(t_w, t_c, t_dq) + t_attn + t_scores + chunks * p["pre_fix_ms"] * 1e-3 / div
+    return work * stages + allreduce_s(a, tokens) + row_sync_s(a, p, chunks)
 
 
 def roofline_decode_s(a: dict, batch, ctx, extra_tokens=0.0):

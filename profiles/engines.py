@@ -39,16 +39,19 @@ ENGINE_FIELDS = (
     schema.Field("model_file", (str,), required=False),
     schema.Field("decode_only_output_tool", (str,), required=False),
     schema.Field("measured_by", (str,), required=False),
+    schema.Field("prefill_call_tokens", (int,), required=False),
+    schema.Field("earlier_builds", (list,), required=False),
     schema.Field("sources", (dict,), required=False),
 )
 COST_MODEL_KEYS = ("prefill_chunk_tokens", "max_batch_seqs", "runtime_gb_per_gpu", "gemv_max_rows",
                    "prefill_in_decode_steps")
 # fields that need an entry in the engine's ``sources`` wherever they are set
 CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dtype_flag", "model_file",
-                                "decode_only_output_tool", "measured_by")
+                                "decode_only_output_tool", "measured_by", "prefill_call_tokens")
 PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}
+EARLIER_BUILD_KEYS = {"until", "phase", "methods", "runs_as", "dequant_copy_bytes", "source"}
 ARCHS = ("sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120")
 
 
@@ -114,6 +117,16 @@ class Engine:
         s = self.raw["sparsity"]
         return s == "*" or sparsity_method in s
 
+    def earlier_kernel(self, method: str, arch: str, phase: str, date: str | None) -> tuple[str, float] | None:
+        """(kernel, bytes per weight of a dequantized copy) that a build published before an ``earlier_builds``
+        entry's ``until`` date ran ``method`` through in ``phase`` (prefill or decode), or None: today's kernel."""
+        for e in self.raw.get("earlier_builds") or ():
+            if date and str(date) < e["until"] and e["phase"] == phase and method in e["methods"]:
+                k = self.kernel(e["runs_as"], arch)
+                if k:
+                    return k, float(e.get("dequant_copy_bytes", 0.0))
+        return None
+
     def flag(self, method: str, arch: str) -> str | None:
         f = self.method_entry(method).get("flag")
         if isinstance(f, dict):
@@ -131,6 +144,17 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
         uncited = [k for k in CITED_KEYS if k in e and k not in (e.get("sources") or {})]
         if uncited:
             raise schema.SchemaError(f"{where}: {uncited} need an entry in 'sources'")
+        for i, b in enumerate(e.get("earlier_builds") or ()):
+            w = f"{where}: earlier_builds[{i}]"
+            if not isinstance(b, dict) or set(b) - EARLIER_BUILD_KEYS or not {"until", "phase", "methods", "runs_as",
+                                                                               "source"} <= set(b):
+                raise schema.SchemaError(f"{w}: needs until, phase, methods, runs_as, source (and may have "
+                                         f"dequant_copy_bytes), got {sorted(b) if isinstance(b, dict) else b}")
+            if b["phase"] not in ("prefill", "decode"):
+                raise schema.SchemaError(f"{w}: phase must be prefill or decode, got '{b['phase']}'")
+            unknown = [m for m in [*b["methods"], b["runs_as"]] if m not in (e["methods"] if isinstance(e["methods"], dict) else {})]
+            if unknown:
+                raise schema.SchemaError(f"{w}: methods {unknown} are not among the engine's methods")
         if e["methods"] == "*":
             continue
         missing = [k for k in COST_MODEL_KEYS if k not in e]

@@ -65,3 +65,16 @@ def test_serving_engines_carry_the_cost_model_facts_cited(cat):
     doc["engines"][0] = {**doc["engines"][0], "max_batch_seqs": 8, "sources": {}}
     with pytest.raises(SchemaError, match="need an entry in 'sources'"):
         check_engines(doc, set(cat.methods))
+
+
+def test_earlier_builds_are_checked(cat):
+    doc = {"schema_version": 1, "engines": [dict(e.raw) for e in cat.engines.values()]}
+    i = next(j for j, e in enumerate(doc["engines"]) if e.get("earlier_builds"))
+    good = doc["engines"][i]["earlier_builds"][0]
+    for bad, msg in (({**good, "phase": "decoding"}, "phase must be prefill or decode"),
+                     ({**good, "runs_as": "awq-int4"}, "not among the engine's methods"),
+                     ({k: v for k, v in good.items() if k != "source"}, "needs until, phase"),
+                     ({**good, "kernel": "x"}, "needs until, phase")):
+        doc["engines"][i] = {**doc["engines"][i], "earlier_builds": [bad]}
+        with pytest.raises(SchemaError, match=msg):
+            check_engines(doc, set(cat.methods))

@@ -1,0 +1,204 @@
+"""Engine rows as a design for the engine cost model: each published or measured row mapped to a query of
+:mod:`models.engine_speed` (the catalog's GPU, model, method and the engine's kernel for it, or an earlier
+build's kernel where the catalog's ``earlier_builds`` says so), with rows the cost model cannot read counted
+by reason. Read by :mod:`models.engine_fit` and :mod:`models.engine_validate`."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from profiles import Catalog, load
+from profiles.engines import arch_of
+
+from . import engine_speed as es
+from .candidate import Candidate
+
+_RUNNING = re.compile(r"avg running batch ([0-9.]+)")
+_UB = re.compile(r"micro-?batch size \(-ub\) (\d+)", re.I)
+# a finite offered request rate in a row's text ("request rate 4", "request-rate 2", "QPS 8"): its throughput
+# is the offered load (rate x lengths) unless the engine saturates, which the row does not say
+_RATE = re.compile(r"(?:request[ -]rate|qps)\s*[:=]?\s*\d", re.I)
+# a README convention (measurement/data/published_engine/README.md): the source's prompts repeat, so the engine's
+# prefix cache serves most prefills and its TTFT and throughput are not a prefill's
+PREFIX_CACHED = "prefix cache serves"
+
+
+@dataclass
+class Design:
+    """The rows of one engine that map to the catalog, as arrays."""
+
+    engine: str
+    a: dict                       # es.arrays fields, one array each
+    metric: np.ndarray
+    batch: np.ndarray
+    prompt: np.ndarray
+    gen: np.ndarray
+    depth: np.ndarray
+    y: np.ndarray                 # reported value
+    kernel: np.ndarray            # kernel id per row
+    source: np.ndarray
+    arch: np.ndarray
+    gpu: np.ndarray
+    kind: np.ndarray              # published / measured
+    index: np.ndarray             # row index in the input frame
+    model: np.ndarray = None      # catalog model id
+    ctx: np.ndarray = None        # mean tokens in context per sequence during decode (None: from the lengths)
+    skipped: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.y)
+
+    def take(self, m: np.ndarray) -> "Design":
+        sub = {k: v[m] for k, v in self.a.items()}
+        return Design(self.engine, sub, *(getattr(self, f)[m] for f in (
+            "metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source", "arch", "gpu", "kind", "index")),
+            model=None if self.model is None else self.model[m], ctx=None if self.ctx is None else self.ctx[m])
+
+
+def _num(v, default=0.0) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
+
+
+def kv_of(cat: Catalog) -> dict[str, str]:
+    """Engine rows' KV cache dtype names (lower case) -> KV method id, from each KV method's
+    ``engine_kv_dtypes`` in methods.yaml."""
+    return {str(n).lower(): m.id for m in cat.methods_of("kv") for n in m.get("engine_kv_dtypes") or ()}
+
+
+def precision_of(cat: Catalog) -> dict[str, str]:
+    """Engine rows' precision labels other than a method id -> precision id, from each precision's
+    ``engine_precision_labels`` in methods.yaml (vLLM runs an FP8 checkpoint as weight-only FP8 Marlin on
+    Ampere: the catalog's fp8 on sm80/86)."""
+    return {str(n): m.id for m in cat.methods_of("precision") for n in m.get("engine_precision_labels") or ()}
+
+
+def _lookup(cat: Catalog, kind: str, name):
+    """Catalog entry for a row's GPU or model id, through the catalog's aliases (an ambiguous alias takes
+    the catalog's pick); None when unknown."""
+    from profiles import UnknownProfileError
+
+    try:
+        rid = cat.resolve(kind, str(name)).id
+    except UnknownProfileError:
+        return None
+    return (cat.gpus if kind == "gpu" else cat.llms)[rid]
+
+
+def _text(r) -> str:
+    """A row's location and notes, lower case: where sources state setups the cost model reads."""
+    return f"{r.get('location') or ''} {r.get('notes') or ''}".lower()
+
+
+def _metric_of(r, eng, text: str) -> str:
+    """The row's metric; output_tok_s of a tool that times decode alone (engines.yaml decode_only_output_tool:
+    llama-batched-bench's S_TG) is decode_out_tok_s. ``text``: :func:`_text` of the row."""
+    m = str(r["metric"])
+    tool = eng.get("decode_only_output_tool")
+    if m == "output_tok_s" and tool and tool in text:
+        return "decode_out_tok_s"
+    return m
+
+
+def design(df, engine: str, cat: Catalog | None = None) -> Design:
+    """Map the rows of ``engine`` to queries; rows naming a GPU, model or method outside the catalog, or a
+    method the engine does not run on that GPU, are counted in ``skipped`` (reason -> rows)."""
+    cat = cat or load()
+    eng = cat.engines[engine]
+    cols = {k: [] for k in ("metric", "batch", "prompt", "gen", "depth", "ctx", "y", "kernel", "source", "arch",
+                            "gpu", "kind", "index", "model")}
+    arrs: dict[str, list] = {}
+    skipped: dict[str, int] = {}
+    sub = df[df["engine"] == engine]
+    mem_frac = float(eng.get("memory_fraction", 0.9))
+    kvs, precs, kv16 = kv_of(cat), precision_of(cat), cat.default_method("kv")
+    for i, r in sub.iterrows():
+        def skip(why):
+            skipped[why] = skipped.get(why, 0) + 1
+        gpu, llm = _lookup(cat, "gpu", r["gpu"]), _lookup(cat, "model", r["model"])
+        if gpu is None or llm is None or gpu.vendor != "nvidia":
+            skip("GPU or model not in the catalog (or not NVIDIA)")
+            continue
+        prec = precs.get(str(r["precision"]), str(r["precision"]))
+        kv_name = r.get("kv_dtype")
+        kv = kvs.get(str(kv_name).lower()) if kv_name else kv16  # no KV dtype stated: the 16-bit cache
+        text = _text(r)
+        metric = _metric_of(r, eng, text)
+        if prec not in cat.methods or kv is None or metric not in es.METRICS:
+            skip("method, KV dtype or metric not modelled")
+            continue
+        arch = arch_of(gpu.cc)
+        if eng.kernel(prec, arch) is None:
+            skip("method not run by the engine on that architecture (catalog)")
+            continue
+        if not eng.runs_kv(kv, arch):
+            kv = kv16  # a published row with a KV dtype the catalog does not list: read as 16-bit
+        n = int(_num(r.get("num_gpus"), 1) or 1)
+        split = str(r.get("parallel") or "none")
+        split = {"none": None, "pp": "layer"}.get(split, split)
+        q = es.query(cat, gpu, llm, Candidate(prec, kv=kv), eng, n, split, r.get("flash_attn") != "off")
+        prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
+        if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)
+            prompt = _num(r.get("prompt_len_est"), 0)
+        ctx = _num(r.get("decode_ctx"), 0) or es.decode_context(prompt, gen, depth)
+        if metric in ("prefill_tok_s", "ttft_ms") and prompt <= 0:
+            skip("prefill row without a prompt length")
+            continue
+        if es.METRIC_GROUP[metric] == "throughput" and (prompt <= 0 or gen <= 0):
+            skip("throughput row without input/output lengths")
+            continue
+        b = _num(r.get("batch"), 0)
+        run = _RUNNING.search(text)
+        if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
+            b = float(run.group(1))
+        if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
+            skip("latency under a request rate with no stated concurrency")
+            continue
+        if es.METRIC_GROUP[metric] == "throughput" and _RATE.search(text):
+            skip("throughput under a fixed request rate (the offered load, not the engine's capacity)")
+            continue
+        if metric != "tpot_ms" and PREFIX_CACHED in text:
+            skip("repeated prompts: the prefix cache serves the prefill (not modelled)")
+            continue
+        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
+            # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
+            skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
+            continue
+        if metric == "ttft_ms" and str(r.get("stat") or "mean") == "mean" and b * prompt > q.prefill_chunk_tokens > 0:
+            # a closed-loop client starts all its concurrent requests at once: their prompts overflow one prefill
+            # forward, and that first wave's waiting enters the mean (not the median) TTFT
+            skip("mean TTFT whose first wave of prompts overflows one prefill forward (start-up queueing, not modelled)")
+            continue
+        if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
+            b = min(b, max(1.0, es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
+        if es.METRIC_GROUP[metric] == "throughput":
+            b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
+        qa = es.arrays(q)
+        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"))
+                   if es.METRIC_GROUP[metric] == "prefill" and r.get("kind") != "measured" else None)
+        if earlier:  # an older build's prompt kernel (engines.yaml earlier_builds)
+            q = dataclasses.replace(q, kernel=earlier[0], peak=es.dtype_peak_flops(gpu, es.KERNEL_DTYPE[earlier[0]]))
+            qa = {**es.arrays(q), "DQB": q.w.linear_weights * earlier[1]}
+        ub = _UB.search(str(r.get("notes") or ""))
+        if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward
+            qa["chunk"] = float(ub.group(1))
+        for k, v in qa.items():
+            arrs.setdefault(k, []).append(v)
+        for k, v in (("metric", metric), ("batch", b or 1.0), ("prompt", prompt), ("gen", gen), ("depth", depth), ("ctx", ctx),
+                     ("y", float(r["value"])), ("kernel", q.kernel), ("source", str(r["source_id"])),
+                     ("arch", arch), ("gpu", gpu.id), ("kind", str(r.get("kind") or "published")), ("index", i),
+                     ("model", llm.id)):
+            cols[k].append(v)
+    a = {k: np.asarray(v, float) for k, v in arrs.items()}
+    obj = ("metric", "kernel", "source", "arch", "gpu", "kind", "model")
+    c = {k: np.asarray(v, dtype=object if k in obj else float) for k, v in cols.items()}
+    return Design(engine, a, *(c[k] for k in ("metric", "batch", "prompt", "gen", "depth", "y", "kernel", "source",
+                                              "arch", "gpu", "kind", "index")), skipped=skipped, model=c["model"],
+                  ctx=c["ctx"])
