@@ -44,7 +44,7 @@ from profiles.dtypes import BF16, FP16
 from . import engine_id
 
 BASE_COLUMNS = ["engine", "engine_version", "gpu", "num_gpus", "parallel", "model", "precision", "kv_dtype",
-                "batch", "prompt_len", "gen_len", "depth", "metric", "value", "stat", "source_id", "url",
+                "batch", "prompt_len", "gen_len", "depth", "flash_attn", "metric", "value", "stat", "source_id", "url",
                 "location", "date_published", "notes"]
 EXTRA_COLUMNS = ["gguf_type", "gguf_bits_per_weight", "gguf_bits_per_weight_nominal", "model_file_gb",
                  "model_params", "weight_bytes_read", "build_flags", "gpu_name", "gpu_uuid", "driver", "cuda",
@@ -288,7 +288,7 @@ def make_row(m: Measured, facts: ModelFacts | None, ctx: dict, *, avg_power_w: f
                precision=precision_id(ctx.get("qtype", facts.qtype if facts else "")),
                kv_dtype=KV_NAMES.get(m.kv, m.kv), batch=m.batch, prompt_len=m.prompt_len if m.prompt_len else "",
                gen_len=m.gen_len if m.gen_len else "", depth=m.depth, metric=m.metric,
-               value=_r(m.value), stat="median" if m.n_reps > 1 else "single",
+               flash_attn=ctx.get("flash_attn", "on"), value=_r(m.value), stat="median" if m.n_reps > 1 else "single",
                source_id=ctx.get("source_id", ""), url="",
                location=f"{m.location} | {ctx.get('command', '')}".strip(" |"), date_published=ctx.get("date", ""),
                notes=ctx.get("notes", "random weights; flash attention on; -ngl 99"),

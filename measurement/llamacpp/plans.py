@@ -84,6 +84,11 @@ PLANS = {
     # a third call on the warm machine: batched K/IQ types on the 8B
     "kq_f": [("llama3.1-8b", "Q6_K", [dict(BB, npl=[1, 4, 16, 64])]), ("llama3.1-8b", "Q5_K_M", [dict(BB, npl=[1, 4, 16, 64])]),
              ("mistral-7b", "IQ4_XS", [dict(BB, npl=[1, 4, 16, 64])])],
+    # attention without flash attention (-fa 0), as most published llama.cpp rows ran it (builds before PR #5021
+    # had none; llama-bench defaulted to it until 2025): the scores' traffic the engine cost model adds
+    "fa_off": [(m, q, [dict(LB_FULL, reps=3, fa="0")])
+               for m, q in (("llama3.2-1b", "F16"), ("llama3.1-8b", "F16"), ("qwen2.5-7b", "F16"),
+                            ("llama3.1-8b", "Q4_K_M"), ("llama3.2-3b", "Q4_K_M"), ("llama2-13b", "F16"))],
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),

@@ -133,14 +133,16 @@ class Runner:
         kv = bench["kv"]
         cmd = [str(self.bin / "llama-bench"), "-m", str(job.path), "-p", ",".join(map(str, bench["p"])),
                "-n", ",".join(map(str, bench["n"])), "-d", ",".join(map(str, bench["d"])), "-r", str(reps + 1),
-               "-fa", "1", "-ngl", "99", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)),
+               "-fa", bench.get("fa", "1"), "-ngl", "99", "-ctk", kv, "-ctv", kv, "-t", str(len(self.bench_cores)),
                "-sm", ",".join(bench.get("sm", ["none"])), "-o", "jsonl"]
         env = bench.get("env") or {}
         command = (" ".join(f"{k}={v}" for k, v in env.items()) + " llama-bench "
                    + " ".join(cmd[3:]).replace(str(job.path), job.path.name)).strip()
         ctx = self.ctx_for(job.model, job.qtype, command)
-        if bench.get("notes"):
-            ctx["notes"] = "random weights; flash attention on; -ngl 99; " + bench["notes"]
+        ctx["flash_attn"] = "off" if bench.get("fa", "1") == "0" else "on"
+        if bench.get("notes") or ctx["flash_attn"] == "off":
+            ctx["notes"] = "; ".join(x for x in (f"random weights; flash attention {ctx['flash_attn']}; -ngl 99",
+                                                 bench.get("notes")) if x)
         got = [0]
 
         def on_line(line, t):

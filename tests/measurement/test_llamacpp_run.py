@@ -272,3 +272,23 @@ def test_main_stops_at_the_deadline(tmp_path, monkeypatch, fakes):
     assert not (Path(a.out) / "rows.csv").read_text().strip().splitlines()[1:]  # header only
     assert "deadline: stop with 1 steps left" in (Path(a.out) / "run.log").read_text()
 
+
+
+def test_a_step_without_flash_attention_says_so_in_its_rows(tmp_path, fakes):
+    fake_bin(tmp_path / "bin")
+    r = R.Runner(_args(tmp_path))
+    r.ctx = {"n_gpus": 1, "source_id": "s", "copy_bw_gbps": 4000.0, "peak_tflops_bf16": 700.0}
+    r.files = SimpleNamespace(busy=False)
+    r.energy = SimpleNamespace(ok=False)
+    gg = tmp_path / f"{MODEL}-F16.gguf"
+    write_gguf(gg, TENSORS)
+    facts = R.model_facts(gg, MODEL, "F16")
+    job = SimpleNamespace(model=MODEL, qtype="F16", path=gg)
+    r.run_lb(job, facts, dict(LB, fa="0"))
+    r.run_lb(job, facts, LB)
+    rows = _rows(tmp_path / "out")
+    off = [x for x in rows if x["flash_attn"] == "off"]
+    on = [x for x in rows if x["flash_attn"] == "on"]
+    assert off and on and len(off) + len(on) == len(rows)
+    assert all(" -fa 0 " in x["location"] and "flash attention off" in x["notes"] for x in off)
+    assert all(" -fa 1 " in x["location"] and "flash attention on" in x["notes"] for x in on)
