@@ -188,17 +188,21 @@ def test_runner_measures_every_step_and_deletes_files(tmp_path, monkeypatch, fak
     assert not r.files.jobs.get(("llama3.1-8b", "F16"))
 
 
-def test_failed_benchmarks_become_status_rows(tmp_path, fakes):
-    b = fake_bin(tmp_path / "bin", lb_lines=LB_LINES[:2], lb_rc=1, lb_err="CUDA error: out of memory",
-                 bb_rc=3, bb_err="GGML_ASSERT failed")
+def _one_file_runner(tmp_path, busy):
+    """A runner without NVML or a file thread, and one F16 GGUF of MODEL: (runner, job, facts)."""
     r = R.Runner(_args(tmp_path))
     r.ctx = {"n_gpus": 1, "source_id": "s", "copy_bw_gbps": 4000.0, "peak_tflops_bf16": 700.0}
-    r.files = SimpleNamespace(busy=True)
+    r.files = SimpleNamespace(busy=busy)
     r.energy = SimpleNamespace(ok=False)
     gg = tmp_path / f"{MODEL}-F16.gguf"
     write_gguf(gg, TENSORS)
-    facts = R.model_facts(gg, MODEL, "F16")
-    job = SimpleNamespace(model=MODEL, qtype="F16", path=gg)
+    return r, SimpleNamespace(model=MODEL, qtype="F16", path=gg), R.model_facts(gg, MODEL, "F16")
+
+
+def test_failed_benchmarks_become_status_rows(tmp_path, fakes):
+    b = fake_bin(tmp_path / "bin", lb_lines=LB_LINES[:2], lb_rc=1, lb_err="CUDA error: out of memory",
+                 bb_rc=3, bb_err="GGML_ASSERT failed")
+    r, job, facts = _one_file_runner(tmp_path, busy=True)
     r.run_lb(job, facts, dict(LB, env={"GGML_CUDA_DISABLE_GRAPHS": "1"}, notes="diagnostic"))
     r.run_bb(job, facts, BBENCH)
     rows = _rows(tmp_path / "out")
@@ -276,14 +280,7 @@ def test_main_stops_at_the_deadline(tmp_path, monkeypatch, fakes):
 
 def test_a_step_without_flash_attention_says_so_in_its_rows(tmp_path, fakes):
     fake_bin(tmp_path / "bin")
-    r = R.Runner(_args(tmp_path))
-    r.ctx = {"n_gpus": 1, "source_id": "s", "copy_bw_gbps": 4000.0, "peak_tflops_bf16": 700.0}
-    r.files = SimpleNamespace(busy=False)
-    r.energy = SimpleNamespace(ok=False)
-    gg = tmp_path / f"{MODEL}-F16.gguf"
-    write_gguf(gg, TENSORS)
-    facts = R.model_facts(gg, MODEL, "F16")
-    job = SimpleNamespace(model=MODEL, qtype="F16", path=gg)
+    r, job, facts = _one_file_runner(tmp_path, busy=False)
     r.run_lb(job, facts, dict(LB, fa="0"))
     r.run_lb(job, facts, LB)
     rows = _rows(tmp_path / "out")
