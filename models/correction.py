@@ -99,9 +99,11 @@ def domain_of(rows: list[tuple]) -> dict:
 
 
 class LinearCorrection:
-    """``y = intercept + (x - mean) / scale . coef``, loaded from plain JSON."""
+    """``y = shrink x (intercept + (x - mean) / scale . coef)``, loaded from plain JSON (``shrink``: the share of the
+    correction that carried over to held-out groups when it was fitted, models/fitted.py select_shrink)."""
 
     def __init__(self, d: dict):
+        self.shrink = float(d.get("shrink", 1.0))
         self.coef = np.asarray(d["coef"], dtype=float)
         self.intercept = float(d["intercept"])
         self.mean = np.asarray(d["mean"], dtype=float)
@@ -109,7 +111,7 @@ class LinearCorrection:
         self.q90 = float(d["q90"])
 
     def predict(self, x: np.ndarray) -> float:
-        return float(self.intercept + ((x - self.mean) / self.scale) @ self.coef)
+        return self.shrink * float(self.intercept + ((x - self.mean) / self.scale) @ self.coef)
 
 
 class FittedCostModel:

@@ -125,3 +125,24 @@ def test_correction_estimator_passes_sklearn_checks():
         res = check_estimator(CorrectionRegressor(), on_fail=None)
     failed = [x["check_name"] for x in res if x["status"] == "failed"]
     assert not failed, failed
+
+
+def test_the_share_of_the_correction_applied_is_what_carries_over_to_unseen_groups():
+    from models.correction import LinearCorrection
+    from models.fitted import SHRINK_GRID, select_shrink
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(6), 20)
+    X = rng.normal(size=(120, 3))
+    # a relation every group shares: the whole correction carries over
+    y = 0.3 * X[:, 0] - 0.2 * X[:, 1] + rng.normal(0, 0.01, 120)
+    assert select_shrink(X, y, groups, alpha=1.0) == 1.0
+    # each group its own offset, which the features cannot tell apart: a fitted correction is noise elsewhere
+    y = rng.normal(0, 0.5, 6)[groups] + rng.normal(0, 0.01, 120)
+    X = rng.normal(size=(120, 3))
+    # the first feature tracks the offset with a sign that flips from group to group
+    X[:, 0] = np.where(groups % 2 == 0, 1.0, -1.0) * (y + rng.normal(0, 0.05, 120))
+    assert select_shrink(X, y, groups, alpha=1.0) < 1.0 and 0.0 in SHRINK_GRID
+    m = CorrectionRegressor(1.0).fit(X, y)
+    full = LinearCorrection(m.to_dict(0.1)).predict(X[0])
+    assert LinearCorrection(m.to_dict(0.1, 0.5)).predict(X[0]) == pytest.approx(0.5 * full)
+    assert LinearCorrection({**m.to_dict(0.1), "shrink": 0.0}).predict(X[0]) == 0.0
