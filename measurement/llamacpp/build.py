@@ -41,12 +41,14 @@ PRUNE_FILES = ("convert_hf_to_gguf.py", "convert_hf_to_gguf_update.py", "convert
                "convert_llama_ggml_to_gguf.py", "build-xcframework.sh", "flake.nix")
 
 
-def cmake_flags(arch: str = "90") -> list[str]:
+def cmake_flags(arch: str = "90", defines: tuple[str, ...] = ()) -> list[str]:
+    """The build's cmake flags; ``defines``: options that change the code built (e.g. -DGGML_CUDA_FORCE_CUBLAS=ON,
+    the FP16 cuBLAS prompt path that quantized types took before llama.cpp PR #8075), recorded in every row."""
     return [
         "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DGGML_CUDA_FA_ALL_QUANTS=OFF",
         "-DGGML_NATIVE=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_APP=OFF",
-        "-DCMAKE_BUILD_TYPE=Release",
+        "-DCMAKE_BUILD_TYPE=Release", *defines,
     ]
 
 
@@ -115,7 +117,8 @@ def prepare(sdist: Path, dest: Path) -> dict:
     return info
 
 
-def build(dest: Path, arch: str = "90", jobs: int | None = None, log=None, extra: list[str] | None = None) -> dict:
+def build(dest: Path, arch: str = "90", jobs: int | None = None, log=None, extra: list[str] | None = None,
+          defines: tuple[str, ...] = ()) -> dict:
     """Configure and build TARGETS in dest/build; returns {seconds, flags, bin}.
 
     ``extra``: machine-specific cmake arguments that do not change the code built (library and include
@@ -126,13 +129,13 @@ def build(dest: Path, arch: str = "90", jobs: int | None = None, log=None, extra
     info = version_info(src)
     t0 = time.time()
     # explicit build number/commit: the source dir may sit inside another git repository
-    cfg = ["cmake", "-S", str(src), "-B", str(bdir), "-G", "Ninja", *cmake_flags(arch),
+    cfg = ["cmake", "-S", str(src), "-B", str(bdir), "-G", "Ninja", *cmake_flags(arch, defines),
            "-DLLAMA_BUILD_NUMBER=0", f"-DLLAMA_BUILD_COMMIT={info.get('llama_cpp_commit', 'unknown')}",
            f"-DGGML_BUILD_COMMIT={info.get('llama_cpp_commit', 'unknown')}", *(extra or [])]
     subprocess.run(cfg, check=True, stdout=log, stderr=subprocess.STDOUT if log else None)
     cmd = ["cmake", "--build", str(bdir), "--target", *TARGETS, "-j", str(jobs or os.cpu_count() or 4)]
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT if log else None)
-    return {"seconds": round(time.time() - t0, 1), "flags": " ".join(cmake_flags(arch)), "bin": str(bdir / "bin")}
+    return {"seconds": round(time.time() - t0, 1), "flags": " ".join(cmake_flags(arch, defines)), "bin": str(bdir / "bin")}
 
 
 def pack(dest: Path, out: Path) -> Path:
@@ -164,13 +167,14 @@ def main(argv=None):
     b = sub.add_parser("build"); b.add_argument("dest"); b.add_argument("--arch", default="90")
     b.add_argument("--jobs", type=int)
     b.add_argument("--extra", action="append", default=[], help="extra cmake argument (repeatable)")
+    b.add_argument("--define", action="append", default=[], help="a code-changing cmake option, recorded (repeatable)")
     k = sub.add_parser("pack"); k.add_argument("dest"); k.add_argument("out")
     u = sub.add_parser("unpack"); u.add_argument("tarball"); u.add_argument("dest")
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
         print(json.dumps(prepare(Path(a.sdist), Path(a.dest))))
     elif a.cmd == "build":
-        print(json.dumps(build(Path(a.dest), a.arch, a.jobs, extra=a.extra)))
+        print(json.dumps(build(Path(a.dest), a.arch, a.jobs, extra=a.extra, defines=tuple(a.define))))
     elif a.cmd == "pack":
         print(pack(Path(a.dest), Path(a.out)))
     else:

@@ -1,6 +1,7 @@
 #!/bin/bash
 # One llama.cpp measurement call on the GPU machine (issue 12).
-# usage: [PRE='cmd'] bash measurement/llamacpp/device.sh PLAN BUDGET_S SOURCE_ID COMMIT [PACK_DIR]
+# usage: [PRE='cmd'] [DEFINES='-DX=ON ...'] bash measurement/llamacpp/device.sh PLAN BUDGET_S SOURCE_ID COMMIT [PACK_DIR]
+# DEFINES: code-changing cmake options for a fresh build (recorded in every row's build_flags).
 #
 # PACK_DIR (default .llamacpp/pack, carried) holds src.tar.xz (the pruned llama.cpp tree, made by
 # `python -m measurement.llamacpp.build prepare`; needed to build) or rt.tar.xz (only gguf-py, the
@@ -19,7 +20,8 @@ T0=$(date +%s)
 CUBLAS=$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null || find /usr /opt -name 'libcublas.so.13' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$W/build/bin:$(dirname "${CUBLAS:-/usr/local/cuda/lib64/x}"):/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 BUILT=0
-if ls "$PACK"/bin.tar.xz* >/dev/null 2>&1; then
+if [ -n "${DEFINES:-}" ]; then rm -rf "$W/build"; fi  # code-changing options: never a carried or leftover build
+if [ -z "${DEFINES:-}" ] && ls "$PACK"/bin.tar.xz* >/dev/null 2>&1; then
   mkdir -p "$W/build" && cat "$PACK"/bin.tar.xz* | xz -dc -T0 | tar -x -C "$W/build"
   if ldd "$W/build/bin/llama-bench" | grep -q "not found"; then
     echo "carried binaries miss libraries:"; ldd "$W/build/bin/llama-bench" | grep "not found"
@@ -39,7 +41,7 @@ if [ "$BUILT" = 1 ]; then
 else
   rm -rf "$W/build"
   # NOPACK=1: keep the build on this machine only (a later call reuses it while the machine stays warm)
-  ( python3 -m measurement.llamacpp.build build "$W" --arch 90 --jobs "$(nproc)" > "$W/build.log" 2>&1 \
+  ( python3 -m measurement.llamacpp.build build "$W" --arch 90 --jobs "$(nproc)" $(for d in ${DEFINES:-}; do echo --define "$d"; done) > "$W/build.log" 2>&1 \
       && ln -sfn "$W/build/bin" "$W/ready" && echo "build done $(( $(date +%s) - T0 ))s" \
       && { [ -n "${NOPACK:-}" ] || { ( cd "$W/build" && tar -cf - bin/llama-bench bin/llama-batched-bench \
              bin/llama-quantize bin/*.so* -C "$W/src" VERSION.json | xz -T4 -6 | split -b 15M -d - "$OUT/bin.tar.xz." ) \
@@ -52,7 +54,8 @@ if [ -n "${PRE:-}" ]; then  # GPU work beside the build and the GGUF writing (th
   ( echo "PRE: $PRE"; bash -c "$PRE"; echo "PRE done $(( $(date +%s) - T0 ))s"; touch "$W/pre.done" ) &
 fi
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
-python3 -m measurement.llamacpp.run --plan "$PLAN" --budget "$LEFT" --out "$OUT" --bin "$W/ready" --src "$W/src" \
+FLAGS=$(python3 -c "import sys; from measurement.llamacpp.build import cmake_flags; print(' '.join(cmake_flags('90', tuple(sys.argv[1:]))))" ${DEFINES:-})
+python3 -m measurement.llamacpp.run --plan "$PLAN" --budget "$LEFT" --out "$OUT" --bin "$W/ready" --src "$W/src" --build-flags "$FLAGS" \
   --source-id "$SID" --commit "$COMMIT" "${WAIT[@]}"
 wait
 [ -f "$W/build.log" ] && { echo "--- build.log tail"; tail -5 "$W/build.log"; } >> "$OUT/run.log"

@@ -89,6 +89,11 @@ PLANS = {
     "fa_off": [(m, q, [dict(LB_FULL, reps=3, fa="0")])
                for m, q in (("llama3.2-1b", "F16"), ("llama3.1-8b", "F16"), ("qwen2.5-7b", "F16"),
                             ("llama3.1-8b", "Q4_K_M"), ("llama3.2-3b", "Q4_K_M"), ("llama2-13b", "F16"))],
+    # a build with -DGGML_CUDA_FORCE_CUBLAS=ON (device.sh DEFINES): quantized prompts through the FP16 cuBLAS GEMM on a
+    # dequantized copy, as builds before llama.cpp PR #8075 ran them (engines.yaml earlier_builds)
+    "cublas_pp": [(m, q, [{"kind": "lb", "p": [512, 2048, 8192], "n": [128], "d": [0], "kv": "f16", "reps": 3}])
+                  for m, q in (("llama3.2-1b", "Q4_0"), ("llama3.2-3b", "Q4_K_M"), ("llama3.1-8b", "Q4_K_M"),
+                               ("llama3.1-8b", "Q8_0"), ("qwen2.5-7b", "Q4_K_M"))],
     # 2 GPUs (issue 12 part 5): one GPU, layer split and row split in one llama-bench call per file
     "split2": [(m, q, [dict(LB_SPLIT), dict(BB, npl=[1, 4, 16, 64], sm="layer"), dict(BB, npl=[1, 4, 16, 64], sm="row")])
                for m, q in (("llama3.1-8b", "Q4_K_M"), ("llama3.1-8b", "F16"), ("qwen2.5-14b", "Q4_K_M"),

@@ -83,6 +83,11 @@ def test_build_runs_cmake_with_the_recorded_flags(tmp_path, monkeypatch):
     assert bld == ["cmake", "--build", str(tmp_path / "build"), "--target", *B.TARGETS, "-j", "3"]
     assert res["flags"] == " ".join(B.cmake_flags("80")) and res["bin"] == str(tmp_path / "build" / "bin")
     assert "CMAKE_CUDA_ARCHITECTURES=90" in B.BUILD_FLAGS  # what rows record: the H200 build
+    # a code-changing option is configured and recorded; a machine-specific one only configured
+    calls.clear()
+    res = B.build(tmp_path, extra=["-DCUDAToolkit_ROOT=/x"], defines=("-DGGML_CUDA_FORCE_CUBLAS=ON",))
+    assert "-DGGML_CUDA_FORCE_CUBLAS=ON" in calls[0][0] and res["flags"].endswith("-DGGML_CUDA_FORCE_CUBLAS=ON")
+    assert "CUDAToolkit_ROOT" not in res["flags"]
 
 
 def test_pack_keeps_tools_and_libraries_then_unpacks(tmp_path):
