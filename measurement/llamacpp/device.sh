@@ -19,7 +19,7 @@ T0=$(date +%s)
 [ -f "$PACK/rt.tar.xz" ] && tar -xJf "$PACK/rt.tar.xz" -C "$W/src"
 CUBLAS=$(ls /usr/local/cuda/lib64/libcublas.so.13 2>/dev/null || find /usr /opt -name 'libcublas.so.13' 2>/dev/null | head -1)
 export LD_LIBRARY_PATH="$W/build/bin:$(dirname "${CUBLAS:-/usr/local/cuda/lib64/x}"):/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-BUILT=0
+BUILT=0; rm -f "$W/BUILD_FAILED"
 if [ -n "${DEFINES:-}" ]; then rm -rf "$W/build"; fi  # code-changing options: never a carried or leftover build
 if [ -z "${DEFINES:-}" ] && ls "$PACK"/bin.tar.xz* >/dev/null 2>&1; then
   mkdir -p "$W/build" && cat "$PACK"/bin.tar.xz* | xz -dc -T0 | tar -x -C "$W/build"
@@ -41,12 +41,12 @@ if [ "$BUILT" = 1 ]; then
 else
   rm -rf "$W/build"
   # NOPACK=1: keep the build on this machine only (a later call reuses it while the machine stays warm)
-  ( python3 -m measurement.llamacpp.build build "$W" --arch 90 --jobs "$(nproc)" $(for d in ${DEFINES:-}; do echo --define "$d"; done) > "$W/build.log" 2>&1 \
+  ( python3 -m measurement.llamacpp.build build "$W" --arch 90 --jobs "$(nproc)" $(for d in ${DEFINES:-}; do echo "--define=$d"; done) > "$W/build.log" 2>&1 \
       && ln -sfn "$W/build/bin" "$W/ready" && echo "build done $(( $(date +%s) - T0 ))s" \
       && { [ -n "${NOPACK:-}" ] || { ( cd "$W/build" && tar -cf - bin/llama-bench bin/llama-batched-bench \
              bin/llama-quantize bin/*.so* -C "$W/src" VERSION.json | xz -T4 -6 | split -b 15M -d - "$OUT/bin.tar.xz." ) \
            && echo "packed $(( $(date +%s) - T0 ))s: $(ls -la $OUT/bin.tar.xz.* | awk '{print $5}' | tr '\n' ' ')"; }; } \
-      || { echo "BUILD FAILED"; tail -30 "$W/build.log"; } ) &
+      || { echo "BUILD FAILED"; touch "$W/BUILD_FAILED"; tail -30 "$W/build.log"; } ) &
 fi
 WAIT=()
 if [ -n "${PRE:-}" ]; then  # GPU work beside the build and the GGUF writing (the 2-GPU call: the harness TP sweep)

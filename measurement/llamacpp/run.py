@@ -290,8 +290,10 @@ class Runner:
         self.summary()
 
     def wait_for_bin(self):
-        lb = self.bin / "llama-bench"
-        while not lb.exists() and self.deadline.remaining() > 30:
+        """Until the engine is built (device.sh links --bin to it), it failed (device.sh leaves BUILD_FAILED beside
+        the link), or the deadline is near."""
+        lb, failed = self.bin / "llama-bench", self.bin.parent / "BUILD_FAILED"
+        while not lb.exists() and not failed.exists() and self.deadline.remaining() > 30:
             time.sleep(1)
 
     def summary(self):
