@@ -181,8 +181,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if es.METRIC_GROUP[metric] == "throughput":
             b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)
-        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"))
-                   if es.METRIC_GROUP[metric] == "prefill" and r.get("kind") != "measured" else None)
+        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"), r.get("build_flags"))
+                   if es.METRIC_GROUP[metric] == "prefill" else None)
         if earlier:  # an older build's prompt kernel (engines.yaml earlier_builds)
             q = dataclasses.replace(q, kernel=earlier[0], peak=es.dtype_peak_flops(gpu, es.KERNEL_DTYPE[earlier[0]]))
             qa = {**es.arrays(q), "DQB": q.w.linear_weights * earlier[1]}

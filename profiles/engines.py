@@ -51,7 +51,7 @@ CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dt
 PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}
-EARLIER_BUILD_KEYS = {"until", "phase", "methods", "runs_as", "dequant_copy_bytes", "source"}
+EARLIER_BUILD_KEYS = {"until", "build_flag", "phase", "methods", "runs_as", "dequant_copy_bytes", "source"}
 ARCHS = ("sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120")
 
 
@@ -117,11 +117,15 @@ class Engine:
         s = self.raw["sparsity"]
         return s == "*" or sparsity_method in s
 
-    def earlier_kernel(self, method: str, arch: str, phase: str, date: str | None) -> tuple[str, float] | None:
+    def earlier_kernel(self, method: str, arch: str, phase: str, date: str | None,
+                       build_flags: str | None = None) -> tuple[str, float] | None:
         """(kernel, bytes per weight of a dequantized copy) that a build published before an ``earlier_builds``
-        entry's ``until`` date ran ``method`` through in ``phase`` (prefill or decode), or None: today's kernel."""
+        entry's ``until`` date, or built with its ``build_flag``, ran ``method`` through in ``phase`` (prefill or
+        decode), or None: today's kernel."""
         for e in self.raw.get("earlier_builds") or ():
-            if date and str(date) < e["until"] and e["phase"] == phase and method in e["methods"]:
+            old = bool(date) and str(date) < e["until"]
+            flagged = bool(e.get("build_flag")) and e["build_flag"] in str(build_flags or "").split()
+            if (old or flagged) and e["phase"] == phase and method in e["methods"]:
                 k = self.kernel(e["runs_as"], arch)
                 if k:
                     return k, float(e.get("dequant_copy_bytes", 0.0))
@@ -149,7 +153,7 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
             if not isinstance(b, dict) or set(b) - EARLIER_BUILD_KEYS or not {"until", "phase", "methods", "runs_as",
                                                                                "source"} <= set(b):
                 raise schema.SchemaError(f"{w}: needs until, phase, methods, runs_as, source (and may have "
-                                         f"dequant_copy_bytes), got {sorted(b) if isinstance(b, dict) else b}")
+                                         f"build_flag, dequant_copy_bytes), got {sorted(b) if isinstance(b, dict) else b}")
             if b["phase"] not in ("prefill", "decode"):
                 raise schema.SchemaError(f"{w}: phase must be prefill or decode, got '{b['phase']}'")
             unknown = [m for m in [*b["methods"], b["runs_as"]] if m not in (e["methods"] if isinstance(e["methods"], dict) else {})]

@@ -64,6 +64,11 @@ def test_an_older_build_prefills_quantized_types_through_the_fp16_gemm(cat):
     assert eng.earlier_kernel("gguf-q4_k_m", "sm86", "prefill", "2024-07-01") is None
     assert eng.earlier_kernel("gguf-q4_k_m", "sm86", "decode", "2024-05") is None
     assert eng.earlier_kernel("gguf-q4_k_m", "sm86", "prefill", None) is None  # undated: today's kernel
+    # today's build with the old path forced (measured rows carry their build flags)
+    flags = "-DGGML_CUDA=ON -DGGML_CUDA_FORCE_CUBLAS=ON"
+    assert eng.earlier_kernel("gguf-q8_0", "sm90", "prefill", "2026-12-01", flags) == ("ggml-f16", 4.0)
+    assert eng.earlier_kernel("gguf-q8_0", "sm90", "prefill", "2026-12-01", "-DGGML_CUDA=ON") is None
+    assert eng.earlier_kernel("gguf-q8_0", "sm90", "decode", "2026-12-01", flags) is None
     base = {"engine": "llama.cpp", "gpu": "rtx3090", "model": "llama3.1-8b", "precision": "gguf-q4_k_m",
             "num_gpus": 1, "parallel": "none", "kv_dtype": "fp16", "batch": 1, "prompt_len": 512, "gen_len": None,
             "depth": 0, "metric": "prefill_tok_s", "value": 3000.0, "source_id": "s", "kind": "published"}
