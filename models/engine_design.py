@@ -4,7 +4,6 @@ build's kernel where the catalog's ``earlier_builds`` says so), with rows the co
 by reason. Read by :mod:`models.engine_fit` and :mod:`models.engine_validate`."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -143,7 +142,10 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         n = int(_num(r.get("num_gpus"), 1) or 1)
         split = str(r.get("parallel") or "none")
         split = {"none": None, "pp": "layer"}.get(split, split)
-        q = es.query(cat, gpu, llm, Candidate(prec, kv=kv), eng, n, split, r.get("flash_attn") != "off")
+        # an older build's prompt kernel (engines.yaml earlier_builds), else the catalog's
+        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"), r.get("build_flags"))
+                   if es.METRIC_GROUP[metric] == "prefill" else None) or (None, None)
+        q = es.query(cat, gpu, llm, Candidate(prec, kv=kv), eng, n, split, r.get("flash_attn") != "off", *earlier)
         prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
         if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)
             prompt = _num(r.get("prompt_len_est"), 0)
@@ -181,11 +183,6 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if es.METRIC_GROUP[metric] == "throughput":
             b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)
-        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"), r.get("build_flags"))
-                   if es.METRIC_GROUP[metric] == "prefill" else None)
-        if earlier:  # an older build's prompt kernel (engines.yaml earlier_builds)
-            q = dataclasses.replace(q, kernel=earlier[0], peak=es.dtype_peak_flops(gpu, es.KERNEL_DTYPE[earlier[0]]))
-            qa = {**es.arrays(q), "DQB": q.w.linear_weights * earlier[1]}
         ub = _UB.search(str(r.get("notes") or ""))
         if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward
             qa["chunk"] = float(ub.group(1))

@@ -192,18 +192,23 @@ class Query:
     prefill_in_decode_steps: bool
     flash_attn: bool = True  # fused attention (every engine's default today; llama.cpp's -fa auto on CUDA)
     prefill_call_tokens: float = 0.0  # tokens per call into the engine (llama.cpp n_batch); 0: one chunk
+    dequant_copy_bytes: float | None = None  # per weight, beside the packed weights (None: DEQUANT_COPY_BYTES)
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
-          split: str | None = None, flash_attn: bool = True) -> Query:
-    kernel = eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
+          split: str | None = None, flash_attn: bool = True, kernel: str | None = None,
+          dequant_copy_bytes: float | None = None) -> Query:
+    """``kernel`` / ``dequant_copy_bytes``: an older build's kernel for the method (engines.yaml earlier_builds)
+    instead of the catalog's, with the bytes per weight of the copy it dequantizes to."""
+    kernel = kernel or eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
     dtype = KERNEL_DTYPE.get(kernel, "16")
     split = split or eng.default_split if num_gpus > 1 else "none"
     return Query(gpu.mem_bw_gbps * 1e9, dtype_peak_flops(gpu, dtype), dtype_peak_flops(gpu, "16"),
                  cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel,
                  float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
                  float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
-                 bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)))
+                 bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)),
+                 dequant_copy_bytes)
 
 
 def kparams(params: dict, kernel: str) -> dict:
@@ -231,7 +236,8 @@ def arrays(q: Query) -> dict:
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": q.prefill_chunk_tokens,
             "call": q.prefill_call_tokens or q.prefill_chunk_tokens,
             "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": q.gemv_max_rows,
-            "DQB": q.w.linear_weights * DEQUANT_COPY_BYTES.get(q.kernel, 0.0),
+            "DQB": q.w.linear_weights * (DEQUANT_COPY_BYTES.get(q.kernel, 0.0) if q.dequant_copy_bytes is None
+                                         else q.dequant_copy_bytes),
             "serving": 1.0 if q.prefill_in_decode_steps else 0.0,
             "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx,
             # a row split leaves attention and the KV cache on the main GPU
