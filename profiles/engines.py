@@ -154,6 +154,8 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
                                                                                "source"} <= set(b):
                 raise schema.SchemaError(f"{w}: needs until, phase, methods, runs_as, source (and may have "
                                          f"build_flag, dequant_copy_bytes), got {sorted(b) if isinstance(b, dict) else b}")
+            if not (isinstance(b["until"], str) and len(b["until"]) == 10 and b["until"][4] == b["until"][7] == "-"):
+                raise schema.SchemaError(f"{w}: until must be a quoted YYYY-MM-DD date, got {b['until']!r}")
             if b["phase"] not in ("prefill", "decode"):
                 raise schema.SchemaError(f"{w}: phase must be prefill or decode, got '{b['phase']}'")
             unknown = [m for m in [*b["methods"], b["runs_as"]] if m not in (e["methods"] if isinstance(e["methods"], dict) else {})]

@@ -71,7 +71,9 @@ def test_earlier_builds_are_checked(cat):
     doc = {"schema_version": 1, "engines": [dict(e.raw) for e in cat.engines.values()]}
     i = next(j for j, e in enumerate(doc["engines"]) if e.get("earlier_builds"))
     good = doc["engines"][i]["earlier_builds"][0]
+    import datetime
     for bad, msg in (({**good, "phase": "decoding"}, "phase must be prefill or decode"),
+                     ({**good, "until": datetime.date(2024, 6, 24)}, "until must be a quoted YYYY-MM-DD"),
                      ({**good, "runs_as": "awq-int4"}, "not among the engine's methods"),
                      ({k: v for k, v in good.items() if k != "source"}, "needs until, phase"),
                      ({**good, "kernel": "x"}, "needs until, phase")):
