@@ -138,14 +138,26 @@ def _oof_log_corrections(X, y, groups, alpha: float, min_groups: int) -> np.ndar
 
 
 def select_shrink(X, y, groups, alpha: float, min_groups: int = 3, oof=None) -> float:
-    """The fraction of the correction (SHRINK_GRID) whose out-of-group predictions of these rows have the least
-    mean absolute percentage error; 1.0 when no fold could be held out."""
+    """The fraction of the correction (SHRINK_GRID) to apply, from the out-of-group predictions of these rows:
+    each share's error is the mean over groups of its rows' mean absolute percentage error (groups, not rows,
+    are the independent units), and the smallest share within one standard error (over groups) of the best is
+    chosen (the one-standard-error rule, Hastie, Tibshirani & Friedman, Elements of Statistical Learning, 2nd ed.,
+    section 7.10): a correction that helps on average but not reliably across groups is damped. 1.0 when no
+    fold could be held out."""
     oof = _oof_log_corrections(X, y, groups, alpha, min_groups) if oof is None else oof
     ok = np.isfinite(oof)
     if not ok.any():
         return 1.0
-    errs = [float(np.mean(np.abs(np.exp(y[ok] - s * oof[ok]) - 1))) for s in SHRINK_GRID]
-    return SHRINK_GRID[int(np.argmin(errs))]
+    g = np.asarray(groups)[ok]
+    uniq = sorted(set(g))
+    # per group, its rows' mean error at each share: groups, not rows, are the independent units
+    per = np.array([[float(np.mean(np.abs(np.exp(y[ok][g == k] - s * oof[ok][g == k]) - 1))) for k in uniq]
+                    for s in SHRINK_GRID])
+    errs = per.mean(axis=1)
+    best = int(np.argmin(errs))
+    se = float(np.std(per[best], ddof=1) / math.sqrt(len(uniq))) if len(uniq) > 1 else 0.0
+    # one-standard-error rule: the smallest share within one standard error of the best
+    return next(s for s, e in zip(SHRINK_GRID, errs) if e <= errs[best] + se)
 
 
 def conformal_q(X, y, groups, alpha: float, min_groups: int = 3, shrink: float = 1.0, oof=None) -> float:

@@ -146,3 +146,17 @@ def test_the_share_of_the_correction_applied_is_what_carries_over_to_unseen_grou
     full = LinearCorrection(m.to_dict(0.1)).predict(X[0])
     assert LinearCorrection(m.to_dict(0.1, 0.5)).predict(X[0]) == pytest.approx(0.5 * full)
     assert LinearCorrection({**m.to_dict(0.1), "shrink": 0.0}).predict(X[0]) == 0.0
+
+
+def test_a_correction_that_helps_on_average_but_hurts_half_the_groups_is_damped():
+    from models.fitted import select_shrink
+    groups = np.repeat(np.arange(4), 10)
+    # out-of-group log corrections: exact for groups 0 and 1, wrong by 0.25 for groups 2 and 3
+    y = np.where(groups < 2, 0.3, 0.0)
+    oof = np.where(groups < 2, 0.3, 0.25)
+    X = np.zeros((40, 1))
+    # the full correction has the least mean error (0.11 vs 0.14 at half, 0.17 at none), but its error over
+    # groups spreads by 0.064 (one standard error): half is within it, none is not
+    assert select_shrink(X, y, groups, alpha=1.0, oof=oof) == 0.5
+    # the same gain in every group: applied in full
+    assert select_shrink(X, y, groups, alpha=1.0, oof=np.where(groups < 2, 0.3, 0.0)) == 1.0
