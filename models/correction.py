@@ -21,7 +21,7 @@ import numpy as np
 
 from profiles import GPU, LLM, Catalog, load
 
-from .candidate import DEFAULT_SPARSITY, Candidate, Scenario
+from .candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from .estimate import Estimate
 from .memory import MemoryBreakdown
 
@@ -83,18 +83,24 @@ def sparsity_kind(sparsity: str) -> str:
     return "2:4" if sparsity.startswith("2:4") else "drop" if sparsity.startswith("drop") else DEFAULT_SPARSITY
 
 
-def _count_models(rows) -> dict:
+def _count_models(rows, key) -> dict:
     seen: dict = {}
     for r in rows:
-        seen.setdefault((r[3], r[5], r[1]), set()).add(r[6])
+        seen.setdefault(key(r), set()).add(r[6])
     return {k: len(v) for k, v in seen.items()}
 
 
 def domain_of(rows: list[tuple]) -> dict:
-    """The training domain from (gpu id, cc major, params_b, precision, sparsity, backend, model id) per row."""
+    """The training domain from (gpu id, cc major, params_b, precision, sparsity, backend, model id, kv) per row:
+    per (method, backend, cc major), the number of models it was measured on, for the precision, the sparsity
+    kind and the KV-cache policy apart."""
+    def counts(key):
+        return sorted([list(k), n] for k, n in _count_models(rows, key).items())
     return {"gpus": sorted({r[0] for r in rows}), "cc_majors": sorted({r[1] for r in rows}),
-            "method_arch_models": sorted([list(k), n] for k, n in _count_models(rows).items()),
+            "method_arch_models": counts(lambda r: (r[3], r[5], r[1])),
             "sparsity_arch": sorted({(sparsity_kind(r[4]), r[5], r[1]) for r in rows}),
+            "sparsity_arch_models": counts(lambda r: (sparsity_kind(r[4]), r[5], r[1])),
+            "kv_arch_models": counts(lambda r: (r[7] if len(r) > 7 else DEFAULT_KV, r[5], r[1])),
             "max_params_b": max(r[2] for r in rows)}
 
 
@@ -129,6 +135,10 @@ class FittedCostModel:
         self.method_models = ({tuple(k): n for k, n in dom["method_arch_models"]} if "method_arch_models" in dom
                               else {tuple(x): 2 for x in dom["method_arch"]})
         self.sparsity_arch = {tuple(x) for x in dom["sparsity_arch"]} if "sparsity_arch" in dom else None
+        # (sparsity kind / KV policy, backend, cc major) -> models (files fitted before these counts: None)
+        self.sparsity_models = ({tuple(k): n for k, n in dom["sparsity_arch_models"]}
+                                if "sparsity_arch_models" in dom else None)
+        self.kv_models = {tuple(k): n for k, n in dom["kv_arch_models"]} if "kv_arch_models" in dom else None
         self.max_params_b = float(dom["max_params_b"])
         self.snapshot = doc.get("snapshot", "")
 
@@ -139,11 +149,23 @@ class FittedCostModel:
 
     def far_reasons(self, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario) -> list[tuple[str, str]]:
         return self.far_reasons_of(gpu.id, gpu.cc[0], llm.id, llm.published_params_b, cand.precision,
-                                   cand.sparsity, sc.backend, sc.num_gpus)
+                                   cand.sparsity, sc.backend, sc.num_gpus, cand.kv)
+
+    def _component_reason(self, counts: dict | None, key: tuple, name: str, backend: str, arch: str):
+        """A reason when a sparsity kind or KV policy was measured on fewer than two models (None: enough, or
+        a file fitted before the counts)."""
+        if counts is None:
+            return None
+        n = counts.get(key, 0)
+        if n >= 2:
+            return None
+        return ("method_arch", f"{name} never measured with the {backend} backend on {arch}" if n == 0 else
+                f"{name} with the {backend} backend on {arch} was measured on one model only")
 
     def far_reasons_of(self, gpu_id: str, cc_major: int, model_id: str, params_b: float, precision: str,
-                       sparsity: str, backend: str, num_gpus: int = 1) -> list[tuple[str, str]]:
-        """(kind, reason) for each way the query lies outside the measured domain (kind keys WIDEN)."""
+                       sparsity: str, backend: str, num_gpus: int = 1, kv: str = DEFAULT_KV) -> list[tuple[str, str]]:
+        """(kind, reason) for each way the query lies outside the measured domain (kind keys WIDEN). A
+        precision, a sparsity and a KV policy each measured on fewer than two models each add a reason."""
         out = []
         arch = f"sm{cc_major}x"
         if cc_major not in self.cc_majors:
@@ -156,8 +178,17 @@ class FittedCostModel:
         elif n_models < 2:
             out.append(("method_arch", f"{precision} with the {backend} backend on {arch} was measured on one "
                                        "model only"))
-        elif self.sparsity_arch is not None and (sparsity_kind(sparsity), backend, cc_major) not in self.sparsity_arch:
+        kind = sparsity_kind(sparsity)
+        if kind != DEFAULT_SPARSITY and self.sparsity_models is not None:
+            r = self._component_reason(self.sparsity_models, (kind, backend, cc_major), sparsity, backend, arch)
+            if r:
+                out.append(r)
+        elif self.sparsity_arch is not None and (kind, backend, cc_major) not in self.sparsity_arch:
             out.append(("method_arch", f"{sparsity} never measured with the {backend} backend on {arch}"))
+        if kv != DEFAULT_KV:
+            r = self._component_reason(self.kv_models, (kv, backend, cc_major), kv, backend, arch)
+            if r:
+                out.append(r)
         if params_b > 1.5 * self.max_params_b:
             out.append(("size", f"{model_id} is much larger than any measured model ({self.max_params_b:g}B)"))
         if num_gpus > 1:

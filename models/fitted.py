@@ -20,7 +20,7 @@ from sklearn.linear_model import Ridge
 
 from profiles import Catalog, load
 
-from .candidate import Scenario
+from .candidate import DEFAULT_KV, Scenario
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
 from .measured_rows import SUPERSEDED_COMPILE_MODES, row_candidate, usable_rows  # noqa: F401 (re-exported)
 from .memory import predict_memory
@@ -67,7 +67,7 @@ class CorrectionRegressor(RegressorMixin, BaseEstimator):
 
 def design(df, cat: Catalog | None = None, constants: dict | None = None):
     """Feature matrix, analytical predictions, measured targets, the kept row labels, and per kept row
-    (gpu id, cc major, params_b, precision, sparsity, backend, model id): what the interval widening looks at.
+    (gpu id, cc major, params_b, precision, sparsity, backend, model id, kv): what the interval widening looks at.
     ``constants``: the harness speed model's measured constants (default the shipped ones; models/harness_fit.py)."""
     cat = cat or load()
     X, A, Y, keep, meta = [], [], [], [], []
@@ -89,7 +89,8 @@ def design(df, cat: Catalog | None = None, constants: dict | None = None):
         A.append([spd.decode_step_ms.value, spd.prefill_ms.value, mem.per_gpu_gb.value, jpt])
         Y.append([r.get("decode_ms_per_token"), r.get("prefill_ms"), r.get("peak_mem_gb"), r.get("j_per_token")])
         keep.append(i)
-        meta.append((gpu.id, gpu.cc[0], llm.published_params_b, cand.precision, cand.sparsity, sc.backend, llm.id))
+        meta.append((gpu.id, gpu.cc[0], llm.published_params_b, cand.precision, cand.sparsity, sc.backend, llm.id,
+                     cand.kv))
     return np.array(X), np.array(A, float), np.array(Y, float), keep, meta
 
 
@@ -182,8 +183,8 @@ def _widen(meta, tr, te) -> np.ndarray:
                            "domain": domain_of([meta[i] for i in np.flatnonzero(tr)])})
     w = np.ones(int(te.sum()))
     for k, i in enumerate(np.flatnonzero(te)):
-        g, cc, params, prec, spars, backend, model = meta[i]
-        for kind, _ in dom.far_reasons_of(g, cc, model, params, prec, spars, backend):
+        g, cc, params, prec, spars, backend, model, *kv = meta[i]
+        for kind, _ in dom.far_reasons_of(g, cc, model, params, prec, spars, backend, kv=kv[0] if kv else DEFAULT_KV):
             w[k] *= WIDEN[kind]
     return w
 

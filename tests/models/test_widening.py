@@ -48,3 +48,24 @@ def test_cross_validation_widens_like_the_product():
     assert _widen(meta, tr, te).tolist() == [1.5, 1.0]
     # bf16 measured on one model only in this fold
     assert _widen(meta, np.array([True, False, False, False]), np.array([False, False, False, True])).tolist() == [1.5]
+
+
+def test_a_sparsity_or_kv_policy_measured_on_one_model_widens(cat):
+    # (gpu id, cc major, params_b, precision, sparsity, backend, model id, kv)
+    rows = [("h200", 9, 8.0, "bf16", "dense", "compiled", "llama3.1-8b", "kv-fp16"),
+            ("h200", 9, 1.2, "bf16", "dense", "compiled", "llama3.2-1b", "kv-fp16"),
+            ("h200", 9, 8.0, "bf16", "2:4-magnitude", "compiled", "llama3.1-8b", "kv-fp16"),
+            ("h200", 9, 8.0, "bf16", "dense", "eager", "llama3.1-8b", "kv-int4"),
+            ("h200", 9, 1.2, "bf16", "dense", "eager", "llama3.2-1b", "kv-fp16"),
+            ("h200", 9, 1.2, "bf16", "dense", "eager", "llama3.1-8b", "kv-fp16")]
+    m = _model(rows)
+    h200, llm = cat.gpu("h200"), cat.llm("llama3.2-3b")
+    reasons = lambda c, backend="compiled": m.far_reasons(h200, llm, c, Scenario(1, 512, 64, backend))  # noqa: E731
+    assert reasons(Candidate("bf16")) == []
+    assert [r for _, r in reasons(Candidate("bf16", sparsity="2:4-magnitude"))] == [
+        "2:4-magnitude with the compiled backend on sm9x was measured on one model only"]
+    assert [r for _, r in reasons(Candidate("bf16", kv="kv-int4"), "eager")] == [
+        "kv-int4 with the eager backend on sm9x was measured on one model only"]
+    assert [k for k, _ in reasons(Candidate("bf16", kv="kv-int8"), "eager")] == ["method_arch"]  # never measured
+    # both at once: two reasons, two widenings
+    assert [k for k, _ in reasons(Candidate("bf16", sparsity="2:4-magnitude", kv="kv-int4"))] == ["method_arch"] * 2
