@@ -192,7 +192,7 @@ def _validate_quality(by: str, as_json: bool) -> None:
                        f"({', '.join(sc['rules'])})")
     _echo_by_kind("catalog methods only (the ones recommend can answer; published tables also hold others):",
                   {k: f.get("_catalog_methods") or {} for k, f in res.items() if k not in ("held_out_by", "as_served")})
-    _echo_by_kind("as served (rows of catalog models, through the whole rule recommend uses: pooling by size, "
+    _echo_by_kind("as served (rows of catalog models and methods, through the whole rule recommend uses: pooling by size, "
                   "chains, budgets)", res["as_served"])
 
 

@@ -7,7 +7,7 @@ relative perplexity increase for ppl_delta, score points for the drops), the sam
 that the published figures' rounding leaves (issue 11: WikiText-2 8.3 vs 8.2 is 0.0-2.4%, so a prediction
 inside that range is not wrong by the rounding), and the share of rows inside the predicted 90% interval
 (and, rounding-aware, the share whose rounding interval meets the predicted one). These figures are for the lookup rules; the monotone envelope needs catalog
-models, so :func:`held_out` also scores, under ``as_served``, the rows of catalog models through the
+models, so :func:`held_out` also scores, under ``as_served``, the rows of catalog models and catalog methods through the
 whole :meth:`QualityModel.component` (pooling by size, chains, budgets) as recommend answers them, from the
 same model of each fold.
 """
@@ -93,6 +93,9 @@ def held_out(cat, by: str = "paper") -> dict:
         # the methods the product can recommend (published tables also hold e.g. round-to-nearest int4)
         out[kind]["_catalog_methods"] = _scores([(r, c) for r, c in res if r.component[1] in cat.methods], kind, cat)
         out[kind]["_predicted_of"] = {"rows": len([r for r in rows if r.kind == kind]), "predicted": len(res)}
-        served[kind] = _scores([(r, s) for r, (_, s) in pairs if s is not None], kind, cat)
+        # only what recommend can be asked: catalog models x catalog methods (published tables also hold e.g.
+        # round-to-nearest int4, which the served rule would answer by pooling but no user can select)
+        served[kind] = _scores([(r, s) for r, (_, s) in pairs if s is not None and r.component[1] in cat.methods],
+                               kind, cat)
     out["as_served"] = served
     return out
