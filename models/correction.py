@@ -98,10 +98,30 @@ def domain_of(rows: list[tuple]) -> dict:
         return sorted([list(k), n] for k, n in _count_models(rows, key).items())
     return {"gpus": sorted({r[0] for r in rows}), "cc_majors": sorted({r[1] for r in rows}),
             "method_arch_models": counts(lambda r: (r[3], r[5], r[1])),
-            "sparsity_arch": sorted({(sparsity_kind(r[4]), r[5], r[1]) for r in rows}),
             "sparsity_arch_models": counts(lambda r: (sparsity_kind(r[4]), r[5], r[1])),
             "kv_arch_models": counts(lambda r: (r[7] if len(r) > 7 else DEFAULT_KV, r[5], r[1])),
             "max_params_b": max(r[2] for r in rows)}
+
+
+def _model_counts(dom: dict, name: str) -> dict | None:
+    """(method, backend, cc major) -> the number of models it was measured on, from ``dom[name + "_models"]``; a
+    file fitted before the counts listed the keys alone (``dom[name]``): each counts as two models; neither: None
+    (not checked)."""
+    if f"{name}_models" in dom:
+        return {tuple(k): n for k, n in dom[f"{name}_models"]}
+    if name in dom:
+        return {tuple(x): 2 for x in dom[name]}
+    return None
+
+
+def _reason(counts: dict | None, key: tuple, name: str, backend: str, arch: str, need: int = 2):
+    """("method_arch", why) when ``key`` was measured on fewer than ``need`` models, else None (also for a file
+    without the counts)."""
+    n = counts.get(key, 0) if counts is not None else need
+    if n >= need:
+        return None
+    return ("method_arch", f"{name} never measured with the {backend} backend on {arch}" if n == 0 else
+            f"{name} with the {backend} backend on {arch} was measured on one model only")
 
 
 class LinearCorrection:
@@ -131,14 +151,10 @@ class FittedCostModel:
         dom = doc["domain"]
         self.gpus = set(dom["gpus"])
         self.cc_majors = set(dom["cc_majors"])
-        # (precision, backend, cc major) -> models it was measured on (files fitted before the count: 2)
-        self.method_models = ({tuple(k): n for k, n in dom["method_arch_models"]} if "method_arch_models" in dom
-                              else {tuple(x): 2 for x in dom["method_arch"]})
-        self.sparsity_arch = {tuple(x) for x in dom["sparsity_arch"]} if "sparsity_arch" in dom else None
-        # (sparsity kind / KV policy, backend, cc major) -> models (files fitted before these counts: None)
-        self.sparsity_models = ({tuple(k): n for k, n in dom["sparsity_arch_models"]}
-                                if "sparsity_arch_models" in dom else None)
-        self.kv_models = {tuple(k): n for k, n in dom["kv_arch_models"]} if "kv_arch_models" in dom else None
+        # (precision / sparsity kind / KV policy, backend, cc major) -> models it was measured on
+        self.method_models = _model_counts(dom, "method_arch")
+        self.sparsity_models = _model_counts(dom, "sparsity_arch")
+        self.kv_models = _model_counts(dom, "kv_arch")
         self.max_params_b = float(dom["max_params_b"])
         self.snapshot = doc.get("snapshot", "")
 
@@ -151,17 +167,6 @@ class FittedCostModel:
         return self.far_reasons_of(gpu.id, gpu.cc[0], llm.id, llm.published_params_b, cand.precision,
                                    cand.sparsity, sc.backend, sc.num_gpus, cand.kv)
 
-    def _component_reason(self, counts: dict | None, key: tuple, name: str, backend: str, arch: str):
-        """A reason when a sparsity kind or KV policy was measured on fewer than two models (None: enough, or
-        a file fitted before the counts)."""
-        if counts is None:
-            return None
-        n = counts.get(key, 0)
-        if n >= 2:
-            return None
-        return ("method_arch", f"{name} never measured with the {backend} backend on {arch}" if n == 0 else
-                f"{name} with the {backend} backend on {arch} was measured on one model only")
-
     def far_reasons_of(self, gpu_id: str, cc_major: int, model_id: str, params_b: float, precision: str,
                        sparsity: str, backend: str, num_gpus: int = 1, kv: str = DEFAULT_KV) -> list[tuple[str, str]]:
         """(kind, reason) for each way the query lies outside the measured domain (kind keys WIDEN). A
@@ -172,23 +177,16 @@ class FittedCostModel:
             out.append(("generation", f"{gpu_id} is another GPU generation ({arch}) than any measured"))
         elif gpu_id not in self.gpus:
             out.append(("gpu", f"{gpu_id} was never measured"))
-        n_models = self.method_models.get((precision, backend, cc_major), 0)
-        if n_models == 0:
-            out.append(("method_arch", f"{precision} never measured with the {backend} backend on {arch}"))
-        elif n_models < 2:
-            out.append(("method_arch", f"{precision} with the {backend} backend on {arch} was measured on one "
-                                       "model only"))
         kind = sparsity_kind(sparsity)
-        if kind != DEFAULT_SPARSITY and self.sparsity_models is not None:
-            r = self._component_reason(self.sparsity_models, (kind, backend, cc_major), sparsity, backend, arch)
-            if r:
-                out.append(r)
-        elif self.sparsity_arch is not None and (kind, backend, cc_major) not in self.sparsity_arch:
-            out.append(("method_arch", f"{sparsity} never measured with the {backend} backend on {arch}"))
+        method = _reason(self.method_models, (precision, backend, cc_major), precision, backend, arch)
+        reasons = [method]
+        if kind != DEFAULT_SPARSITY:
+            reasons.append(_reason(self.sparsity_models, (kind, backend, cc_major), sparsity, backend, arch))
+        elif method is None:  # dense rows at all (a precision already short of rows says the same once)
+            reasons.append(_reason(self.sparsity_models, (kind, backend, cc_major), sparsity, backend, arch, need=1))
         if kv != DEFAULT_KV:
-            r = self._component_reason(self.kv_models, (kv, backend, cc_major), kv, backend, arch)
-            if r:
-                out.append(r)
+            reasons.append(_reason(self.kv_models, (kv, backend, cc_major), kv, backend, arch))
+        out += [r for r in reasons if r]
         if params_b > 1.5 * self.max_params_b:
             out.append(("size", f"{model_id} is much larger than any measured model ({self.max_params_b:g}B)"))
         if num_gpus > 1:

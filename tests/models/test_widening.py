@@ -69,3 +69,11 @@ def test_a_sparsity_or_kv_policy_measured_on_one_model_widens(cat):
     assert [k for k, _ in reasons(Candidate("bf16", kv="kv-int8"), "eager")] == ["method_arch"]  # never measured
     # both at once: two reasons, two widenings
     assert [k for k, _ in reasons(Candidate("bf16", sparsity="2:4-magnitude", kv="kv-int4"))] == ["method_arch"] * 2
+
+
+def test_an_unmeasured_architecture_is_one_method_reason_not_two(cat):
+    # the dense rows' own check says nothing a precision never measured there has not said already
+    m = _model([("h200", 9, 8.0, "bf16", "dense", "compiled", "llama3.1-8b", "kv-fp16"),
+                ("h200", 9, 1.2, "bf16", "dense", "compiled", "llama3.2-1b", "kv-fp16")])
+    kinds = [k for k, _ in m.far_reasons(cat.gpu("l4"), cat.llm("llama3.1-8b"), Candidate("bf16"), Scenario(1, 512, 64))]
+    assert kinds == ["generation", "method_arch"]
