@@ -180,7 +180,7 @@ def profiles_list(kind, as_json):
         _emit_json(rows)
         return
     from .render import console
-    from rich.table import Table
+    from .tables import Table
 
     t = Table(show_header=True, header_style="bold")
     for k in rows[0]:

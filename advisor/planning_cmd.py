@@ -123,7 +123,7 @@ def register_planning(main: click.Group) -> None:
         if as_json:
             _emit_json({"request": req.__dict__, "plans": plan_dict(plans)})
         else:
-            from rich.table import Table
+            from .tables import Table
 
             from .render import console
             t = Table(title=f"{model}: {qps:g} req/s, {prompt_len}+{gen_len} tokens, TTFT p95 <= {req.ttft_p95_s:g} s, "
@@ -191,7 +191,7 @@ def register_planning(main: click.Group) -> None:
             _emit_json([asdict(r) for r in rows])
             return
         from .render import console
-        from rich.table import Table
+        from .tables import Table
         bound = f", TPOT <= {tpot * 1e3:g} ms" if tpot else ""
         t = Table(title=f"{model}: cheapest method per GPU at quality loss <= {max_ppl_delta}, context {context}{bound}",
                   header_style="bold")

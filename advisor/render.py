@@ -1,10 +1,5 @@
-"""Rich rendering of engine results (human output; ``--json`` bypasses this)."""
+"""Human rendering of engine results (``--json`` bypasses this): tables and lines of :mod:`advisor.tables`."""
 from __future__ import annotations
-
-import sys
-
-from rich.console import Console
-from rich.table import Table
 
 from profiles import load
 
@@ -12,14 +7,13 @@ from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY
 from models.estimate import Estimate
 
 from .engine import Recommendation
+from .tables import Console, Table
 
 
 def console() -> Console:
-    """A console wide enough for the tables when output is piped or captured. Styles come from the markup we
-    write; Rich's automatic highlighting (a regex pass over every printed string to colour numbers) and emoji
-    codes are off: they mean nothing in these tables."""
-    kw = {"highlight": False, "emoji": False}
-    return Console(**kw) if sys.stdout.isatty() else Console(width=150, **kw)
+    """Standard output: the terminal's width and ANSI styles on a terminal, 150 columns of plain text when
+    piped or captured."""
+    return Console()
 
 
 def _fmt(e: Estimate | None, scale: float = 1.0, digits: int = 3) -> tuple[str, str, str]:
@@ -106,7 +100,7 @@ def render_recommendation(rec: Recommendation, deploy: dict, console: Console) -
             console.print(f"  - {r}")
     if deploy:
         console.print(f"\n[bold]Deploy ({deploy['engine']}):[/]")
-        console.print(deploy["command"], markup=False, soft_wrap=True)
+        console.print(deploy["command"], markup=False)
         for r in deploy.get("requires") or []:
             console.print(f"  requires: {r}", markup=False)
 
