@@ -34,6 +34,8 @@ import numpy as np
 
 from profiles.dtypes import BF16
 
+from . import conformal
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "measurement" / "data"
 
@@ -256,14 +258,14 @@ def validate(cat, by: str = "source") -> dict:
                 continue
             p2 = fit(tr2, cat)
             inner += [math.log(r["power_w"] / predict_power(r, p2, cat)) for r in tr if r[key] == g2]
-        q = float(np.quantile(np.abs(inner), 0.9)) if inner else math.log(1.5)
+        q = conformal.quantile(np.abs(inner)) if inner else math.log(1.5)
         y = [r["power_w"] for r in te]
         yh = [predict_power(r, p, cat) for r in te]
         per[g] = _scores(y, yh, [v * math.exp(-q) for v in yh], [v * math.exp(q) for v in yh])
         res += list(zip(y, yh, strict=True))
     full = fit(rows, cat)
     # the outer loop's held-out residuals are _conformal_q's (same folds, same fits): not refitted here
-    q_all = float(np.quantile([abs(math.log(y / yh)) for y, yh in res], 0.9)) if res else math.log(1.5)
+    q_all = conformal.quantile([abs(math.log(y / yh)) for y, yh in res]) if res else math.log(1.5)
     pub = published_rows(cat)
     jy = [r["j_per_token"] for r in pub]
     jp = [predict_power(r, full, cat) * r["n"] / r["output_tok_s"] for r in pub]
@@ -284,7 +286,7 @@ def _conformal_q(rows, cat, key) -> float:
     for g in sorted({r[key] for r in rows}):
         p = fit([r for r in rows if r[key] != g], cat)
         res += [abs(math.log(r["power_w"] / predict_power(r, p, cat))) for r in rows if r[key] == g]
-    return float(np.quantile(res, 0.9)) if res else math.log(1.5)
+    return conformal.quantile(res) if res else math.log(1.5)
 
 
 def main() -> int:

@@ -4,11 +4,11 @@ when a query uses a kernel, or a kernel on an architecture, that no row of the e
 Used by the fit (:mod:`models.engine_fit`), its validation and the facade alike."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-COVERAGE = 0.90
+from . import conformal
+from .conformal import COVERAGE
+
 WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
 MIN_KIND_ROWS = 20
 
@@ -44,8 +44,7 @@ def q_for(q: dict, group: str, kind: str) -> float:
 
 
 def _q(r: np.ndarray) -> float:
-    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
-    return float(np.quantile(r, level, method="higher"))
+    return conformal.quantile(r, COVERAGE)
 
 
 def widen_factor(domain: dict, kernel: str, arch: str) -> tuple[float, list[str]]:

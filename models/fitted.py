@@ -20,14 +20,15 @@ from sklearn.linear_model import Ridge
 
 from profiles import Catalog, load
 
+from . import conformal
 from .candidate import DEFAULT_KV, Scenario
+from .conformal import COVERAGE
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
 from .measured_rows import SUPERSEDED_COMPILE_MODES, row_candidate, usable_rows  # noqa: F401 (re-exported)
 from .memory import predict_memory
 from .speed import predict_speed
 from .energy import board_power_w, joules_per_token
 
-COVERAGE = 0.90
 # Ridge strength chosen on held-out error (advisor validate; 88-row dataset, alpha in 1..1000: 100; rechecked
 # on the 199-row dataset, alpha 10/30/100/300/1000: leave-one-model-out decode MAPE 9.0/8.5/7.8/7.8/8.3%).
 DEFAULT_ALPHA = 100.0
@@ -170,9 +171,7 @@ def conformal_q(X, y, groups, alpha: float, min_groups: int = 3, shrink: float =
     r = r[np.isfinite(r)]
     if not len(r):
         return 0.5
-    # split-conformal's finite-sample level: the ceil((n + 1) * 0.9)-th smallest of n residuals
-    level = min(1.0, math.ceil((len(r) + 1) * COVERAGE) / len(r))
-    return float(np.quantile(r, level, method="higher"))
+    return conformal.quantile(r, COVERAGE)
 
 
 def _widen(meta, tr, te) -> np.ndarray:

@@ -30,6 +30,7 @@ from functools import lru_cache
 
 from profiles import Catalog, LLM
 
+from . import conformal
 from .candidate import DEFAULT_SPARSITY, Candidate
 from .estimate import Estimate
 from .quality_fit import pool_by_size
@@ -359,14 +360,13 @@ def calibrate_widths(published: list[Row], measured: list[Row], prefers: dict, c
     out = {}
     for rule, v in res.items():
         if len(v) >= min_rows:
-            v = sorted(v)
-            out[rule] = v[min(len(v) - 1, int(math.ceil(coverage * len(v))) - 1)]
+            out[rule] = conformal.quantile(v, coverage)
     return out
 
 
 def _widths_cached(published: list[Row], measured: list[Row], prefers: dict) -> dict:
     from profiles import cache
-    key = cache.digest("widths v2: per kind", repr([(r.model, r.component, r.budget, r.metric, r.loss, r.cite, r.kind)
+    key = cache.digest("widths v3: per kind, finite-sample conformal rank", repr([(r.model, r.component, r.budget, r.metric, r.loss, r.cite, r.kind)
                                                     for r in published]),
                        repr(sorted(prefers.items())), repr([(r.model, r.component, r.loss) for r in measured]))
     hit = cache.get("quality-widths", key)

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from . import conformal
 from .candidate import DROP_LAYERS
 
 FLOOR = 1e-3
@@ -78,7 +79,8 @@ def fit_with_interval(rows, alpha: float = 1.0, coverage: float = 0.9):
     rows = [r for r in rows if r.size_b or r.family == "small"]
     if len(rows) < 20:
         return None, None
-    key = cache.digest(repr([(sorted(_feats(r).items()), r.loss, r.cite) for r in rows]), str(alpha), str(coverage))
+    key = cache.digest(repr([(sorted(_feats(r).items()), r.loss, r.cite) for r in rows]), str(alpha), str(coverage),
+                       "finite-sample conformal rank")
     hit = cache.get("quality-fit", key)
     if hit is not None:
         m = QualityRegressor(alpha)
@@ -105,7 +107,7 @@ def _fit_with_interval(rows, alpha: float, coverage: float):
         if known:
             p = m.predict(known)
             res += [abs(math.log(pi) - math.log(max(r.loss, FLOOR))) for pi, r in zip(p, known)]
-    q = float(np.quantile(res, coverage)) if res else 1.0
+    q = conformal.quantile(res, coverage) if res else 1.0
     return QualityRegressor(alpha).fit(rows), q
 
 

@@ -15,7 +15,7 @@ from profiles import Catalog, cache
 from .quality import PPL, QualityModel, fixed_component
 from .quality_rows import SMALL_MODEL_CSV, ComponentLoss
 
-_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_served.py")
+_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_served.py", "conformal.py")
 
 
 def _key(cat: Catalog) -> str:
