@@ -1,6 +1,6 @@
 """Benchmark (not a test): cold-start wall time of `advisor recommend`, as a new process each run.
 
-    python tests/bench_cold_start.py [--runs 10]
+    python tests/bench_cold_start.py [--runs 10] [--json] [--auto]
 
 Prints median and spread; the bars are under 1 s (issue 2) and under 0.3 s for one engine (issue 13) on a
 2-core machine. Nothing is asserted:
@@ -22,8 +22,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--json", action="store_true", help="time the --json output path instead of the table")
+    ap.add_argument("--auto", action="store_true", help="time --engine auto (every engine searched; bar: < 1 s)")
     args = ap.parse_args()
-    cmd = CMD + (["--json"] if args.json else [])
+    cmd = CMD + (["--json"] if args.json else []) + (["--engine", "auto"] if args.auto else [])
     times = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
@@ -31,7 +32,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     print(f"advisor recommend cold start: median {med:.3f} s, min {min(times):.3f}, max {max(times):.3f} "
-          f"over {args.runs} runs ({'json' if args.json else 'table'} output)")
+          f"over {args.runs} runs ({'json' if args.json else 'table'} output{', --engine auto' if args.auto else ''})")
     import os
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         print("note: PYTHONDONTWRITEBYTECODE is set, so every run compiled the project's modules from source "
