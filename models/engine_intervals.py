@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import conformal
-from .conformal import COVERAGE
 
 WIDEN = {"kernel": 2.0, "kernel_arch": 1.5}
 MIN_KIND_ROWS = 20
@@ -44,7 +43,7 @@ def q_for(q: dict, group: str, kind: str) -> float:
 
 
 def _q(r: np.ndarray) -> float:
-    return conformal.quantile(r, COVERAGE)
+    return conformal.quantile(r)
 
 
 def widen_factor(domain: dict, kernel: str, arch: str) -> tuple[float, list[str]]:

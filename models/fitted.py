@@ -22,7 +22,6 @@ from profiles import Catalog, load
 
 from . import conformal
 from .candidate import DEFAULT_KV, Scenario
-from .conformal import COVERAGE
 from .correction import FEATURES, TARGETS, WIDEN, FittedCostModel, domain_of, features
 from .measured_rows import SUPERSEDED_COMPILE_MODES, row_candidate, usable_rows  # noqa: F401 (re-exported)
 from .memory import predict_memory
@@ -171,7 +170,7 @@ def conformal_q(X, y, groups, alpha: float, min_groups: int = 3, shrink: float =
     r = r[np.isfinite(r)]
     if not len(r):
         return 0.5
-    return conformal.quantile(r, COVERAGE)
+    return conformal.quantile(r)
 
 
 def _widen(meta, tr, te) -> np.ndarray:
