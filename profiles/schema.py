@@ -44,6 +44,8 @@ GPU_FIELDS = (
     Field("mem_bw_gbps", NUM, cited=True),
     Field("tflops_dense", (dict,), cited=True),
     Field("fp32_tflops", NUM, required=False, nullable=True, cited=True),
+    Field("sm_count", (int,), required=False, nullable=True, cited=True),
+    Field("boost_clock_mhz", NUM, required=False, nullable=True, cited=True),
     Field("sparse_2_4", (bool,), nullable=True),
     Field("tdp_w", NUM, cited=True),
     Field("idle_w", NUM, required=False, nullable=True, cited=True),
