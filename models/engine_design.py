@@ -142,9 +142,10 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         n = int(_num(r.get("num_gpus"), 1) or 1)
         split = str(r.get("parallel") or "none")
         split = {"none": None, "pp": "layer"}.get(split, split)
-        # an older build's prompt kernel (engines.yaml earlier_builds), else the catalog's
-        earlier = (eng.earlier_kernel(prec, arch, "prefill", r.get("date_published"), r.get("build_flags"))
-                   if es.METRIC_GROUP[metric] == "prefill" else None) or (None, None)
+        # an older build's kernel for the row's phase (engines.yaml earlier_builds; a throughput row is read as
+        # its decode steps), else the catalog's
+        phase = "prefill" if es.METRIC_GROUP[metric] == "prefill" else "decode"
+        earlier = eng.earlier_kernel(prec, arch, phase, r.get("date_published"), r.get("build_flags")) or (None, None)
         q = es.query(cat, gpu, llm, Candidate(prec, kv=kv), eng, n, split, r.get("flash_attn") != "off", *earlier)
         prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
         if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)

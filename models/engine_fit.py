@@ -42,11 +42,22 @@ ARCH_SIGMA, ARCH_BOUND = 0.7, 1.5    # prior sd and bound of a log offset
 # not, kernel fusion) as much as of the GPU: published rows span builds whose launch overheads differ by
 # an order of magnitude, so its offset per GPU is left wider than the efficiencies'.
 ARCH_WIDE = {"layer_us": (1.5, 3.0)}
+B_SM_START = 4.0  # bytes per SM cycle where each kernel's b_sm starts the fit (fit_params)
+
+
+def _own(k: str) -> tuple:
+    """The parameters kernel ``k`` fits itself: all for today's kernels, es.EARLIER_OWN_PARAMS for an earlier
+    build's (``<kernel>~<tag>``; the rest from today's kernel)."""
+    return es.EARLIER_OWN_PARAMS if es.base_kernel(k) != k else es.KERNEL_PARAMS
 
 
 def _layout(kernels, kernel_archs=()) -> list[tuple]:
-    return ([(p, None, None) for p in es.ENGINE_PARAMS] + [(p, k, None) for k in kernels for p in es.KERNEL_PARAMS]
-            + [(p, k, a) for k, a in kernel_archs for p in ARCH_PARAMS])
+    """Parameter slots: the engine's; each kernel's own (today's kernel of every earlier build's too); per
+    (today's kernel, GPU) offsets."""
+    ks = sorted(set(kernels) | {es.base_kernel(k) for k in kernels})
+    pairs = sorted({(es.base_kernel(k), a) for k, a in kernel_archs})
+    return ([(p, None, None) for p in es.ENGINE_PARAMS] + [(p, k, None) for k in ks for p in _own(k)]
+            + [(p, k, a) for k, a in pairs for p in ARCH_PARAMS])
 
 
 def _unpack(theta, layout) -> dict:
@@ -67,7 +78,8 @@ def _row_params(theta, layout, d: Design, _idx: dict | None = None) -> dict:
     th = np.exp(np.asarray(theta, float))
     out = {p: th[i] for p, i in ix["engine"].items()}
     for p, (slots, rows) in ix["kernel"].items():
-        vals = np.append(th[slots], es.PARAM_PRIORS[p][0])  # last: a kernel with no slot
+        none = es.PARAM_PRIORS[p][0]
+        vals = np.append(np.where(slots >= 0, th[slots], none), none)  # last: a kernel with no slot
         out[p] = vals[rows]
     for p, (slots, rows) in ix["pair"].items():
         mult = np.append(th[slots], 1.0)
@@ -80,13 +92,16 @@ def _index(layout, d: Design) -> dict:
     kernels = sorted({k for _, k, a in layout if k is not None and a is None})
     kpos = {k: j for j, k in enumerate(kernels)}
     krow = np.array([kpos.get(k, len(kernels)) for k in d.kernel], int)
+    where = {x: i for i, x in enumerate(layout)}
     kern = {}
     for p in es.KERNEL_PARAMS:
-        slots = np.array([next(i for i, x in enumerate(layout) if x == (p, k, None)) for k in kernels], int)
+        # an earlier build's kernel reads today's kernel's slot for what it does not fit itself; -1: no slot (the
+        # prior's value)
+        slots = np.array([where.get((p, k, None), where.get((p, es.base_kernel(k), None), -1)) for k in kernels], int)
         kern[p] = (slots, krow)
     pairs = sorted({(k, a) for _, k, a in layout if a is not None})
     ppos = {pa: j for j, pa in enumerate(pairs)}
-    prow = np.array([ppos.get((k, g), len(pairs)) for k, g in zip(d.kernel, d.gpu)], int)
+    prow = np.array([ppos.get((es.base_kernel(k), g), len(pairs)) for k, g in zip(d.kernel, d.gpu)], int)
     pair = {}
     for p in ARCH_PARAMS:
         slots = np.array([next(i for i, x in enumerate(layout) if x == (p, k, a)) for k, a in pairs], int)
@@ -125,7 +140,12 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
         r = np.log(np.maximum(pred, 1e-30)) - logy
         return np.concatenate([r, prior_weight * (theta - mu) / sig])
 
-    sol = least_squares(resid, np.clip(mu, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
+    x0 = mu.copy()
+    # every kernel's SM bound starts where it binds: far from it, on the bandwidth-bound side, the soft maximum
+    # leaves it no gradient, and the fit would never see rows that it explains (from there it rises until it
+    # stops binding where the rows do not ask for it)
+    x0[[i for i, (p, k, a) in enumerate(layout) if p == "b_sm" and a is None]] = math.log(B_SM_START)
+    sol = least_squares(resid, np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
                         max_nfev=int(__import__("os").environ.get("ADVISOR_FIT_NFEV", 100)))
     return _unpack(sol.x, layout)
 

@@ -6,8 +6,12 @@ split runs the GPUs one after the other):
 
     t_weights = W / (n x BW x e_bw[kernel] x (r_gemm if B > 1))   W: bytes of the weights one step reads
                 (plus a 16-bit copy written and read where the kernel dequantizes before a GEMM: bitsandbytes)
+    t_sm      = W / (n x SMs x clock x b_sm[kernel] x (r_gemm if B > 1))   (a kernel that keeps too few bytes in
+                flight per SM is bound by its SMs, not by the DRAM (Little's law): b_sm bytes per SM per cycle,
+                fitted; what makes a GEMV reach 0.6 of an H200's datasheet bandwidth but 0.85 of a GDDR card's.
+                GPUs the catalog has no SM count or clock for have no such bound)
     t_matmul  = B x F / (n x peak[dtype] x e_mm[kernel])    F: matmul FLOPs per token
-    t_linear  = (t_weights^3 + t_matmul^3)^(1/3)            (a soft roofline: the GEMMs near the ridge
+    t_linear  = (t_weights^3 + t_sm^3 + t_matmul^3)^(1/3)   (a soft roofline: the GEMMs near the ridge
                                                              reach neither asymptote)
     t_kv      = B x L x kv_bytes_per_token / (n x BW x e_kv)   (decode attention reads the KV cache; without
                 flash attention, llama.cpp also writes and re-reads an fp32 score per head and context token)
@@ -141,7 +145,10 @@ def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
 
 # Parameters of one engine: efficiencies per kernel and fixed costs (see the module docstring).
 PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
-    "e_bw": (0.70, 0.5, 0.05, 0.97),
+    # a streaming kernel's share of datasheet bandwidth where nothing else binds: a device-to-device copy reaches
+    # 0.86-0.89 on the H200 (copy_bw_gbps 4,138-4,186 of 4,800 in measurement/data/llamacpp/rows.csv; 4.29 TB/s in
+    # shared/gpu-notes.md), a bf16 GEMV through cuBLAS 0.75 (gpu-notes, one 4096 x 14336 projection)
+    "e_bw": (0.80, 0.5, 0.05, 0.97),
     "e_mm": (0.50, 0.7, 0.02, 0.95),
     "e_pre": (0.50, 0.7, 0.02, 0.95),
     "r_gemm": (0.85, 0.5, 0.2, 1.0),      # weight streaming of the multi-sequence kernel relative to batch 1
@@ -150,13 +157,17 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "e_attn": (0.40, 0.8, 0.02, 0.95),
     "host_ms": (0.3, 0.7, 0.005, 50.0),   # per-step host/launch cost with CUDA graphs: tenths of a ms
     "layer_us": (10.0, 1.5, 0.1, 500.0),
+    # bytes per SM per clock cycle a kernel streams weights at: 48 (above the 3-28 that datasheet bandwidth over
+    # SMs x boost clock asks of today's GPUs) leaves it bandwidth-bound unless its rows say otherwise; a wide prior
+    # (a factor e^3 = 20 per sd): few rows inform it, and on one GPU it trades against e_bw
+    "b_sm": (48.0, 3.0, 1.0, 1000.0),
     "seq_us": (0.05, 2.0, 0.0001, 100.0),
     "layer_exp": (0.5, 0.7, 0.01, 2.0),   # the per-layer cost grows as (hidden / 4096) ** layer_exp   # per sequence per layer per step (row-wise small kernels)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
     "req_ms": (10.0, 1.5, 0.1, 500.0),    # per request outside the forwards (module docstring): an assumption
     "row_sync": (1.0, 1.0, 0.05, 50.0),   # row split: each copy's cost in measured all-reduce latencies
 }
-KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm")
+KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm", "b_sm")
 ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync")
 
 
@@ -166,9 +177,9 @@ def prior_params(kernels) -> dict:
     return out
 
 
-def _soft(a, b, c=0.0):
-    """(a^3 + b^3 + c^3)^(1/3): a soft maximum (P_SOFT = 3)."""
-    return np.cbrt(a * a * a + b * b * b + c * c * c)
+def _soft(a, b, c=0.0, d=0.0):
+    """(a^3 + b^3 + c^3 + d^3)^(1/3): a soft maximum (P_SOFT = 3)."""
+    return np.cbrt(a * a * a + b * b * b + c * c * c + d * d * d)
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,7 @@ class Query:
     flash_attn: bool = True  # fused attention (every engine's default today; llama.cpp's -fa auto on CUDA)
     prefill_call_tokens: float = 0.0  # tokens per call into the engine (llama.cpp n_batch); 0: one chunk
     dequant_copy_bytes: float | None = None  # per weight, beside the packed weights (None: DEQUANT_COPY_BYTES)
+    sm_cycles: float = 0.0  # SMs x boost clock (cycles/s) of one GPU; 0: not in the catalog (no SM-bound term)
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
@@ -201,26 +213,51 @@ def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gp
     """``kernel`` / ``dequant_copy_bytes``: an older build's kernel for the method (engines.yaml earlier_builds)
     instead of the catalog's, with the bytes per weight of the copy it dequantizes to."""
     kernel = kernel or eng.kernel(cand.precision, arch_of(gpu.cc)) or "unknown"
-    dtype = KERNEL_DTYPE.get(kernel, "16")
+    dtype = KERNEL_DTYPE.get(base_kernel(kernel), "16")
     split = split or eng.default_split if num_gpus > 1 else "none"
     return Query(gpu.mem_bw_gbps * 1e9, dtype_peak_flops(gpu, dtype), dtype_peak_flops(gpu, "16"),
                  cuda_core_flops(gpu), link_bytes_per_s(gpu), work(cat, llm, cand), num_gpus, split, eng.id, kernel,
                  float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
                  float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
                  bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)),
-                 dequant_copy_bytes)
+                 dequant_copy_bytes, sm_cycles_per_s(gpu))
+
+
+def base_kernel(kernel: str) -> str:
+    """Today's kernel id of an earlier build's kernel (``ggml-f16~2405`` -> ``ggml-f16``; engines.yaml
+    earlier_builds ``tag``): same dtype and bytes, its own fitted efficiencies."""
+    return kernel.split("~", 1)[0]
+
+
+def sm_cycles_per_s(gpu: GPU) -> float:
+    """SMs (compute units) x boost clock of one GPU in cycles per second (gpus.yaml sm_count, boost_clock_mhz);
+    0 where the catalog lacks either."""
+    n, mhz = gpu.raw.get("sm_count"), gpu.raw.get("boost_clock_mhz")
+    return float(n) * float(mhz) * 1e6 if n and mhz else 0.0
+
+
+# What an earlier build's kernel (``<kernel>~<tag>``, engines.yaml earlier_builds) fits of its own: the bytes per
+# SM per cycle its weight streaming sustains and its fixed cost per layer. The rest (DRAM efficiency, tensor
+# efficiencies, the GEMM's streaming, dequantization cost, and every per-GPU offset) it shares with today's kernel
+# of the same method. Why the SMs: the May 2024 build's F16 decode reached 0.85-1.1 TB/s on A100 / H100 PCIe / H200
+# (published and measured) but 0.7-0.9 of datasheet bandwidth on GDDR GPUs, as a kernel with too few loads in flight
+# per SM does (Little's law); measurement/NOTES.md, calls 28-29.
+EARLIER_OWN_PARAMS = ("b_sm", "layer_us")
 
 
 def kparams(params: dict, kernel: str) -> dict:
     k = params["kernels"].get(kernel) or {}
-    return {p: k.get(p, PARAM_PRIORS[p][0]) for p in KERNEL_PARAMS}
+    base = params["kernels"].get(base_kernel(kernel)) or {}
+    own = EARLIER_OWN_PARAMS if base_kernel(kernel) != kernel else KERNEL_PARAMS
+    return {p: k.get(p, PARAM_PRIORS[p][0]) if p in own else base.get(p, PARAM_PRIORS[p][0]) for p in KERNEL_PARAMS}
 
 
 def row_params(params: dict, kernel: str, gpu: str | None = None) -> dict:
     """The flat parameter set one configuration uses: the engine's, its kernel's efficiencies, and the
-    kernel's offset on this GPU where rows there fitted one (bounded like the efficiency)."""
+    kernel's offset on this GPU where rows there fitted one (bounded like the efficiency; an earlier build's
+    kernel takes today's kernel's offsets)."""
     out = {**{k: params.get(k, PARAM_PRIORS[k][0]) for k in ENGINE_PARAMS}, **kparams(params, kernel)}
-    for p, f in (params.get("arch") or {}).get(f"{kernel}@{gpu}", {}).items():
+    for p, f in (params.get("arch") or {}).get(f"{base_kernel(kernel)}@{gpu}", {}).items():
         out[p] = min(out[p] * f, PARAM_PRIORS[p][3])
     return out
 
@@ -236,10 +273,10 @@ def arrays(q: Query) -> dict:
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": q.prefill_chunk_tokens,
             "call": q.prefill_call_tokens or q.prefill_chunk_tokens,
             "pipe": 1.0 if q.n > 1 and not tp else 0.0, "gemv_rows": q.gemv_max_rows,
-            "DQB": q.w.linear_weights * (DEQUANT_COPY_BYTES.get(q.kernel, 0.0) if q.dequant_copy_bytes is None
+            "DQB": q.w.linear_weights * (DEQUANT_COPY_BYTES.get(base_kernel(q.kernel), 0.0) if q.dequant_copy_bytes is None
                                          else q.dequant_copy_bytes),
             "serving": 1.0 if q.prefill_in_decode_steps else 0.0,
-            "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx,
+            "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx, "smc": q.sm_cycles,
             # a row split leaves attention and the KV cache on the main GPU
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
@@ -266,13 +303,17 @@ def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well
     many = np.asarray(batch) > 1
     multi = np.where(many, p["r_gemm"], 1.0)
-    t_w = (a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)) / (a["div"] * a["bw"] * p["e_bw"] * multi)
+    wb = a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)
+    t_w = wb / (a["div"] * a["bw"] * p["e_bw"] * multi)
+    smc = np.asarray(a.get("smc", 0.0), float)
+    t_sm = np.where(smc > 0, wb / (a["div"] * np.where(smc > 0, smc, 1.0) * p.get("b_sm", PARAM_PRIORS["b_sm"][0])
+                                   * multi), 0.0)
     t_c = (batch + extra_tokens) * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * (a["KVB"] + a.get("SB", 0.0)) / (a.get("kvdiv", a["div"]) * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
     fixed = p["host_ms"] * 1e-3 + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6
-    return _soft(t_w, t_c, t_dq) + t_kv + fixed + allreduce_s(a, batch) + row_sync_s(a, p)
+    return _soft(t_w, t_c, t_dq, t_sm) + t_kv + fixed + allreduce_s(a, batch) + row_sync_s(a, p)
 
 
 def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):

@@ -51,7 +51,7 @@ CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dt
 PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}
-EARLIER_BUILD_KEYS = {"until", "build_flag", "phase", "methods", "runs_as", "dequant_copy_bytes", "source"}
+EARLIER_BUILD_KEYS = {"until", "build_flag", "phase", "methods", "runs_as", "tag", "dequant_copy_bytes", "source"}
 ARCHS = ("sm70", "sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120")
 
 
@@ -120,15 +120,18 @@ class Engine:
     def earlier_kernel(self, method: str, arch: str, phase: str, date: str | None,
                        build_flags: str | None = None) -> tuple[str, float] | None:
         """(kernel, bytes per weight of a dequantized copy) that a build published before an ``earlier_builds``
-        entry's ``until`` date, or built with its ``build_flag``, ran ``method`` through in ``phase`` (prefill or
-        decode), or None: today's kernel."""
+        entry's ``until`` date, or built with (any of) its ``build_flag``, ran ``method`` through in ``phase`` (prefill or
+        decode), or None: today's kernel. An entry with ``runs_as`` names the method whose kernel ran; one with
+        ``tag`` names today's kernel of the method as that build had it (``<kernel>~<tag>``, its own efficiencies)."""
         for e in self.raw.get("earlier_builds") or ():
             old = bool(date) and str(date) < e["until"]
-            flagged = bool(e.get("build_flag")) and e["build_flag"] in str(build_flags or "").split()
+            want = e.get("build_flag") or []
+            flagged = bool(set([want] if isinstance(want, str) else want) & set(str(build_flags or "").split()))
             if (old or flagged) and e["phase"] == phase and method in e["methods"]:
-                k = self.kernel(e["runs_as"], arch)
+                k = self.kernel(e.get("runs_as") or method, arch)
                 if k:
-                    return k, float(e.get("dequant_copy_bytes", 0.0))
+                    return (f"{k}~{e['tag']}" if e.get("tag") else k), (float(e["dequant_copy_bytes"])
+                                                                       if "dequant_copy_bytes" in e else None)
         return None
 
     def flag(self, method: str, arch: str) -> str | None:
@@ -150,15 +153,15 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
             raise schema.SchemaError(f"{where}: {uncited} need an entry in 'sources'")
         for i, b in enumerate(e.get("earlier_builds") or ()):
             w = f"{where}: earlier_builds[{i}]"
-            if not isinstance(b, dict) or set(b) - EARLIER_BUILD_KEYS or not {"until", "phase", "methods", "runs_as",
-                                                                               "source"} <= set(b):
-                raise schema.SchemaError(f"{w}: needs until, phase, methods, runs_as, source (and may have "
+            if (not isinstance(b, dict) or set(b) - EARLIER_BUILD_KEYS or not {"until", "phase", "methods", "source"} <= set(b)
+                    or ("runs_as" in b) == ("tag" in b)):
+                raise schema.SchemaError(f"{w}: needs until, phase, methods, source and one of runs_as, tag (and may have "
                                          f"build_flag, dequant_copy_bytes), got {sorted(b) if isinstance(b, dict) else b}")
             if not (isinstance(b["until"], str) and len(b["until"]) == 10 and b["until"][4] == b["until"][7] == "-"):
                 raise schema.SchemaError(f"{w}: until must be a quoted YYYY-MM-DD date, got {b['until']!r}")
             if b["phase"] not in ("prefill", "decode"):
                 raise schema.SchemaError(f"{w}: phase must be prefill or decode, got '{b['phase']}'")
-            unknown = [m for m in [*b["methods"], b["runs_as"]] if m not in (e["methods"] if isinstance(e["methods"], dict) else {})]
+            unknown = [m for m in [*b["methods"], *([b["runs_as"]] if "runs_as" in b else [])] if m not in (e["methods"] if isinstance(e["methods"], dict) else {})]
             if unknown:
                 raise schema.SchemaError(f"{w}: methods {unknown} are not among the engine's methods")
         if e["methods"] == "*":

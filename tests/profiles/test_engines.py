@@ -76,7 +76,9 @@ def test_earlier_builds_are_checked(cat):
                      ({**good, "until": datetime.date(2024, 6, 24)}, "until must be a quoted YYYY-MM-DD"),
                      ({**good, "runs_as": "awq-int4"}, "not among the engine's methods"),
                      ({k: v for k, v in good.items() if k != "source"}, "needs until, phase"),
-                     ({**good, "kernel": "x"}, "needs until, phase")):
+                     ({**good, "kernel": "x"}, "needs until, phase"),
+                     ({**good, "tag": "2405"}, "one of runs_as, tag"),  # both
+                     ({k: v for k, v in good.items() if k != "runs_as"}, "one of runs_as, tag")):  # neither
         doc["engines"][i] = {**doc["engines"][i], "earlier_builds": [bad]}
         with pytest.raises(SchemaError, match=msg):
             check_engines(doc, set(cat.methods))
