@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from profiles.dtypes import BF16
+
 from .bench import COLUMNS, ModelFacts, RowWriter, make_row, parse_llama_bench_record, roofline, _r
 
 ROWS = Path(__file__).resolve().parents[1] / "data" / "llamacpp" / "rows.csv"
@@ -50,7 +52,7 @@ def facts_of(rec: dict, model: str) -> ModelFacts:
 def rows_of(records: list[dict], ctx: dict) -> list[dict]:
     from profiles import load
     gpu = load().gpu(ctx.get("gpu", "h200"))
-    bw, peak = float(gpu.mem_bw_gbps), float(gpu.peak_tflops("bf16"))
+    bw, peak = float(gpu.mem_bw_gbps), float(gpu.peak_tflops(BF16))
     out = []
     for rec in records:
         for m in parse_llama_bench_record(rec):
