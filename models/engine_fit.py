@@ -45,18 +45,12 @@ ARCH_WIDE = {"layer_us": (1.5, 3.0)}
 B_SM_START = 4.0  # bytes per SM cycle where each kernel's b_sm starts the fit (fit_params)
 
 
-def _own(k: str) -> tuple:
-    """The parameters kernel ``k`` fits itself: all for today's kernels, es.EARLIER_OWN_PARAMS for an earlier
-    build's (``<kernel>~<tag>``; the rest from today's kernel)."""
-    return es.EARLIER_OWN_PARAMS if es.base_kernel(k) != k else es.KERNEL_PARAMS
-
-
 def _layout(kernels, kernel_archs=()) -> list[tuple]:
     """Parameter slots: the engine's; each kernel's own (today's kernel of every earlier build's too); per
     (today's kernel, GPU) offsets."""
     ks = sorted(set(kernels) | {es.base_kernel(k) for k in kernels})
     pairs = sorted({(es.base_kernel(k), a) for k, a in kernel_archs})
-    return ([(p, None, None) for p in es.ENGINE_PARAMS] + [(p, k, None) for k in ks for p in _own(k)]
+    return ([(p, None, None) for p in es.ENGINE_PARAMS] + [(p, k, None) for k in ks for p in es.own_params(k)]
             + [(p, k, a) for k, a in pairs for p in ARCH_PARAMS])
 
 
@@ -78,8 +72,7 @@ def _row_params(theta, layout, d: Design, _idx: dict | None = None) -> dict:
     th = np.exp(np.asarray(theta, float))
     out = {p: th[i] for p, i in ix["engine"].items()}
     for p, (slots, rows) in ix["kernel"].items():
-        none = es.PARAM_PRIORS[p][0]
-        vals = np.append(np.where(slots >= 0, th[slots], none), none)  # last: a kernel with no slot
+        vals = np.append(th[slots], es.PARAM_PRIORS[p][0])  # last: a kernel with no slot
         out[p] = vals[rows]
     for p, (slots, rows) in ix["pair"].items():
         mult = np.append(th[slots], 1.0)
@@ -95,16 +88,15 @@ def _index(layout, d: Design) -> dict:
     where = {x: i for i, x in enumerate(layout)}
     kern = {}
     for p in es.KERNEL_PARAMS:
-        # an earlier build's kernel reads today's kernel's slot for what it does not fit itself; -1: no slot (the
-        # prior's value)
-        slots = np.array([where.get((p, k, None), where.get((p, es.base_kernel(k), None), -1)) for k in kernels], int)
+        # an earlier build's kernel reads today's kernel's slot (always in the layout) for what it does not fit itself
+        slots = np.array([where[(p, k if p in es.own_params(k) else es.base_kernel(k), None)] for k in kernels], int)
         kern[p] = (slots, krow)
     pairs = sorted({(k, a) for _, k, a in layout if a is not None})
     ppos = {pa: j for j, pa in enumerate(pairs)}
     prow = np.array([ppos.get((es.base_kernel(k), g), len(pairs)) for k, g in zip(d.kernel, d.gpu)], int)
     pair = {}
     for p in ARCH_PARAMS:
-        slots = np.array([next(i for i, x in enumerate(layout) if x == (p, k, a)) for k, a in pairs], int)
+        slots = np.array([where[(p, k, a)] for k, a in pairs], int)
         pair[p] = (slots, prow)
     return {"engine": eng, "kernel": kern, "pair": pair}
 

@@ -52,10 +52,16 @@ def base_kernel(kernel: str) -> str:
 EARLIER_OWN_PARAMS = ("b_sm", "layer_us")
 
 
+def own_params(kernel: str) -> tuple:
+    """The parameters ``kernel`` fits itself: all of KERNEL_PARAMS for today's kernels, EARLIER_OWN_PARAMS for an
+    earlier build's (``<kernel>~<tag>``; the rest are today's kernel's)."""
+    return EARLIER_OWN_PARAMS if base_kernel(kernel) != kernel else KERNEL_PARAMS
+
+
 def kparams(params: dict, kernel: str) -> dict:
     k = params["kernels"].get(kernel) or {}
     base = params["kernels"].get(base_kernel(kernel)) or {}
-    own = EARLIER_OWN_PARAMS if base_kernel(kernel) != kernel else KERNEL_PARAMS
+    own = own_params(kernel)
     return {p: k.get(p, PARAM_PRIORS[p][0]) if p in own else base.get(p, PARAM_PRIORS[p][0]) for p in KERNEL_PARAMS}
 
 

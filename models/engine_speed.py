@@ -52,7 +52,7 @@ from .candidate import Candidate
 from .memory import param_counts
 from .speed import ALLREDUCE_LATENCY_S, link_bytes_per_s
 from .engine_params import (EARLIER_OWN_PARAMS, ENGINE_PARAMS, KERNEL_PARAMS, PARAM_PRIORS,  # noqa: F401 - es.X
-                            base_kernel, kparams, prior_params, row_params)
+                            base_kernel, kparams, own_params, prior_params, row_params)
 
 P_SOFT = 3.0
 # Tensor dtype each kernel multiplies in (its peak is the compute roof).

@@ -55,13 +55,13 @@ def rows_of(records: list[dict], ctx: dict) -> list[dict]:
     bw, peak = float(gpu.mem_bw_gbps), float(gpu.peak_tflops(BF16))
     out = []
     for rec in records:
+        f = facts_of(rec, ctx["model"])
+        c = {**ctx, "qtype": f.qtype, "flash_attn": "on" if rec.get("flash_attn") else "off",
+             "command": ctx.get("command", ""), "date_utc": rec.get("test_time", "")}
+        c["notes"] = "; ".join(x for x in (f"random weights; flash attention {c['flash_attn']}; -ngl 99",
+                                           "roofline: datasheet bandwidth and 16-bit peak (no copy bandwidth measured)",
+                                           ctx.get("notes", "")) if x)
         for m in parse_llama_bench_record(rec):
-            f = facts_of(rec, ctx["model"])
-            c = {**ctx, "qtype": f.qtype, "flash_attn": "on" if rec.get("flash_attn") else "off",
-                 "command": ctx.get("command", ""), "date_utc": rec.get("test_time", "")}
-            c["notes"] = "; ".join(x for x in (f"random weights; flash attention {c['flash_attn']}; -ngl 99",
-                                               "roofline: datasheet bandwidth and 16-bit peak (no copy bandwidth measured)",
-                                               ctx.get("notes", "")) if x)
             row = make_row(m, f, c)
             row["file"] = ""
             rv = roofline(f, m.metric, m.batch, m.prompt_len or 0, m.gen_len or 0, m.depth, m.kv, bw, peak,
