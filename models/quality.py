@@ -59,7 +59,12 @@ def _preferred(rows: list[Row], prefers: str | None) -> list[Row]:
     return hit or rows
 
 
-def _pick_metric(rows: list[Row]) -> list[Row]:
+def _pick_metric(rows: list[Row], metric: str | None = None) -> list[Row]:
+    """Rows of ``metric`` where there are any (a perplexity increase is a quantity per dataset: the same
+    4-bit model loses 14% on WikiText-2 and 0% on C4 in one table), else of the preferred metric."""
+    same = [r for r in rows if r.metric == metric] if metric else []
+    if same:
+        return same
     best = min(_metric_key(r) for r in rows)
     return [r for r in rows if _metric_key(r) == best]
 
@@ -190,7 +195,10 @@ class QualityModel:
             self._raw_cache[key] = self._lookup(llm, comp, budget, kind)
         return self._raw_cache[key]
 
-    def _lookup(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+    def _lookup(self, llm: LLM, comp: tuple, budget: int | None, kind: str,
+                metric: str | None = None) -> ComponentLoss | None:
+        """The first rule with rows (module docstring); ``metric``: the dataset's metric to answer for where
+        rows of it exist (None: the preferred one, WikiText-2 first)."""
         rows = _preferred([r for r in self.published if r.component == comp and r.kind == kind],
                           self.prefers.get(comp[1]))
         size = llm.published_params_b
@@ -199,7 +207,7 @@ class QualityModel:
                    and r not in exact]
         family = [r for r in rows if r.family == llm.family]
         if not (exact or variant or family) and kind == PPL and rows:  # a size law needs published rows
-            fitted = self._fitted(llm, comp, budget, rows)
+            fitted = self._fitted(llm, comp, budget, rows, metric)
             if fitted:
                 return fitted
         floor = width_floor(kind)
@@ -207,7 +215,7 @@ class QualityModel:
                            ("measured-small", [r for r in self.measured if r.component == comp and r.kind == kind])):
             if not pool:
                 continue
-            pool = _pick_metric(pool)
+            pool = _pick_metric(pool, metric)
             pool, below_all = _pick_budget(pool, budget)
             if rule == "family":
                 near = min(abs(math.log((r.size_b or size) / size)) for r in pool)
@@ -239,11 +247,12 @@ class QualityModel:
                                  tuple(sorted({r.cite for r in pool})))
         return None
 
-    def _fitted(self, llm: LLM, comp: tuple, budget: int | None, rows: list[Row]) -> ComponentLoss | None:
+    def _fitted(self, llm: LLM, comp: tuple, budget: int | None, rows: list[Row],
+                metric: str | None = None) -> ComponentLoss | None:
         m = self.fitted
         if m is None or comp not in m.methods_:
             return None
-        metric = _pick_metric(rows)[0].metric if rows else "wikitext2_ppl"
+        metric = _pick_metric(rows, metric)[0].metric if rows else (metric or "wikitext2_ppl")
         q = Row(llm.id, llm.family, llm.published_params_b, comp, budget, metric, 0.0, "", "")
         loss = max(float(m.predict([q])[0]), 0.0)
         k = math.exp(self.fitted_q90)
@@ -327,7 +336,7 @@ def _row_llm(r: Row):
 
 def lookup_of(q: "QualityModel", r: Row) -> ComponentLoss | None:
     """What the lookup rules answer for a published row's own model, component, budget and quantity."""
-    return q._lookup(_row_llm(r), r.component, r.budget, r.kind)
+    return q._lookup(_row_llm(r), r.component, r.budget, r.kind, r.metric)
 
 
 def held_out_lookups(published: list[Row], key, make_model, kind: str | None = None, ask=lookup_of):

@@ -159,3 +159,18 @@ def test_served_quality_answers_as_the_full_model_and_from_its_table(cat, tmp_pa
     second = ServedQuality(cat)
     assert [second.component(cat.llm(m), c, None, k) for m, c, k in asks] == want
     assert second._model is None  # nothing was parsed or fitted
+
+
+def test_a_held_out_row_is_answered_on_its_own_dataset_where_rows_of_it_exist():
+    from models.quality import lookup_of
+
+    comp = ("precision", "gptq-int4")
+    train = [_row("llama3-8b", "llama3", 8.0, comp, 0.06), _row("llama3-8b", "llama3", 8.0, comp, 0.13, "c4_ppl")]
+    q = QualityModel(train, learn=False)
+    c4 = _row("llama3-8b", "llama3", 8.0, comp, 0.12, "c4_ppl")
+    assert lookup_of(q, c4).loss == pytest.approx(0.13) and lookup_of(q, c4).metric == "c4_ppl"
+    # a dataset no row has: the preferred one (WikiText-2 first)
+    ptb = _row("llama3-8b", "llama3", 8.0, comp, 0.2, "ptb_ppl")
+    assert lookup_of(q, ptb).metric == "wikitext2_ppl"
+    # what recommend asks (no dataset named): WikiText-2
+    assert q._raw(FakeLLM("llama3-8b", "llama3", 8.0), comp, None, "ppl_delta").loss == pytest.approx(0.06)
