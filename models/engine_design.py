@@ -24,6 +24,10 @@ _RATE = re.compile(r"(?:request[ -]rate|qps)\s*[:=]?\s*\d", re.I)
 # a README convention (measurement/data/published_engine/README.md): the source's prompts repeat, so the engine's
 # prefix cache serves most prefills and its TTFT and throughput are not a prefill's
 PREFIX_CACHED = "prefix cache serves"
+# a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
+# dataset) prints the tokens it sent and received; the row's notes copy them ("actual lengths ...: X input / Y output
+# tokens over N requests") and the cost model reads the mean lengths from them, not the nominal ones
+_ACTUAL = re.compile(r"actual lengths[^:]*:\s*(\d+) input / (\d+) output tokens over (\d+) requests", re.I)
 
 
 @dataclass
@@ -150,6 +154,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         prompt, gen, depth = _num(r.get("prompt_len"), 0), _num(r.get("gen_len"), 0), _num(r.get("depth"), 0)
         if prompt <= 0:  # a source that does not publish its input length, estimated (README of the data)
             prompt = _num(r.get("prompt_len_est"), 0)
+        actual = _ACTUAL.search(text)
+        if actual:  # the client's own count of the tokens it sent and received (means per request)
+            prompt, gen = (int(actual.group(k)) / int(actual.group(3)) for k in (1, 2))
         ctx = _num(r.get("decode_ctx"), 0) or es.decode_context(prompt, gen, depth)
         if metric in ("prefill_tok_s", "ttft_ms") and prompt <= 0:
             skip("prefill row without a prompt length")

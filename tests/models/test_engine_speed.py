@@ -104,6 +104,20 @@ def test_a_stated_decode_context_replaces_the_one_from_lengths(cat):
     assert t[0] < t[1] < t[2]  # more KV read per step at batch 256
 
 
+def test_a_clients_printed_token_counts_replace_the_nominal_lengths(cat):
+    import pandas as pd
+
+    base = {"engine": "sglang", "gpu": "h100-sxm", "model": "llama3.1-8b", "precision": "bf16", "kv_dtype": "fp16",
+            "num_gpus": 1, "parallel": "none", "batch": 1, "prompt_len": 8000, "gen_len": 1000, "depth": 0,
+            "metric": "ttft_ms", "value": 300.0, "source_id": "s", "kind": "published"}
+    df = pd.DataFrame([base, {**base, "notes": "random dataset (actual lengths sampled below nominal: 41941 input / "
+                                               "4220 output tokens over 10 requests), max concurrency 1"}])
+    d = ef.design(df, "sglang", cat)
+    assert list(d.prompt) == [8000, pytest.approx(4194.1)] and list(d.gen) == [1000, 422]
+    t = ef.predict_design(ef.load_params()["engines"]["sglang"]["params"], d)
+    assert t[1] < t[0]  # half the prompt: a shorter first token
+
+
 def test_serving_tpot_carries_the_other_requests_prompts(cat):
     llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
     p = ef.load_params()["engines"]["vllm"]["params"]
