@@ -21,6 +21,7 @@ import numpy as np
 from profiles import Catalog, load
 
 from . import engine_speed as es
+from .fd_jacobian import grouped_jacobian
 from .engine_design import Design, design, kv_of, precision_of  # noqa: F401 - the fit's inputs, re-exported
 from .engine_intervals import conformal_q
 
@@ -101,6 +102,19 @@ def _index(layout, d: Design) -> dict:
     return {"engine": eng, "kernel": kern, "pair": pair}
 
 
+def _support(layout, idx: dict, n: int) -> list[np.ndarray]:
+    """The rows each parameter slot can move (from :func:`_index`): every row for the engine's, the rows of the
+    kernels that read it for a kernel's (an earlier build's kernel reads some of today's), a (kernel, GPU) pair's
+    rows for its offsets."""
+    masks = [None] * len(layout)
+    for part in ("kernel", "pair"):
+        for slots, rows in idx[part].values():
+            for j, s in enumerate(slots):
+                m = rows == j
+                masks[s] = m if masks[s] is None else masks[s] | m
+    return [np.arange(n) if m is None else np.flatnonzero(m) for m in masks]
+
+
 def predict_design(params: dict, d: Design) -> np.ndarray:
     rows = [es.row_params(params, k, g) for k, g in zip(d.kernel, d.gpu)]
     p = {k: params.get(k, es.PARAM_PRIORS[k][0]) for k in es.ENGINE_PARAMS}
@@ -137,8 +151,9 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
     # leaves it no gradient, and the fit would never see rows that it explains (from there it rises until it
     # stops binding where the rows do not ask for it)
     x0[[i for i, (p, k, a) in enumerate(layout) if p == "b_sm" and a is None]] = math.log(B_SM_START)
-    sol = least_squares(resid, np.clip(x0, lo + 1e-9, hi - 1e-9), bounds=(lo, hi), method="trf", x_scale=1.0,
-                        max_nfev=int(__import__("os").environ.get("ADVISOR_FIT_NFEV", 100)))
+    jac = grouped_jacobian(resid, _support(layout, idx, len(d)), len(d), lo, hi)
+    sol = least_squares(resid, np.clip(x0, lo + 1e-9, hi - 1e-9), jac=jac, bounds=(lo, hi), method="trf",
+                        x_scale=1.0, max_nfev=int(__import__("os").environ.get("ADVISOR_FIT_NFEV", 100)))
     return _unpack(sol.x, layout)
 
 
