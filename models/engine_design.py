@@ -27,6 +27,13 @@ PREFIX_CACHED = "prefix cache serves"
 # a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
 # dataset) prints the tokens it sent and received; the row's notes copy them ("actual lengths ...: X input / Y output
 # tokens over N requests") and the cost model reads the mean lengths from them, not the nominal ones
+# a README convention: a row whose notes say "static batch" timed one batch whose requests start and end together
+# (gptSessionBenchmark, bench_one_batch): its TPOT is the batch's decode step with no other request's prompt in
+# it, and its first-token latency the prefill of the whole batch
+STATIC_BATCH = "static batch"
+# NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
+_WAVES = re.compile(r"genai-perf|aiperf", re.I)
+STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
 _ACTUAL = re.compile(r"actual lengths[^:]*:\s*(\d+) input / (\d+) output tokens over (\d+) requests", re.I)
 
 
@@ -102,8 +109,11 @@ def _text(r) -> str:
 
 def _metric_of(r, eng, text: str) -> str:
     """The row's metric; output_tok_s of a tool that times decode alone (engines.yaml decode_only_output_tool:
-    llama-batched-bench's S_TG) is decode_out_tok_s. ``text``: :func:`_text` of the row."""
+    llama-batched-bench's S_TG) is decode_out_tok_s; a static batch's TPOT and TTFT are its decode step and
+    its whole prefill (:data:`STATIC_METRIC`). ``text``: :func:`_text` of the row."""
     m = str(r["metric"])
+    if STATIC_BATCH in text and m in STATIC_METRIC:
+        return STATIC_METRIC[m]
     tool = eng.get("decode_only_output_tool")
     if m == "output_tok_s" and tool and tool in text:
         return "decode_out_tok_s"
@@ -158,7 +168,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if actual:  # the client's own count of the tokens it sent and received (means per request)
             prompt, gen = (int(actual.group(k)) / int(actual.group(3)) for k in (1, 2))
         ctx = _num(r.get("decode_ctx"), 0) or es.decode_context(prompt, gen, depth)
-        if metric in ("prefill_tok_s", "ttft_ms") and prompt <= 0:
+        if metric in ("prefill_tok_s", "ttft_ms", "batch_ttft_ms") and prompt <= 0:
             skip("prefill row without a prompt length")
             continue
         if es.METRIC_GROUP[metric] == "throughput" and (prompt <= 0 or gen <= 0):
@@ -185,6 +195,11 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             # a closed-loop client starts all its concurrent requests at once: their prompts overflow one prefill
             # forward, and that first wave's waiting enters the mean (not the median) TTFT
             skip("mean TTFT whose first wave of prompts overflows one prefill forward (start-up queueing, not modelled)")
+            continue
+        if metric == "ttft_ms" and b > 1 and str(r.get("stat") or "mean") == "mean" and _WAVES.search(text):
+            # these clients open every connection at once and, with fixed lengths, their requests finish and
+            # restart together: a TTFT waits behind the prefill of the whole wave, which the mean carries
+            skip("mean TTFT of a client whose concurrent requests run in waves (GenAI-Perf/AIPerf; not modelled)")
             continue
         if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
             b = min(b, max(1.0, es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))

@@ -173,6 +173,7 @@ class Query:
     prefill_call_tokens: float = 0.0  # tokens per call into the engine (llama.cpp n_batch); 0: one chunk
     dequant_copy_bytes: float | None = None  # per weight, beside the packed weights (None: DEQUANT_COPY_BYTES)
     sm_cycles: float = 0.0  # SMs x boost clock (cycles/s) of one GPU; 0: not in the catalog (no SM-bound term)
+    decode_gemv: bool = True  # batch 1 decodes through a matrix-vector kernel (engines.yaml decode_gemv)
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
@@ -188,7 +189,7 @@ def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gp
                  float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
                  float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
                  bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)),
-                 dequant_copy_bytes, sm_cycles_per_s(gpu))
+                 dequant_copy_bytes, sm_cycles_per_s(gpu), bool(eng.get("decode_gemv", True)))
 
 
 def sm_cycles_per_s(gpu: GPU) -> float:
@@ -213,6 +214,7 @@ def arrays(q: Query) -> dict:
                                          else q.dequant_copy_bytes),
             "serving": 1.0 if q.prefill_in_decode_steps else 0.0,
             "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx, "smc": q.sm_cycles,
+            "gemv": 1.0 if q.decode_gemv else 0.0,
             # a row split leaves attention and the KV cache on the main GPU
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
@@ -236,10 +238,11 @@ def row_sync_s(a: dict, p: dict, forwards=1.0):
 def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     """Seconds per decode step of ``batch`` sequences at context ``ctx`` (vectorized); ``extra_tokens``:
     prompt tokens of other requests that a continuously batched server folds into the same forward."""
-    # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well
-    many = np.asarray(batch) > 1
-    multi = np.where(many, p["r_gemm"], 1.0)
-    wb = a["W"] + np.where(many, a.get("DQB", 0.0), 0.0)
+    # one sequence runs a matrix-vector kernel; several run a GEMM that streams the weights less well (an engine
+    # whose batch of one runs the same GEMM has no such step)
+    rows = np.asarray(batch) > 1
+    multi = np.where(rows & (np.asarray(a.get("gemv", 1.0)) > 0), p["r_gemm"], 1.0)
+    wb = a["W"] + np.where(rows, a.get("DQB", 0.0), 0.0)
     t_w = wb / (a["div"] * a["bw"] * p["e_bw"] * multi)
     smc = np.asarray(a.get("smc", 0.0), float)
     t_sm = np.where(smc > 0, wb / (a["div"] * np.where(smc > 0, smc, 1.0) * p.get("b_sm", PARAM_PRIORS["b_sm"][0])
@@ -314,10 +317,10 @@ def serving_batch(q: Query, mem_gb: float, fraction: float, prompt: float, gen: 
 
 
 METRICS = ("tpot_ms", "decode_tok_s", "prefill_tok_s", "ttft_ms", "output_tok_s", "total_tok_s",
-           "request_latency_s", "decode_out_tok_s")
+           "request_latency_s", "decode_out_tok_s", "step_ms", "batch_ttft_ms")
 METRIC_GROUP = {"tpot_ms": "decode", "decode_tok_s": "decode", "prefill_tok_s": "prefill", "ttft_ms": "prefill",
                 "output_tok_s": "throughput", "total_tok_s": "throughput", "request_latency_s": "throughput",
-                "decode_out_tok_s": "throughput"}
+                "decode_out_tok_s": "throughput", "step_ms": "decode", "batch_ttft_ms": "prefill"}
 
 
 def metric_groups(metric, gen) -> np.ndarray:
@@ -351,7 +354,9 @@ def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None)
     """The model's figure for each row's metric (vectorized; ``metric`` an array of METRICS names,
     ``batch`` the concurrency or the serving batch already resolved; ``ctx`` the mean decode context
     where the source lets it be derived, else :func:`decode_context`). ``decode_out_tok_s``: tokens/s of
-    all sequences over decode steps only (llama-batched-bench's S_TG)."""
+    all sequences over decode steps only (llama-batched-bench's S_TG). A static batch (every request starts and
+    ends together, in process): ``step_ms``, one decode step of the batch with no other prompt in it;
+    ``batch_ttft_ms``, the prefill of the whole batch, whose forward gives every first token."""
     metric = np.asarray(metric)
     ctx_dec = decode_context(prompt, gen, depth) if ctx is None else ctx
     t_dec = decode_step_s(a, p, batch, ctx_dec)
@@ -366,6 +371,6 @@ def metric_values(a: dict, p: dict, metric, batch, prompt, gen, depth, ctx=None)
     return np.select(
         [metric == "tpot_ms", metric == "decode_tok_s", metric == "prefill_tok_s", metric == "ttft_ms",
          metric == "output_tok_s", metric == "total_tok_s", metric == "request_latency_s",
-         metric == "decode_out_tok_s"],
+         metric == "decode_out_tok_s", metric == "step_ms", metric == "batch_ttft_ms"],
         [t_tpot * 1e3, 1.0 / t_tpot, batch * prompt / t_pre, (t_pre1 + t_dec_p) * 1e3 + p["req_ms"],
-         out, out * (prompt + gen) / np.maximum(gen, 1), t_round, batch / t_dec], np.nan)
+         out, out * (prompt + gen) / np.maximum(gen, 1), t_round, batch / t_dec, t_dec * 1e3, t_pre * 1e3], np.nan)

@@ -40,6 +40,7 @@ ENGINE_FIELDS = (
     schema.Field("decode_only_output_tool", (str,), required=False),
     schema.Field("measured_by", (str,), required=False),
     schema.Field("prefill_call_tokens", (int,), required=False),
+    schema.Field("decode_gemv", (bool,), required=False),
     schema.Field("earlier_builds", (list,), required=False),
     schema.Field("sources", (dict,), required=False),
 )
@@ -47,7 +48,7 @@ COST_MODEL_KEYS = ("prefill_chunk_tokens", "max_batch_seqs", "runtime_gb_per_gpu
                    "prefill_in_decode_steps")
 # fields that need an entry in the engine's ``sources`` wherever they are set
 CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dtype_flag", "model_file",
-                                "decode_only_output_tool", "measured_by", "prefill_call_tokens")
+                                "decode_only_output_tool", "measured_by", "prefill_call_tokens", "decode_gemv")
 PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}

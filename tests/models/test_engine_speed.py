@@ -162,3 +162,45 @@ def test_predicted_ttft_carries_the_fitted_request_time():
     assert req > 0 and "per request outside the forwards" in r["ttft_ms"]["detail"]
     pre_ms = 512 / r["prefill_tok_s"]["value"] * 1e3
     assert r["ttft_ms"]["value"] == pytest.approx(pre_ms + r["tpot_ms"]["value"] + req, rel=1e-6)
+
+
+def _trt_rows(**kw):
+    import pandas as pd
+
+    base = {"engine": "tensorrt-llm", "gpu": "h100-sxm", "model": "llama3.1-8b", "precision": "bf16",
+            "kv_dtype": "fp16", "num_gpus": 1, "parallel": "none", "batch": 16, "prompt_len": 2048, "gen_len": 128,
+            "depth": 0, "metric": "tpot_ms", "value": 10.0, "source_id": "s", "kind": "published", "stat": "mean"}
+    return pd.DataFrame([{**base, **r} for r in kw["rows"]])
+
+
+def test_a_static_batch_times_its_own_steps_and_prefills_the_whole_batch(cat):
+    df = _trt_rows(rows=[{}, {"notes": "static batch 16"}, {"metric": "ttft_ms", "batch": 1},
+                         {"metric": "ttft_ms", "notes": "static batch 16"}])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert list(d.metric) == ["tpot_ms", "step_ms", "ttft_ms", "batch_ttft_ms"]
+    t = ef.predict_design(ef.load_params()["engines"]["tensorrt-llm"]["params"], d)
+    assert t[1] < t[0]  # no other request's prompt rides in a static batch's steps
+    assert t[3] > 4 * t[2]  # sixteen prompts of 2,048 tokens before the first token, not one
+
+
+def test_a_wave_clients_mean_ttft_at_concurrency_is_not_read_as_one_prefill(cat):
+    df = _trt_rows(rows=[{"metric": "ttft_ms", "batch": 1, "notes": "GenAI-Perf"},
+                         {"metric": "ttft_ms", "batch": 4, "prompt_len": 200, "notes": "GenAI-Perf"},
+                         {"metric": "ttft_ms", "batch": 4, "prompt_len": 200, "notes": "GenAI-Perf", "stat": "p50"},
+                         {"metric": "ttft_ms", "batch": 4, "prompt_len": 200}])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert len(d) == 3 and sum(d.skipped.values()) == 1
+
+
+def test_an_engine_without_a_batch_one_gemv_steps_smoothly_from_one_to_two(cat):
+    llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
+    p = {**ef.load_params()["engines"]["vllm"]["params"]}
+
+    def step(engine, batch):
+        q = es.query(cat, gpu, llm, Candidate("bf16"), cat.engines[engine])
+        pr = es.row_params(p, "cublas-16", gpu.id)
+        pr["r_gemm"] = 0.5
+        return float(es.decode_step_s(es.arrays(q), pr, np.array([batch]), 512.0)[0])
+    assert cat.engines["tensorrt-llm"].get("decode_gemv") is False
+    assert step("vllm", 2.0) > 1.5 * step("vllm", 1.0)  # the GEMM above batch 1 streams at r_gemm
+    assert step("tensorrt-llm", 2.0) < 1.05 * step("tensorrt-llm", 1.0)
