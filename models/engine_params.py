@@ -26,9 +26,11 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "pre_fix_ms": (5.0, 1.5, 0.05, 500.0),
     "req_ms": (10.0, 1.5, 0.1, 500.0),    # per request outside the forwards (module docstring): an assumption
     "row_sync": (1.0, 1.0, 0.05, 50.0),   # row split: each copy's cost in measured all-reduce latencies
+    # a tensor-parallel all-reduce's latency in measured NCCL all-reduce latencies (models/data/allreduce.json)
+    "ar_lat": (1.0, 1.0, 0.2, 20.0),
 }
 KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm", "b_sm")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync", "ar_lat")
 
 
 def prior_params(kernels) -> dict:

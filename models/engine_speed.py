@@ -219,12 +219,16 @@ def arrays(q: Query) -> dict:
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
 
-def allreduce_s(a: dict, tokens):
+def allreduce_s(a: dict, tokens, p: dict | None = None):
+    """Two all-reduces per layer of a tensor-parallel forward: the measured latency (2 H200s over NVLink, NCCL)
+    times the engine's fitted ``ar_lat`` (its own all-reduce and the launches and syncs around it), plus the bytes
+    over the link."""
     if not np.any(a["tp"]):
         return 0.0
     n = np.maximum(a["n"], 1.0)
     msg = tokens * a["hidden"] * 2
-    return a["tp"] * 2 * a["layers"] * (ALLREDUCE_LATENCY_S + 2 * (n - 1) / n * msg / a["link"])
+    lat = ALLREDUCE_LATENCY_S * (p or {}).get("ar_lat", PARAM_PRIORS["ar_lat"][0])
+    return a["tp"] * 2 * a["layers"] * (lat + 2 * (n - 1) / n * msg / a["link"])
 
 
 def row_sync_s(a: dict, p: dict, forwards=1.0):
@@ -252,7 +256,7 @@ def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     t_kv = batch * ctx * (a["KVB"] + a.get("SB", 0.0)) / (a.get("kvdiv", a["div"]) * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
     fixed = p["host_ms"] * 1e-3 + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6
-    return _soft(t_w, t_c, t_dq, t_sm) + t_kv + fixed + allreduce_s(a, batch) + row_sync_s(a, p)
+    return _soft(t_w, t_c, t_dq, t_sm) + t_kv + fixed + allreduce_s(a, batch, p) + row_sync_s(a, p)
 
 
 def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
@@ -274,7 +278,7 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     t_scores = pairs * a.get("SB", 0.0) / (adiv * a["bw"] * p["e_kv"])  # no flash attention: the scores' traffic
     t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])
     work = _soft(t_w, t_c, t_dq) + t_attn + t_scores + chunks * p["pre_fix_ms"] * 1e-3 / div
-    return work * stages + allreduce_s(a, tokens) + row_sync_s(a, p, chunks)
+    return work * stages + allreduce_s(a, tokens, p) + row_sync_s(a, p, chunks)
 
 
 def roofline_decode_s(a: dict, batch, ctx, extra_tokens=0.0):

@@ -204,3 +204,13 @@ def test_an_engine_without_a_batch_one_gemv_steps_smoothly_from_one_to_two(cat):
     assert cat.engines["tensorrt-llm"].get("decode_gemv") is False
     assert step("vllm", 2.0) > 1.5 * step("vllm", 1.0)  # the GEMM above batch 1 streams at r_gemm
     assert step("tensorrt-llm", 2.0) < 1.05 * step("tensorrt-llm", 1.0)
+
+
+def test_a_tensor_parallel_step_pays_the_engines_fitted_all_reduce_latency(cat):
+    llm, gpu = cat.llm("llama3.1-70b"), cat.gpu("h100-sxm")
+    q = es.query(cat, gpu, llm, Candidate("bf16"), cat.engines["tensorrt-llm"], num_gpus=4)
+    a = es.arrays(q)
+    one = es.allreduce_s(a, 1.0, {"ar_lat": 1.0})
+    assert es.allreduce_s(a, 1.0) == pytest.approx(one)  # the prior: the measured NCCL latency
+    # 80 layers x 2 all-reduces, each 3 latencies more
+    assert es.allreduce_s(a, 1.0, {"ar_lat": 4.0}) - one == pytest.approx(160 * 3 * es.ALLREDUCE_LATENCY_S)
