@@ -24,9 +24,6 @@ _RATE = re.compile(r"(?:request[ -]rate|qps)\s*[:=]?\s*\d", re.I)
 # a README convention (measurement/data/published_engine/README.md): the source's prompts repeat, so the engine's
 # prefix cache serves most prefills and its TTFT and throughput are not a prefill's
 PREFIX_CACHED = "prefix cache serves"
-# a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
-# dataset) prints the tokens it sent and received; the row's notes copy them ("actual lengths ...: X input / Y output
-# tokens over N requests") and the cost model reads the mean lengths from them, not the nominal ones
 # a README convention: a row whose notes say "static batch" timed one batch whose requests start and end together
 # (gptSessionBenchmark, bench_one_batch): its TPOT is the batch's decode step with no other request's prompt in
 # it, and its first-token latency the prefill of the whole batch
@@ -34,6 +31,9 @@ STATIC_BATCH = "static batch"
 # NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
 _WAVES = re.compile(r"genai-perf|aiperf", re.I)
 STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
+# a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
+# dataset) prints the tokens it sent and received; the row's notes copy them ("actual lengths ...: X input / Y output
+# tokens over N requests") and the cost model reads the mean lengths from them, not the nominal ones
 _ACTUAL = re.compile(r"actual lengths[^:]*:\s*(\d+) input / (\d+) output tokens over (\d+) requests", re.I)
 
 
