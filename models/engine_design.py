@@ -28,9 +28,9 @@ PREFIX_CACHED = "prefix cache serves"
 # (gptSessionBenchmark, bench_one_batch): its TPOT is the batch's decode step with no other request's prompt in
 # it, and its first-token latency the prefill of the whole batch
 STATIC_BATCH = "static batch"
+STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
 # NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
 _WAVES = re.compile(r"genai-perf|aiperf", re.I)
-STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
 # a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
 # dataset) prints the tokens it sent and received; the row's notes copy them ("actual lengths ...: X input / Y output
 # tokens over N requests") and the cost model reads the mean lengths from them, not the nominal ones

@@ -21,9 +21,9 @@ import numpy as np
 from profiles import Catalog, load
 
 from . import engine_speed as es
-from .fd_jacobian import grouped_jacobian
 from .engine_design import Design, design, kv_of, precision_of  # noqa: F401 - the fit's inputs, re-exported
 from .engine_intervals import conformal_q
+from .fd_jacobian import grouped_jacobian
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
 INNER_FOLDS = 4  # nested validation: the held-out source's interval from 4 source-folds of the other sources

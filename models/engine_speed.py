@@ -219,7 +219,7 @@ def arrays(q: Query) -> dict:
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
 
-def allreduce_s(a: dict, tokens, p: dict | None = None):
+def allreduce_s(a: dict, tokens, p: dict):
     """Two all-reduces per layer of a tensor-parallel forward: the measured latency (2 H200s over NVLink, NCCL)
     times the engine's fitted ``ar_lat`` (its own all-reduce and the launches and syncs around it), plus the bytes
     over the link."""
@@ -227,7 +227,7 @@ def allreduce_s(a: dict, tokens, p: dict | None = None):
         return 0.0
     n = np.maximum(a["n"], 1.0)
     msg = tokens * a["hidden"] * 2
-    lat = ALLREDUCE_LATENCY_S * (p or {}).get("ar_lat", PARAM_PRIORS["ar_lat"][0])
+    lat = ALLREDUCE_LATENCY_S * p.get("ar_lat", PARAM_PRIORS["ar_lat"][0])
     return a["tp"] * 2 * a["layers"] * (lat + 2 * (n - 1) / n * msg / a["link"])
 
 

@@ -57,5 +57,4 @@ def grouped_jacobian(fun, support: list[np.ndarray], n_data: int, lo: np.ndarray
                 J[n_data + j, j] = df[n_data + j] / step[j]
         return J
 
-    jac.n_colours = len(groups)
     return jac

@@ -211,6 +211,6 @@ def test_a_tensor_parallel_step_pays_the_engines_fitted_all_reduce_latency(cat):
     q = es.query(cat, gpu, llm, Candidate("bf16"), cat.engines["tensorrt-llm"], num_gpus=4)
     a = es.arrays(q)
     one = es.allreduce_s(a, 1.0, {"ar_lat": 1.0})
-    assert es.allreduce_s(a, 1.0) == pytest.approx(one)  # the prior: the measured NCCL latency
+    assert es.allreduce_s(a, 1.0, {}) == pytest.approx(one)  # the prior: the measured NCCL latency
     # 80 layers x 2 all-reduces, each 3 latencies more
     assert es.allreduce_s(a, 1.0, {"ar_lat": 4.0}) - one == pytest.approx(160 * 3 * es.ALLREDUCE_LATENCY_S)
