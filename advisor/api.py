@@ -16,6 +16,7 @@ from profiles import UnknownProfileError, load
 
 from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict as _predict, ttft_ms
+from models.predict import usable_gb
 from models.support import engine_block
 
 def _cat():
@@ -127,11 +128,11 @@ def predict(model: str, gpu: str, engine: str | None = None, precision: str = DE
         "notes": list(s.notes),
         "cost_model": p.speed_model,
     })
-    usable = g.memory_gb * p.memory_fraction
+    usable, rule = usable_gb(p, g.memory_gb)
     out["fits"] = p.memory.per_gpu_gb.value <= usable
     if not out["fits"]:
         out["reason"] = (f"does not fit: needs {p.memory.per_gpu_gb.value:.1f} GB per GPU > {usable:.3g} GB usable "
-                         f"({eng.id} uses {p.memory_fraction:.0%} of {g.memory_gb:g} GB)")
+                         f"({rule})")
     from .serialize import quality_dict
     out["quality"] = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")}
                       for k, v in quality_dict(p).items()}

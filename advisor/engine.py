@@ -14,7 +14,7 @@ from profiles import Catalog, default_engine_id, load
 
 from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict
-from models.predict import Prediction
+from models.predict import Prediction, fraction_needed, usable_gb
 from models.quality import backs_a_bound
 from models.quality_served import served as served_quality
 from models.support import engine_block, enumerate_candidates
@@ -240,11 +240,10 @@ def _objective_text(p: Prediction, objective: str) -> str:
 def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
     p = e.prediction
     need = p.memory.per_gpu_gb.value
-    usable = capacity_gb * p.memory_fraction
+    usable, rule = usable_gb(p, capacity_gb)
     if need > usable:
         e.rejected_by, e.reason = "memory", (
-            f"needs {need:.1f} GB per GPU > {usable:.3g} GB ({p.engine} uses {p.memory_fraction:.0%} of "
-            f"{capacity_gb:g} GB) (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
+            f"needs {need:.1f} GB per GPU > {usable:.3g} GB ({rule}) (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
             f"KV {p.memory.kv_gb / req.num_gpus:.1f}, workspace+overhead "
             f"{p.memory.activations_gb / req.num_gpus + p.memory.overhead_gb:.1f})")
         return
@@ -356,12 +355,12 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
         e = min(mem_q, key=lambda e: e.prediction.memory.per_gpu_gb.value)
         p = e.prediction
         need, cap = p.memory.per_gpu_gb.value, cat.gpus[rec.gpu_id].memory_gb
-        frac = need / cap
+        frac = fraction_needed(p, cap, req.num_gpus)
         roof = 1e3 / p.speed.roofline_decode_ms
         out.append(f"memory: the smallest candidate within the quality bound ({e.candidate.label} on {p.engine}) needs "
-                   f"{need:.1f} GB per GPU, {frac:.0%} of the {cap:g} GB card ({p.engine} uses "
-                   f"{p.memory_fraction:.0%})" + (f": an engine memory fraction of {min(0.99, frac + 0.01):.2f} "
-                                                   f"would admit it" if frac < 0.99 else "")
+                   f"{need:.1f} GB per GPU, {need / cap:.0%} of the {cap:g} GB card ({usable_gb(p, cap)[1]})"
+                   + (f": an engine memory fraction of {min(0.99, frac + 0.01):.2f} would admit it" if frac < 0.99
+                      else "")
                    + f", or --num-gpus {req.num_gpus * 2}; it would run at {p.speed.per_seq_tok_s.value:.1f} tok/s "
                    f"per sequence (interval {p.speed.per_seq_tok_s.low:.1f}-{p.speed.per_seq_tok_s.high:.1f}; the "
                    f"bandwidth roofline, {p.memory.weights_gb:.1f} GB read per token, caps it at {roof:.1f})")

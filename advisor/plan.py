@@ -16,7 +16,7 @@ from profiles import Catalog, default_engine_id, load
 
 from models.candidate import Candidate, Scenario
 from models.energy import idle_w as models_idle_w
-from models.predict import energy_of
+from models.predict import energy_of, usable_gb
 from models.facade import predict
 from models.quality import backs_a_bound
 from models.quality_served import served as served_quality
@@ -116,9 +116,9 @@ def _plan_candidates(cat: Catalog, engine: str) -> list[Candidate]:
 
 
 def _speed_mem(cat, gpu, llm, cand, sc, speed_model, engine, quality):
-    """(speed, memory, label, memory fraction) from the one cost-model facade."""
+    """(speed, memory, label, (GB per GPU the engine may fill, its rule)) from the one cost-model facade."""
     p = predict(cat, gpu, llm, cand, sc, engine, quality, speed_model)
-    return p.speed, p.memory, p.speed_model, p.memory_fraction
+    return p.speed, p.memory, p.speed_model, usable_gb(p, gpu.memory_gb)
 
 
 def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list[GpuPlan]:
@@ -164,11 +164,11 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
                 one = None
                 for c in CONCURRENCY:
                     sc = Scenario(c, req.prompt_len, req.gen_len, req.backend, tp)
-                    spd, memb, label, frac = _speed_mem(cat, gpu, llm, cand, sc, sm, engine, quality)
+                    spd, memb, label, (usable, rule) = _speed_mem(cat, gpu, llm, cand, sc, sm, engine, quality)
                     mem = memb.per_gpu_gb.value
-                    if mem > gpu.memory_gb * frac:
+                    if mem > usable:
                         gp.blocked.setdefault("memory", f"{cand.label} at concurrency {c}, TP {tp}: {mem:.1f} GB > "
-                                                        f"{gpu.memory_gb * frac:.3g} GB usable by {engine}")
+                                                        f"{usable:.3g} GB usable ({rule})")
                         break  # larger c needs more memory
                     if one is None:
                         one = _speed_mem(cat, gpu, llm, cand, Scenario(1, req.prompt_len, req.gen_len, req.backend,

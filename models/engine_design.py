@@ -13,7 +13,7 @@ import numpy as np
 from profiles import Catalog, load
 from profiles.engines import arch_of
 
-from . import engine_speed as es
+from . import engine_memory as em, engine_speed as es
 from .candidate import Candidate
 
 _RUNNING = re.compile(r"avg running batch ([0-9.]+)")
@@ -187,7 +187,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if metric != "tpot_ms" and PREFIX_CACHED in text:
             skip("repeated prompts: the prefix cache serves the prefill (not modelled)")
             continue
-        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
+        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
             continue
@@ -202,9 +202,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             skip("mean TTFT of a client whose concurrent requests run in waves (GenAI-Perf/AIPerf; not modelled)")
             continue
         if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
-            b = min(b, max(1.0, es.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
+            b = min(b, max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
         if es.METRIC_GROUP[metric] == "throughput":
-            b = es.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
+            b = em.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)
         ub = _UB.search(str(r.get("notes") or ""))
         if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward

@@ -39,7 +39,6 @@ are bounded below 1; tested).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +173,7 @@ class Query:
     dequant_copy_bytes: float | None = None  # per weight, beside the packed weights (None: DEQUANT_COPY_BYTES)
     sm_cycles: float = 0.0  # SMs x boost clock (cycles/s) of one GPU; 0: not in the catalog (no SM-bound term)
     decode_gemv: bool = True  # batch 1 decodes through a matrix-vector kernel (engines.yaml decode_gemv)
+    fraction_of_free: bool = False  # the memory fraction is of what weights and runtime leave (memory_fraction_of)
 
 
 def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gpus: int = 1,
@@ -189,7 +189,8 @@ def query(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, eng: Engine, num_gp
                  float(eng.get("prefill_chunk_tokens")), float(eng.get("gemv_max_rows")),
                  float(eng.get("runtime_gb_per_gpu")), float(eng.get("max_batch_seqs")),
                  bool(eng.get("prefill_in_decode_steps")), flash_attn, float(eng.get("prefill_call_tokens", 0)),
-                 dequant_copy_bytes, sm_cycles_per_s(gpu), bool(eng.get("decode_gemv", True)))
+                 dequant_copy_bytes, sm_cycles_per_s(gpu), bool(eng.get("decode_gemv", True)),
+                 eng.get("memory_fraction_of", "total") == "free")
 
 
 def sm_cycles_per_s(gpu: GPU) -> float:
@@ -302,22 +303,6 @@ def roofline_prefill_s(a: dict, batch, prompt):
     tokens = batch * prompt
     return np.maximum(a["W"] / (a["div"] * a["bw"]),
                       tokens * (a["F"] + prompt / 2 * a["A"]) / (a["div"] * np.maximum(a["peak"], a["peak16"])))
-
-
-def kv_capacity_tokens(q: Query, mem_gb: float, fraction: float) -> float:
-    """Tokens of KV cache that fit beside the weights and the runtime at the engine's memory fraction."""
-    per_gpu = mem_gb * fraction - q.w.weights_gb / q.n - q.runtime_gb_per_gpu
-    return max(0.0, per_gpu * 1e9 * q.n / q.w.kv_bytes_per_token)
-
-
-def serving_batch(q: Query, mem_gb: float, fraction: float, prompt: float, gen: float,
-                  concurrency: float | None) -> float:
-    """Concurrency a benchmark ran at, or (where the engine picked it) the KV capacity in requests,
-    capped at the engine's batch limit."""
-    if concurrency:
-        return float(concurrency)
-    cap = kv_capacity_tokens(q, mem_gb, fraction) / (prompt + gen)
-    return float(max(1.0, min(q.max_batch_seqs, math.floor(cap))))
 
 
 METRICS = ("tpot_ms", "decode_tok_s", "prefill_tok_s", "ttft_ms", "output_tok_s", "total_tok_s",

@@ -13,7 +13,7 @@ import math
 from profiles import GPU, LLM, Catalog
 from profiles.engines import arch_of
 
-from . import engine_speed as es
+from . import engine_memory as em, engine_speed as es
 from .candidate import Candidate, Scenario
 from .engine_fit import load_params
 from .engine_intervals import evidence_kind, q_for, widen_factor
@@ -87,16 +87,19 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     kv_gb = B * sc.context * q.w.kv_bytes_per_token / 1e9
     rt = q.runtime_gb_per_gpu
     per = (q.w.weights_gb + kv_gb) / n + rt
+    frac = float(eng.get("memory_fraction", 1.0))
     mem = MemoryBreakdown(q.w.weights_gb, kv_gb, 0.0, rt,
                           Estimate(per, per - 0.5 * rt, per + 0.5 * rt + 0.05 * per, "GB", "analytical",
                                    f"weights + KV of batch x context (exact byte counts) + {eng.id} runtime "
-                                   f"(assumption {rt} GB); {eng.id} reserves {eng.get('memory_fraction'):.0%} of "
-                                   f"the GPU and fills the rest with KV blocks"))
+                                   f"(assumption {rt} GB); {em.memory_rule(q, gpu.memory_gb, frac)}"))
     power, j = energy_of(gpu, spd, sc)
     out = assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, f"engine:{eng.id}")
     out.engine = eng.id
-    out.memory_fraction = float(eng.get("memory_fraction", 1.0))
-    out.kv_capacity_tokens = es.kv_capacity_tokens(q, gpu.memory_gb, out.memory_fraction)
+    out.memory_fraction = frac
+    out.kv_capacity_tokens = em.kv_capacity_tokens(q, gpu.memory_gb, frac)
+    out.usable_gb = em.usable_gb(q, gpu.memory_gb, frac)
+    out.memory_rule = em.memory_rule(q, gpu.memory_gb, frac)
+    out.fraction_of_free = q.fraction_of_free
     return out
 
 

@@ -1,6 +1,8 @@
 """One call that predicts everything for a candidate: memory, speed, energy, cost and quality."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from profiles import GPU, LLM, Catalog, harness_engine_id
@@ -33,6 +35,9 @@ class Prediction:
     engine: str = field(default_factory=harness_engine_id)  # the engine id (engines.yaml)
     memory_fraction: float = 1.0         # share of the GPU the engine may use (vLLM reserves 0.9)
     kv_capacity_tokens: float | None = None
+    usable_gb: float | None = None       # GB per GPU the engine fills (None: memory_fraction of the card)
+    memory_rule: str = ""                # how the engine sizes it, in words
+    fraction_of_free: bool = False       # memory_fraction is of what weights and runtime leave (TensorRT-LLM)
     # every quality quantity: kind -> (Estimate or None, parts, components with no figure of that kind);
     # quality_loss / quality_parts / quality_missing above are the perplexity one (ppl_delta)
     quality: dict = field(default_factory=dict)
@@ -51,6 +56,25 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
             spd, mem, used = fitted[0], fitted[1], fitted[2]
     power, j = energy_of(gpu, spd, sc)
     return assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, used)
+
+
+def usable_gb(p: Prediction, capacity_gb: float) -> tuple[float, str]:
+    """(GB per GPU the engine may fill, how it sizes them in words) on a card of ``capacity_gb``: the engine's
+    own rule where the cost-model facade set one (TensorRT-LLM's fraction is of the memory left free), else its
+    memory fraction of the card."""
+    if p.usable_gb is not None:
+        return p.usable_gb, p.memory_rule
+    return capacity_gb * p.memory_fraction, f"{p.engine} uses {p.memory_fraction:.0%} of {capacity_gb:g} GB"
+
+
+def fraction_needed(p: Prediction, capacity_gb: float, num_gpus: int) -> float:
+    """The engine memory fraction at which ``p``'s memory per GPU would fit a card of ``capacity_gb``, in the
+    engine's own terms (of the card, or of what weights and runtime leave free)."""
+    need = p.memory.per_gpu_gb.value
+    if not p.fraction_of_free:
+        return need / capacity_gb
+    fixed = p.memory.weights_gb / num_gpus + p.memory.overhead_gb
+    return (need - fixed) / max(capacity_gb - fixed, 1e-9) if capacity_gb > fixed else math.inf
 
 
 def energy_of(gpu: GPU, spd: SpeedPrediction, sc: Scenario) -> tuple[float, Estimate]:

@@ -15,6 +15,7 @@ ENGINE_FIELDS = (
     schema.Field("batching", (str,), choices=("continuous", "slots", "static")),
     schema.Field("memory_fraction", schema.NUM),
     schema.Field("memory_fraction_source", (str,)),
+    schema.Field("memory_fraction_of", (str,), required=False, choices=("total", "free")),
     schema.Field("parallelism", (list,)),
     schema.Field("kv", (dict, str)),
     schema.Field("sparsity", (list, str)),
