@@ -12,8 +12,10 @@ def usable_gb(q: Query, mem_gb: float, fraction: float) -> float:
     """GB per GPU the engine fills (weights, runtime and KV blocks): ``fraction`` of the card (vLLM, SGLang), or
     the weights and runtime plus ``fraction`` of what they leave free (TensorRT-LLM's free_gpu_memory_fraction;
     engines.yaml memory_fraction_of)."""
+    if not q.fraction_of_free:
+        return mem_gb * fraction
     fixed = q.w.weights_gb / q.n + q.runtime_gb_per_gpu
-    return fixed + fraction * max(0.0, mem_gb - fixed) if q.fraction_of_free else mem_gb * fraction
+    return min(mem_gb, fixed + fraction * max(0.0, mem_gb - fixed))  # weights beyond the card: the card, no more
 
 
 def memory_rule(q: Query, mem_gb: float, fraction: float) -> str:

@@ -36,6 +36,9 @@ def test_weights_that_fill_the_card_leave_no_kv(cat):
     assert q.w.weights_gb > mem
     assert em.kv_capacity_tokens(q, mem, 0.9) == 0.0
     assert em.serving_batch(q, mem, 0.9, 128, 128, None) == 1.0
+    assert em.usable_gb(q, mem, 0.9) == mem  # never more than the card
+    out = advisor.predict(model="llama3.1-70b", gpu="l4", engine="tensorrt-llm", precision="bf16")
+    assert not out["fits"] and f"{mem:.3g} GB usable" in out["reason"]
 
 
 def test_fits_follows_each_engines_rule(cat):
