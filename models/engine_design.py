@@ -29,6 +29,8 @@ PREFIX_CACHED = "prefix cache serves"
 # it, and its first-token latency the prefill of the whole batch
 STATIC_BATCH = "static batch"
 STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
+# every request sent at once ("request rate inf", trtllm-bench's infinite rate): the engine runs at the batch it picks
+_INF_RATE = re.compile(r"(?:request[ -]rate|request_rate)\s*[:=]?\s*inf|infinite rate", re.I)
 # NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
 _WAVES = re.compile(r"genai-perf|aiperf", re.I)
 # a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
@@ -178,6 +180,11 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         run = _RUNNING.search(text)
         if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
             b = float(run.group(1))
+        if metric in ("tpot_ms", "ttft_ms") and not b and _INF_RATE.search(text):
+            # a burst: the first requests start together, the rest wait for a slot; its latencies mix that wave with
+            # the queue's drain, not the steady state the cost model describes (throughput rows of it are kept)
+            skip("latency of a burst (every request sent at once): not the steady state modelled")
+            continue
         if metric in ("tpot_ms", "ttft_ms") and not b and ("qps" in text or "request rate" in text):
             skip("latency under a request rate with no stated concurrency")
             continue

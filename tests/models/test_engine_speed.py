@@ -192,6 +192,17 @@ def test_a_wave_clients_mean_ttft_at_concurrency_is_not_read_as_one_prefill(cat)
     assert len(d) == 3 and sum(d.skipped.values()) == 1
 
 
+def test_a_bursts_latencies_are_counted_out_and_its_throughput_kept(cat):
+    inf = "random dataset, 500 prompts, request rate inf"
+    df = _trt_rows(rows=[{"batch": None, "notes": inf}, {"batch": None, "notes": inf, "metric": "ttft_ms"},
+                         {"batch": None, "notes": inf, "metric": "output_tok_s", "value": 5000.0},
+                         {"batch": None, "notes": "request rate 4"}])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert list(d.metric) == ["output_tok_s"] and d.batch[0] > 16  # the engine's own batch (its KV cache)
+    assert d.skipped == {"latency of a burst (every request sent at once): not the steady state modelled": 2,
+                         "latency under a request rate with no stated concurrency": 1}
+
+
 def test_an_engine_without_a_batch_one_gemv_steps_smoothly_from_one_to_two(cat):
     llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
     p = {**ef.load_params()["engines"]["vllm"]["params"]}
