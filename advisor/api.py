@@ -16,7 +16,7 @@ from profiles import UnknownProfileError, load
 
 from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict as _predict, ttft_ms
-from models.predict import usable_gb
+from models.predict import memory_budget
 from models.support import engine_block
 
 def _cat():
@@ -128,7 +128,7 @@ def predict(model: str, gpu: str, engine: str | None = None, precision: str = DE
         "notes": list(s.notes),
         "cost_model": p.speed_model,
     })
-    usable, rule = usable_gb(p, g.memory_gb)
+    usable, rule = memory_budget(p, g.memory_gb)
     out["fits"] = p.memory.per_gpu_gb.value <= usable
     if not out["fits"]:
         out["reason"] = (f"does not fit: needs {p.memory.per_gpu_gb.value:.1f} GB per GPU > {usable:.3g} GB usable "

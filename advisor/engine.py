@@ -14,7 +14,7 @@ from profiles import Catalog, default_engine_id, load
 
 from models.candidate import DEFAULT_KV, DEFAULT_SPARSITY, Candidate, Scenario
 from models.facade import predict
-from models.predict import Prediction, fraction_needed, usable_gb
+from models.predict import Prediction, fraction_needed, memory_budget
 from models.quality import backs_a_bound
 from models.quality_served import served as served_quality
 from models.support import engine_block, enumerate_candidates
@@ -240,7 +240,7 @@ def _objective_text(p: Prediction, objective: str) -> str:
 def _apply_constraints(e: Evaluated, req: Request, capacity_gb: float) -> None:
     p = e.prediction
     need = p.memory.per_gpu_gb.value
-    usable, rule = usable_gb(p, capacity_gb)
+    usable, rule = memory_budget(p, capacity_gb)
     if need > usable:
         e.rejected_by, e.reason = "memory", (
             f"needs {need:.1f} GB per GPU > {usable:.3g} GB ({rule}) (weights {p.memory.weights_gb / req.num_gpus:.1f}, "
@@ -358,7 +358,7 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
         frac = fraction_needed(p, cap, req.num_gpus)
         roof = 1e3 / p.speed.roofline_decode_ms
         out.append(f"memory: the smallest candidate within the quality bound ({e.candidate.label} on {p.engine}) needs "
-                   f"{need:.1f} GB per GPU, {need / cap:.0%} of the {cap:g} GB card ({usable_gb(p, cap)[1]})"
+                   f"{need:.1f} GB per GPU, {need / cap:.0%} of the {cap:g} GB card ({memory_budget(p, cap)[1]})"
                    + (f": an engine memory fraction of {min(0.99, frac + 0.01):.2f} would admit it" if frac < 0.99
                       else "")
                    + f", or --num-gpus {req.num_gpus * 2}; it would run at {p.speed.per_seq_tok_s.value:.1f} tok/s "

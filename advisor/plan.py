@@ -16,7 +16,7 @@ from profiles import Catalog, default_engine_id, load
 
 from models.candidate import Candidate, Scenario
 from models.energy import idle_w as models_idle_w
-from models.predict import energy_of, usable_gb
+from models.predict import energy_of, memory_budget
 from models.facade import predict
 from models.quality import backs_a_bound
 from models.quality_served import served as served_quality
@@ -118,7 +118,7 @@ def _plan_candidates(cat: Catalog, engine: str) -> list[Candidate]:
 def _speed_mem(cat, gpu, llm, cand, sc, speed_model, engine, quality):
     """(speed, memory, label, (GB per GPU the engine may fill, its rule)) from the one cost-model facade."""
     p = predict(cat, gpu, llm, cand, sc, engine, quality, speed_model)
-    return p.speed, p.memory, p.speed_model, usable_gb(p, gpu.memory_gb)
+    return p.speed, p.memory, p.speed_model, memory_budget(p, gpu.memory_gb)
 
 
 def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list[GpuPlan]:

@@ -58,7 +58,7 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
     return assemble(cat, gpu, llm, cand, sc, mem, spd, power, j, quality, used)
 
 
-def usable_gb(p: Prediction, capacity_gb: float) -> tuple[float, str]:
+def memory_budget(p: Prediction, capacity_gb: float) -> tuple[float, str]:
     """(GB per GPU the engine may fill, how it sizes them in words) on a card of ``capacity_gb``: the engine's
     own rule where the cost-model facade set one (TensorRT-LLM's fraction is of the memory left free), else its
     memory fraction of the card."""
