@@ -31,6 +31,12 @@ STATIC_BATCH = "static batch"
 STATIC_METRIC = {"tpot_ms": "step_ms", "ttft_ms": "batch_ttft_ms"}
 # every request sent at once ("request rate inf", trtllm-bench's infinite rate): the engine runs at the batch it picks
 _INF_RATE = re.compile(r"(?:request[ -]rate|request_rate)\s*[:=]?\s*inf|infinite rate", re.I)
+# a row timed through a server (its client or server named in the row's text) or in process (a benchmark that calls
+# the engine directly): a server's decode step pays engine_speed's serve_ms; a row naming neither is read as in process
+_SERVED = re.compile(r"genai-perf|aiperf|trtllm-serve|triton|benchmark_serving|bench serve|bench_serving|vllm serve|"
+                     r"openai|http|server|launch_server|nim", re.I)
+_INPROC = re.compile(r"gptsessionbenchmark|trtllm-bench|static batch|benchmark_throughput|offline|bench_one_batch|"
+                     r"llama-bench|batched-bench|llm\.generate|gptmanagerbenchmark", re.I)
 # NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
 _WAVES = re.compile(r"genai-perf|aiperf", re.I)
 # a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
@@ -213,6 +219,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if es.METRIC_GROUP[metric] == "throughput":
             b = em.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
         qa = es.arrays(q)
+        qa["served"] = 1.0 if _SERVED.search(text) and not _INPROC.search(text) else 0.0  # the row's own client
         ub = _UB.search(str(r.get("notes") or ""))
         if ub:  # llama-bench -ub N: the prompt is processed N tokens per forward
             qa["chunk"] = float(ub.group(1))

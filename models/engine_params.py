@@ -28,9 +28,12 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "row_sync": (1.0, 1.0, 0.05, 50.0),   # row split: each copy's cost in measured all-reduce latencies
     # a tensor-parallel all-reduce's latency in measured NCCL all-reduce latencies (models/data/allreduce.json)
     "ar_lat": (1.0, 1.0, 0.2, 20.0),
+    # per decode step of a server beside an in-process benchmark (HTTP front end, streaming, scheduler loop): an
+    # assumption of half a millisecond, fitted where rows name their client (models/engine_design.py _SERVED)
+    "serve_ms": (0.5, 1.5, 0.001, 50.0),
 }
 KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm", "b_sm")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync", "ar_lat")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync", "ar_lat", "serve_ms")
 
 
 def prior_params(kernels) -> dict:

@@ -19,6 +19,8 @@ split runs the GPUs one after the other):
                 + allreduce + row_sync   (llama.cpp's row split: every projection's slices are copied to and
                 from each GPU and synchronized, ROW_SPLIT_MATMULS x 2 copies x n GPUs per layer, each at the
                 measured all-reduce latency times a fitted ``row_sync``)
+                + serve_ms where a server runs the step (its HTTP front end, streaming and scheduler loop; a row
+                timed in process, by gptSessionBenchmark, trtllm-bench or llama-bench, has none: engine_design)
     A serving engine's TPOT at steady state (``B`` > 1) adds to the step's matmul tokens the prompts of
     the other requests that arrive meanwhile: (B - 1) x ISL / OSL per step (chunked prefill puts them in the
     same forward); llama.cpp's benchmarks time decode alone.
@@ -216,6 +218,9 @@ def arrays(q: Query) -> dict:
             "serving": 1.0 if q.prefill_in_decode_steps else 0.0,
             "SB": 0.0 if q.flash_attn else q.w.score_bytes_per_ctx, "smc": q.sm_cycles,
             "gemv": 1.0 if q.decode_gemv else 0.0,
+            # a server's step pays its serving loop (serve_ms); a serving engine is asked as served, llama.cpp as its
+            # benchmarks run (engine_design reads each published row's own client)
+            "served": 1.0 if q.prefill_in_decode_steps else 0.0,
             # a row split leaves attention and the KV cache on the main GPU
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
 
@@ -256,7 +261,8 @@ def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * (a["KVB"] + a.get("SB", 0.0)) / (a.get("kvdiv", a["div"]) * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
-    fixed = p["host_ms"] * 1e-3 + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6
+    fixed = ((p["host_ms"] + a.get("served", 0.0) * p.get("serve_ms", 0.0)) * 1e-3
+             + a["layers"] * (p["layer_us"] * width + batch * p["seq_us"]) * 1e-6)
     return _soft(t_w, t_c, t_dq, t_sm) + t_kv + fixed + allreduce_s(a, batch, p) + row_sync_s(a, p)
 
 

@@ -203,6 +203,21 @@ def test_a_bursts_latencies_are_counted_out_and_its_throughput_kept(cat):
                          "latency under a request rate with no stated concurrency": 1}
 
 
+def test_a_server_pays_its_serving_loop_per_step_and_an_in_process_benchmark_does_not(cat):
+    df = _trt_rows(rows=[{"notes": "GenAI-Perf against NIM"}, {"notes": "static batch 16 (gptSessionBenchmark)"},
+                         {"notes": "trtllm-bench throughput; RTX 6000 Pro Blackwell Server Edition"}, {"notes": ""}])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert d.a["served"].tolist() == [1.0, 0.0, 0.0, 0.0]  # the row's own client; naming none reads as in process
+    llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
+    asked = {e: es.arrays(es.query(cat, gpu, llm, Candidate("bf16" if e != "llama.cpp" else "gguf-f16"),
+                                   cat.engines[e]))["served"] for e in ("vllm", "tensorrt-llm", "llama.cpp")}
+    assert asked == {"vllm": 1.0, "tensorrt-llm": 1.0, "llama.cpp": 0.0}  # llama.cpp is answered as its benchmarks run
+    q = es.query(cat, gpu, llm, Candidate("bf16"), cat.engines["vllm"])
+    a, p = es.arrays(q), {**es.row_params(es.prior_params([q.kernel]), q.kernel), "serve_ms": 2.0}
+    gap = es.decode_step_s(a, p, 4.0, 1024.0) - es.decode_step_s({**a, "served": 0.0}, p, 4.0, 1024.0)
+    assert gap == pytest.approx(2.0e-3)
+
+
 def test_an_engine_without_a_batch_one_gemv_steps_smoothly_from_one_to_two(cat):
     llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
     p = {**ef.load_params()["engines"]["vllm"]["params"]}
