@@ -355,7 +355,7 @@ def relaxations(rec: Recommendation, cat: Catalog) -> list[str]:
         e = min(mem_q, key=lambda e: e.prediction.memory.per_gpu_gb.value)
         p = e.prediction
         need, cap = p.memory.per_gpu_gb.value, cat.gpus[rec.gpu_id].memory_gb
-        frac = fraction_needed(p, cap, req.num_gpus)
+        frac = fraction_needed(p, cap)
         roof = 1e3 / p.speed.roofline_decode_ms
         out.append(f"memory: the smallest candidate within the quality bound ({e.candidate.label} on {p.engine}) needs "
                    f"{need:.1f} GB per GPU, {need / cap:.0%} of the {cap:g} GB card ({memory_budget(p, cap)[1]})"

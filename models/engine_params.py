@@ -33,7 +33,8 @@ PARAM_PRIORS = {  # name: (prior value, sigma of log prior, lower, upper)
     "serve_ms": (0.5, 1.5, 0.001, 50.0),
 }
 KERNEL_PARAMS = ("e_bw", "e_mm", "e_pre", "c_dq", "layer_us", "r_gemm", "b_sm")
-ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync", "ar_lat", "serve_ms")
+ENGINE_PARAMS = ("e_kv", "e_attn", "host_ms", "seq_us", "layer_exp", "pre_fix_ms", "req_ms", "row_sync", "ar_lat",
+                 "serve_ms")
 
 
 def prior_params(kernels) -> dict:

@@ -97,9 +97,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     out.engine = eng.id
     out.memory_fraction = frac
     out.kv_capacity_tokens = em.kv_capacity_tokens(q, gpu.memory_gb, frac)
-    out.usable_gb = em.usable_gb(q, gpu.memory_gb, frac)
-    out.memory_rule = em.memory_rule(q, gpu.memory_gb, frac)
-    out.fraction_of_free = q.fraction_of_free
+    out.fixed_gb, out.fraction_of_free = em.fixed_gb(q), q.fraction_of_free
     return out
 
 

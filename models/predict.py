@@ -1,13 +1,12 @@
 """One call that predicts everything for a candidate: memory, speed, energy, cost and quality."""
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 
 from profiles import GPU, LLM, Catalog, harness_engine_id
 
 from . import energy
+from . import engine_memory as em
 from .candidate import Candidate, Scenario
 from .estimate import Estimate
 from .memory import MemoryBreakdown, predict_memory
@@ -35,8 +34,7 @@ class Prediction:
     engine: str = field(default_factory=harness_engine_id)  # the engine id (engines.yaml)
     memory_fraction: float = 1.0         # share of the GPU the engine may use (vLLM reserves 0.9)
     kv_capacity_tokens: float | None = None
-    usable_gb: float | None = None       # GB per GPU the engine fills (None: memory_fraction of the card)
-    memory_rule: str = ""                # how the engine sizes it, in words
+    fixed_gb: float | None = None        # GB per GPU of weights and runtime, where a serving engine's rule applies
     fraction_of_free: bool = False       # memory_fraction is of what weights and runtime leave (TensorRT-LLM)
     # every quality quantity: kind -> (Estimate or None, parts, components with no figure of that kind);
     # quality_loss / quality_parts / quality_missing above are the perplexity one (ppl_delta)
@@ -59,22 +57,22 @@ def predict(cat: Catalog, gpu: GPU, llm: LLM, cand: Candidate, sc: Scenario,
 
 
 def memory_budget(p: Prediction, capacity_gb: float) -> tuple[float, str]:
-    """(GB per GPU the engine may fill, how it sizes them in words) on a card of ``capacity_gb``: the engine's
-    own rule where the cost-model facade set one (TensorRT-LLM's fraction is of the memory left free), else its
-    memory fraction of the card."""
-    if p.usable_gb is not None:
-        return p.usable_gb, p.memory_rule
+    """(GB per GPU the engine may fill, how it sizes them in words) on a card of ``capacity_gb``: a serving engine's
+    own rule (:mod:`models.engine_memory`; TensorRT-LLM's fraction is of the memory left free), else the memory
+    fraction of the card."""
+    if p.fixed_gb is not None:
+        return (em.budget_gb(capacity_gb, p.memory_fraction, p.fixed_gb, p.fraction_of_free),
+                em.rule(p.engine, p.memory_fraction, capacity_gb, p.fraction_of_free))
     return capacity_gb * p.memory_fraction, f"{p.engine} uses {p.memory_fraction:.0%} of {capacity_gb:g} GB"
 
 
-def fraction_needed(p: Prediction, capacity_gb: float, num_gpus: int) -> float:
+def fraction_needed(p: Prediction, capacity_gb: float) -> float:
     """The engine memory fraction at which ``p``'s memory per GPU would fit a card of ``capacity_gb``, in the
     engine's own terms (of the card, or of what weights and runtime leave free)."""
     need = p.memory.per_gpu_gb.value
-    if not p.fraction_of_free:
+    if p.fixed_gb is None:
         return need / capacity_gb
-    fixed = p.memory.weights_gb / num_gpus + p.memory.overhead_gb
-    return (need - fixed) / max(capacity_gb - fixed, 1e-9) if capacity_gb > fixed else math.inf
+    return em.fraction_for(need, capacity_gb, p.fixed_gb, p.fraction_of_free)
 
 
 def energy_of(gpu: GPU, spd: SpeedPrediction, sc: Scenario) -> tuple[float, Estimate]:
