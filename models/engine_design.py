@@ -34,9 +34,9 @@ _INF_RATE = re.compile(r"(?:request[ -]rate|request_rate)\s*[:=]?\s*inf|infinite
 # a row timed through a server (its client or server named in the row's text) or in process (a benchmark that calls
 # the engine directly): a server's decode step pays engine_speed's serve_ms; a row naming neither is read as in process
 _SERVED = re.compile(r"genai-perf|aiperf|trtllm-serve|triton|benchmark_serving|bench serve|bench_serving|vllm serve|"
-                     r"openai|http|server|launch_server|nim", re.I)
+                     r"openai|http(?!s?://)|server|launch_server|nim", re.I)  # "http" but not a URL's scheme
 _INPROC = re.compile(r"gptsessionbenchmark|trtllm-bench|static batch|benchmark_throughput|offline|bench_one_batch|"
-                     r"llama-bench|batched-bench|llm\.generate|gptmanagerbenchmark", re.I)
+                     r"llama-bench|batched-bench|llm\.generate|gptmanagerbenchmark|in-process|no http server", re.I)
 # NVIDIA's benchmark clients in concurrency mode (GenAI-Perf, AIPerf): every connection opens at once
 _WAVES = re.compile(r"genai-perf|aiperf", re.I)
 # a README convention: a benchmark client that samples lengths below the nominal ones (sglang.bench_serving's random
@@ -197,7 +197,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if es.METRIC_GROUP[metric] == "throughput" and _RATE.search(text):
             skip("throughput under a fixed request rate (the offered load, not the engine's capacity)")
             continue
-        if metric != "tpot_ms" and PREFIX_CACHED in text:
+        if es.METRIC_GROUP[metric] != "decode" and PREFIX_CACHED in text:  # a cached prompt leaves decode as it is
             skip("repeated prompts: the prefix cache serves the prefill (not modelled)")
             continue
         if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
