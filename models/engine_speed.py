@@ -26,10 +26,12 @@ split runs the GPUs one after the other):
     same forward); llama.cpp's benchmarks time decode alone.
 
 Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
-and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak, plus causal attention at
-``e_attn``. A request's TTFT is its own prefill, one decode step and ``req_ms``: the work outside the GPU's
-forwards between a request's arrival and its first token (HTTP, tokenization, scheduling, detokenization), which
-only TTFT rows inform (a prior of 10 ms where none do: an assumption). Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
+and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak (the lm_head for each sequence's
+last token only: :func:`prompt_flops`), plus causal attention at ``e_attn``, plus a fixed ``pre_fix_ms`` per chunk
+of a 32-layer model, in proportion to the layers (not divided among tensor-parallel GPUs). A request's TTFT is its
+own prefill, one decode step and ``req_ms``: the work outside the GPU's forwards between a request's arrival and
+its first token (HTTP, tokenization, scheduling, detokenization), which only TTFT rows inform (a prior of 10 ms
+where none do: an assumption). Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
 ``B x OSL / (prefill(B x ISL) + OSL x t_step(B, ISL + OSL / 2))``; when a benchmark lets the engine pick
 ``B`` it is the KV capacity (memory left after weights, at the engine's memory fraction) capped at the
 engine's batch limit.
@@ -56,6 +58,8 @@ from .engine_params import (EARLIER_OWN_PARAMS, ENGINE_PARAMS, KERNEL_PARAMS, PA
                             base_kernel, kparams, own_params, prior_params, row_params)
 
 P_SOFT = 3.0
+# pre_fix_ms is the fixed cost of one prefill forward of a model of this many layers (a 7-8B model's 32)
+PRE_FIX_LAYERS = 32.0
 # Tensor dtype each kernel multiplies in (its peak is the compute roof).
 KERNEL_DTYPE = {
     "cublas-16": "16", "trt-16": "16", "marlin-int4": "16", "marlin-fp8-wo": "16", "awq-gemm": "16",
@@ -124,6 +128,7 @@ class Work:
     weights: float = 0.0       # weights one decode step reads (count)
     linear_weights: float = 0.0  # of which in the quantized projections (the lm_head and embeddings excluded)
     score_bytes_per_ctx: float = 0.0  # attention without flash attention: bytes per token per context token
+    head_flops: float = 0.0    # of flops_per_token, the lm_head's: a prompt's logits are computed for its last token only
 
 
 def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
@@ -143,7 +148,7 @@ def work(cat: Catalog, llm: LLM, cand: Candidate) -> Work:
     attn = 4.0 * pc.layers * llm.num_attention_heads * llm.head_dim
     scores = NONFUSED_SCORE_BYTES * pc.layers * llm.num_attention_heads
     return Work(read, held / 1e9, 2.0 * (pc.linear + head), attn, kvb, pc.layers, llm.hidden_size,
-                float(pc.linear + head), float(pc.linear), float(scores))
+                float(pc.linear + head), float(pc.linear), float(scores), 2.0 * head)
 
 
 def _soft(a, b, c=0.0, d=0.0):
@@ -208,7 +213,7 @@ def arrays(q: Query) -> dict:
     row = q.n > 1 and q.split == "row"
     return {"bw": q.bw, "peak": q.peak, "peak16": q.peak16, "fp32": q.fp32, "NW": q.w.weights,
             "link": q.link, "W": q.w.weight_bytes,
-            "F": q.w.flops_per_token, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
+            "F": q.w.flops_per_token, "FH": q.w.head_flops, "A": q.w.attn_flops_per_ctx, "KVB": q.w.kv_bytes_per_token,
             "layers": q.w.layers, "hidden": q.w.hidden, "div": float(q.n) if tp else 1.0,
             "n": float(q.n), "tp": 1.0 if tp else 0.0, "chunk": q.prefill_chunk_tokens,
             "call": q.prefill_call_tokens or q.prefill_chunk_tokens,
@@ -223,6 +228,14 @@ def arrays(q: Query) -> dict:
             "served": 1.0 if q.prefill_in_decode_steps else 0.0,
             # a row split leaves attention and the KV cache on the main GPU
             "kvdiv": 1.0 if row else (float(q.n) if tp else 1.0), "row": 1.0 if row else 0.0}
+
+
+def prompt_flops(a: dict):
+    """Matmul FLOPs per prompt token: the projections only. Serving engines compute logits for the last position
+    of each prompt alone (vLLM's LogitsProcessor on the sampled indices, SGLang's on the last extend position,
+    TensorRT-LLM without gather_context_logits, llama.cpp's last output by default), so the lm_head runs once per
+    sequence in a prefill (``batch x FH``), not once per prompt token."""
+    return a["F"] - a.get("FH", 0.0)
 
 
 def allreduce_s(a: dict, tokens, p: dict):
@@ -257,7 +270,7 @@ def decode_step_s(a: dict, p: dict, batch, ctx, extra_tokens=0.0):
     smc = np.asarray(a.get("smc", 0.0), float)
     t_sm = np.where(smc > 0, wb / (a["div"] * np.where(smc > 0, smc, 1.0) * p.get("b_sm", PARAM_PRIORS["b_sm"][0])
                                    * multi), 0.0)
-    t_c = (batch + extra_tokens) * a["F"] / (a["div"] * a["peak"] * p["e_mm"])
+    t_c = (batch * a["F"] + extra_tokens * prompt_flops(a)) / (a["div"] * a["peak"] * p["e_mm"])
     t_dq = a["NW"] * p["c_dq"] * np.minimum(batch, a["gemv_rows"]) / (a["div"] * a["fp32"])
     t_kv = batch * ctx * (a["KVB"] + a.get("SB", 0.0)) / (a.get("kvdiv", a["div"]) * a["bw"] * p["e_kv"])
     width = (a["hidden"] / 4096.0) ** p["layer_exp"]
@@ -278,13 +291,16 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     calls = np.minimum(chunks, np.maximum(1.0, np.ceil(tokens / a.get("call", a["chunk"]))))
     stages = np.where(pipe, (chunks + calls * (a["n"] - 1)) / (a["n"] * chunks), 1.0)
     t_w = chunks * (a["W"] + a.get("DQB", 0.0)) / (div * a["bw"] * p["e_bw"])
-    t_c = tokens * a["F"] / (div * a["peak"] * p["e_pre"])
+    t_c = (tokens * prompt_flops(a) + batch * a.get("FH", 0.0)) / (div * a["peak"] * p["e_pre"])
     adiv = np.where(pipe, 1.0, a.get("kvdiv", a["div"]))
     pairs = tokens * (depth + prompt / 2)  # (token, context token) pairs of causal attention
     t_attn = pairs * a["A"] / (adiv * a["peak16"] * p["e_attn"])
     t_scores = pairs * a.get("SB", 0.0) / (adiv * a["bw"] * p["e_kv"])  # no flash attention: the scores' traffic
     t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])
-    work = _soft(t_w, t_c, t_dq) + t_attn + t_scores + chunks * p["pre_fix_ms"] * 1e-3 / div
+    # each forward's fixed cost: its kernels launched layer by layer (prefill runs without CUDA graphs in vLLM and
+    # SGLang), on every GPU of a tensor-parallel group at once, so it scales with the layers and not with 1/n
+    fix = chunks * p["pre_fix_ms"] * 1e-3 * a["layers"] / PRE_FIX_LAYERS
+    work = _soft(t_w, t_c, t_dq) + t_attn + t_scores + fix
     return work * stages + allreduce_s(a, tokens, p) + row_sync_s(a, p, chunks)
 
 
@@ -301,14 +317,15 @@ def kv_read_floor_s(a: dict, batch, ctx):
 
 def decode_floors_s(a: dict, batch, ctx, extra_tokens=0.0):
     """(bytes / datasheet bandwidth, FLOPs / datasheet peak) of one decode step on each GPU."""
-    flops = batch * (a["F"] + ctx * a["A"]) + extra_tokens * a["F"]
+    flops = batch * (a["F"] + ctx * a["A"]) + extra_tokens * prompt_flops(a)
     return a["W"] / (a["div"] * a["bw"]) + kv_read_floor_s(a, batch, ctx), flops / (a["div"] * a["peak"])
 
 
 def roofline_prefill_s(a: dict, batch, prompt):
     tokens = batch * prompt
     return np.maximum(a["W"] / (a["div"] * a["bw"]),
-                      tokens * (a["F"] + prompt / 2 * a["A"]) / (a["div"] * np.maximum(a["peak"], a["peak16"])))
+                      (tokens * (prompt_flops(a) + prompt / 2 * a["A"]) + batch * a.get("FH", 0.0))
+                      / (a["div"] * np.maximum(a["peak"], a["peak16"])))
 
 
 METRICS = ("tpot_ms", "decode_tok_s", "prefill_tok_s", "ttft_ms", "output_tok_s", "total_tok_s",

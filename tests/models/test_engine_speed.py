@@ -192,6 +192,15 @@ def test_a_wave_clients_mean_ttft_at_concurrency_is_not_read_as_one_prefill(cat)
     assert len(d) == 3 and sum(d.skipped.values()) == 1
 
 
+def test_repeated_prompts_count_out_prefill_and_throughput_but_keep_decode(cat):
+    cached = "the same prompts repeat, so the prefix cache serves their prefill"
+    df = _trt_rows(rows=[{"notes": cached, "batch": 1, **m} for m in (
+        {}, {"metric": "decode_tok_s", "value": 100.0}, {"metric": "ttft_ms"}, {"metric": "output_tok_s", "value": 90.0})])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert list(d.metric) == ["tpot_ms", "decode_tok_s"]
+    assert d.skipped == {"repeated prompts: the prefix cache serves the prefill (not modelled)": 2}
+
+
 def test_a_bursts_latencies_are_counted_out_and_its_throughput_kept(cat):
     inf = "random dataset, 500 prompts, request rate inf"
     df = _trt_rows(rows=[{"batch": None, "notes": inf}, {"batch": None, "notes": inf, "metric": "ttft_ms"},
@@ -205,9 +214,12 @@ def test_a_bursts_latencies_are_counted_out_and_its_throughput_kept(cat):
 
 def test_a_server_pays_its_serving_loop_per_step_and_an_in_process_benchmark_does_not(cat):
     df = _trt_rows(rows=[{"notes": "GenAI-Perf against NIM"}, {"notes": "static batch 16 (gptSessionBenchmark)"},
-                         {"notes": "trtllm-bench throughput; RTX 6000 Pro Blackwell Server Edition"}, {"notes": ""}])
+                         {"notes": "trtllm-bench throughput; RTX 6000 Pro Blackwell Server Edition"}, {"notes": ""},
+                         {"notes": "in-process engine (no HTTP server)"}, {"notes": "see https://example.org/run"},
+                         {"notes": "OpenAI-compatible HTTP endpoint"}])
     d = ef.design(df, "tensorrt-llm", cat)
-    assert d.a["served"].tolist() == [1.0, 0.0, 0.0, 0.0]  # the row's own client; naming none reads as in process
+    # the row's own client; naming none reads as in process, and a URL names no client
+    assert d.a["served"].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
     llm, gpu = cat.llm("llama3.1-8b"), cat.gpu("h100-sxm")
     asked = {e: es.arrays(es.query(cat, gpu, llm, Candidate("bf16" if e != "llama.cpp" else "gguf-f16"),
                                    cat.engines[e]))["served"] for e in ("vllm", "tensorrt-llm", "llama.cpp")}
@@ -240,3 +252,17 @@ def test_a_tensor_parallel_step_pays_the_engines_fitted_all_reduce_latency(cat):
     assert es.allreduce_s(a, 1.0, {}) == pytest.approx(one)  # the prior: the measured NCCL latency
     # 80 layers x 2 all-reduces, each 3 latencies more
     assert es.allreduce_s(a, 1.0, {"ar_lat": 4.0}) - one == pytest.approx(160 * 3 * es.ALLREDUCE_LATENCY_S)
+
+
+def test_a_prompt_runs_the_lm_head_once_per_sequence_and_a_decode_step_once_per_token(cat):
+    q = es.query(cat, cat.gpu("l4"), cat.llm("qwen3-0.6b"), Candidate("bf16"), cat.engines["vllm"])
+    a = es.arrays(q)
+    assert 0 < a["FH"] < a["F"] and es.prompt_flops(a) == pytest.approx(a["F"] - a["FH"])
+    every = {**a, "FH": 0.0}  # as if the lm_head ran on every prompt token
+    p = es.row_params(es.prior_params([q.kernel]), q.kernel)
+    assert es.prefill_s(a, p, 1.0, 4096.0) < es.prefill_s(every, p, 1.0, 4096.0)
+    assert es.decode_step_s(a, p, 8.0, 512.0) == pytest.approx(es.decode_step_s(every, p, 8.0, 512.0))
+    # the floor counts the same FLOPs: the lm_head of each sequence, the projections of every token
+    t = es.roofline_prefill_s(a, 2.0, 4096.0)
+    flops = 2 * 4096 * (es.prompt_flops(a) + 4096 / 2 * a["A"]) + 2 * a["FH"]
+    assert t == pytest.approx(max(a["W"] / a["bw"], flops / max(a["peak"], a["peak16"])))
