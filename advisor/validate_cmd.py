@@ -237,7 +237,7 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
     from profiles import UnknownProfileError, load
 
     from measurement.engine_rows import load_engine_rows
-    from models.engine_fit import design, engines_fitted
+    from models.engine_fit import design, engines_fitted, sibling_of
     from models.engine_validate import validate_engine
     try:
         eid = load().resolve("engine", engine).id
@@ -256,7 +256,8 @@ def _validate_engine(engine: str, as_json: bool, by: str = "source") -> None:
     rows = load_engine_rows()
     cat = load()
     d = design(rows, eid, cat)
-    res = validate_engine(d, by=by)
+    sib = sibling_of(cat, eid)
+    res = validate_engine(d, by=by, sibling=design(rows, sib, cat) if sib else None)
     pairs = res.pop("pairs")
     res["engine"] = eid
     res["held_out_by"] = (f"{by} (leave-one-{by}-out: every row of the group leaves the fit); intervals from the "

@@ -43,6 +43,14 @@ ARCH_SIGMA, ARCH_BOUND = 0.7, 1.5    # prior sd and bound of a log offset
 # not, kernel fusion) as much as of the GPU: published rows span builds whose launch overheads differ by
 # an order of magnitude, so its offset per GPU is left wider than the efficiencies'.
 ARCH_WIDE = {"layer_us": (1.5, 3.0)}
+# An engine that runs another engine's kernels (engines.yaml ``kernel_priors_from``) starts from that engine's fitted
+# efficiencies: each shared kernel's parameters, its per-GPU offsets, and the engine-wide attention and KV-cache
+# efficiencies become prior means with a standard deviation of SHARED_SIGMA in log space (a factor of 1.16), where the
+# sibling's rows outnumber its own (SGLang: 46 decode rows from 10 sources beside vLLM's 155). Its fixed costs (host,
+# serving loop, per request, per chunk) keep the generic priors: those are the engine's own code. 0.15 was chosen
+# from 0.15 / 0.3 / 0.6 on SGLang's leave-one-source-out decode error (13.2 / 15.3 / 15.9%; session note 2026-12-02).
+SHARED_ENGINE_PARAMS = ("e_kv", "e_attn")
+SHARED_SIGMA = 0.15
 B_SM_START = 4.0  # bytes per SM cycle where each kernel's b_sm starts the fit (fit_params)
 
 
@@ -123,8 +131,18 @@ def predict_design(params: dict, d: Design) -> np.ndarray:
     return es.metric_values(d.a, p, d.metric, d.batch, d.prompt, d.gen, d.depth, d.ctx)
 
 
-def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
-    """MAP estimate of the engine's parameters on the rows of ``d`` (priors alone when it is empty)."""
+def _shared_mean(shared: dict, p: str, k, a):
+    """The sibling engine's fitted value of slot (p, k, a) where it fits one (None otherwise)."""
+    if k is None:
+        return shared.get(p) if p in SHARED_ENGINE_PARAMS else None
+    if a is None:
+        return (shared.get("kernels", {}).get(k) or {}).get(p)
+    return (shared.get("arch", {}).get(f"{k}@{a}") or {}).get(p)
+
+
+def fit_params(d: Design, prior_weight: float = 1.0, shared: dict | None = None) -> dict:
+    """MAP estimate of the engine's parameters on the rows of ``d`` (priors alone when it is empty). ``shared``: the
+    fitted parameters of the engine whose kernels this one runs (:func:`sibling_of`), as prior means."""
     from scipy.optimize import least_squares
 
     kernels = sorted(set(d.kernel))
@@ -132,6 +150,10 @@ def fit_params(d: Design, prior_weight: float = 1.0) -> dict:
     mu = np.array([0.0 if a else math.log(es.PARAM_PRIORS[p][0]) for p, _, a in layout])
     sd_b = {p: ARCH_WIDE.get(p, (ARCH_SIGMA, ARCH_BOUND)) for p in ARCH_PARAMS}
     sig = np.array([sd_b[p][0] if a else es.PARAM_PRIORS[p][1] for p, _, a in layout])
+    for i, (p, k, a) in enumerate(layout if shared else ()):
+        v = _shared_mean(shared, p, k, a)
+        if v is not None:
+            mu[i], sig[i] = math.log(v), min(sig[i], SHARED_SIGMA)
     lo = np.array([-sd_b[p][1] if a else math.log(es.PARAM_PRIORS[p][2]) for p, _, a in layout])
     hi = np.array([sd_b[p][1] if a else math.log(es.PARAM_PRIORS[p][3]) for p, _, a in layout])
     if not len(d):
@@ -165,9 +187,10 @@ def _group(d: Design, by: str) -> np.ndarray:
     return d.model if by == "model" else d.source
 
 
-def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source") -> np.ndarray:
+def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", shared: dict | None = None) -> np.ndarray:
     """log(predicted / reported) of every row from a fit that never saw the row's source (NaN where the
-    source is the only one). ``folds``: hold out sources in that many groups instead of one by one."""
+    source is the only one). ``folds``: hold out sources in that many groups instead of one by one. ``shared``:
+    :func:`fit_params`' sibling prior (fitted without the caller's held-out group)."""
     out = np.full(len(d), np.nan)
     key = _group(d, by)
     srcs = sorted(set(key))
@@ -176,7 +199,7 @@ def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source") 
         te = np.isin(key, grp)
         if te.all() or not te.any():
             continue
-        pr = fit_params(d.take(~te))
+        pr = fit_params(d.take(~te), shared=shared)
         out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
     return out
 
@@ -194,6 +217,20 @@ def domain_of(d: Design) -> dict:
 
 
 # --------------------------------------------------------------------------------------- ship / load
+def sibling_of(cat: Catalog, engine: str) -> str | None:
+    """The engine whose fitted kernel efficiencies are ``engine``'s priors (engines.yaml ``kernel_priors_from``)."""
+    return cat.engines[engine].get("kernel_priors_from")
+
+
+def sibling_prior(sib: Design | None, held_out=None, by: str = "source") -> dict | None:
+    """The sibling engine's fit as a prior, on its rows outside the groups ``held_out`` (so that validation never
+    sees a held-out source through the sibling's rows of it); None without a sibling."""
+    if sib is None:
+        return None
+    keep = ~np.isin(_group(sib, by), list(held_out or ()))
+    return fit_params(sib.take(keep))
+
+
 def fit_all(df, cat: Catalog | None = None, engines=None) -> dict:
     """Parameters, interval quantiles and domain of every engine (None: :func:`engines_fitted`), as the JSON
     the product loads."""
@@ -203,14 +240,29 @@ def fit_all(df, cat: Catalog | None = None, engines=None) -> dict:
            "engines": {}}
     for e in engines:
         d = design(df, e, cat)
-        params = fit_params(d)
-        res = loso_log_residuals(d) if len(set(d.source)) > 1 else np.full(len(d), np.nan)
+        sib = sibling_of(cat, e)
+        sib_d = design(df, sib, cat) if sib else None
+        shared = sibling_prior(sib_d)
+        params = fit_params(d, shared=shared)
+        res = (_loso_with_sibling(d, sib_d) if len(set(d.source)) > 1 else np.full(len(d), np.nan))
         snap = hashlib.sha256(df[df["engine"] == e].to_csv(index=False).encode()).hexdigest()[:12]
-        doc["engines"][e] = {"params": params, "q90": conformal_q(res, _groups(d), d.kind), "domain": domain_of(d),
+        doc["engines"][e] = {"params": params, "kernel_priors_from": sib, "q90": conformal_q(res, _groups(d), d.kind), "domain": domain_of(d),
                              "rows": int(len(d)), "sources": sorted(set(d.source)), "snapshot": snap,
                              "skipped": d.skipped, "gpus": sorted(set(d.gpu)),
                              "measured_gpus": measured_gpus(d)}
     return doc
+
+
+def _loso_with_sibling(d: Design, sib: Design | None) -> np.ndarray:
+    """:func:`loso_log_residuals` one source at a time, the sibling's prior refitted without that source."""
+    if sib is None:
+        return loso_log_residuals(d)
+    out = np.full(len(d), np.nan)
+    for s in sorted(set(d.source)):
+        te = d.source == s
+        pr = fit_params(d.take(~te), shared=sibling_prior(sib, [s]))
+        out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
+    return out
 
 
 def save(doc: dict, path: Path = PARAMS_PATH) -> Path:

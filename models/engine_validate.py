@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine_fit import (INNER_FOLDS, Design, _group, _groups, domain_of, fit_params, loso_log_residuals,
-                         measured_gpus, predict_design)
+                         measured_gpus, predict_design, sibling_prior)
 from .engine_intervals import conformal_q, evidence_kind, q_for, widen_factor
 
 
@@ -25,10 +25,12 @@ def _score(pred, lo, hi, y, groups) -> dict:
     return out
 
 
-def validate_engine(d: Design, nested: bool = True, by: str = "source", score=None) -> dict:
+def validate_engine(d: Design, nested: bool = True, by: str = "source", score=None, sibling: Design | None = None) -> dict:
     """Leave-one-group-out (``by`` source or model): every row predicted by a fit without its group; its 90%
     interval from the other groups' own held-out residuals (nested), widened by the fold's domain.
-    ``score``: a mask of the rows to hold out and score (all rows still train the other folds)."""
+    ``score``: a mask of the rows to hold out and score (all rows still train the other folds). ``sibling``: the
+    rows of the engine whose kernels this one runs (engines.yaml ``kernel_priors_from``); its prior is refitted
+    without the held-out group in every fold."""
     groups = _groups(d)
     pred, lo, hi = (np.full(len(d), np.nan) for _ in range(3))
     key = _group(d, by)
@@ -39,9 +41,11 @@ def validate_engine(d: Design, nested: bool = True, by: str = "source", score=No
         if (key == s).all():
             continue
         tr = d.take(key != s)
-        pr = fit_params(tr)
+        shared = sibling_prior(sibling, [s], by)
+        pr = fit_params(tr, shared=shared)
         p = predict_design(pr, d.take(te))
-        inner = loso_log_residuals(tr, INNER_FOLDS, by) if nested else np.log(predict_design(pr, tr)) - np.log(tr.y)
+        inner = (loso_log_residuals(tr, INNER_FOLDS, by, shared=shared) if nested
+                 else np.log(predict_design(pr, tr)) - np.log(tr.y))
         q = conformal_q(inner, _groups(tr), tr.kind)
         dom = domain_of(tr)
         # a row's interval is the one its kind of evidence earns: measured when the training folds hold

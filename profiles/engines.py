@@ -43,13 +43,15 @@ ENGINE_FIELDS = (
     schema.Field("prefill_call_tokens", (int,), required=False),
     schema.Field("decode_gemv", (bool,), required=False),
     schema.Field("earlier_builds", (list,), required=False),
+    schema.Field("kernel_priors_from", (str,), required=False),
     schema.Field("sources", (dict,), required=False),
 )
 COST_MODEL_KEYS = ("prefill_chunk_tokens", "max_batch_seqs", "runtime_gb_per_gpu", "gemv_max_rows",
                    "prefill_in_decode_steps")
 # fields that need an entry in the engine's ``sources`` wherever they are set
 CITED_KEYS = COST_MODEL_KEYS + ("aiconfigurator_backend", "harness_backend", "dtype_flag", "model_file",
-                                "decode_only_output_tool", "measured_by", "prefill_call_tokens", "decode_gemv")
+                                "decode_only_output_tool", "measured_by", "prefill_call_tokens", "decode_gemv",
+                                "kernel_priors_from")
 PARALLELISM = ("tp", "layer", "row")
 METHOD_ENTRY_KEYS = {"kernels", "flag", "requires", "source"}
 KV_ENTRY_KEYS = {"flag", "archs", "requires", "source"}
@@ -190,6 +192,13 @@ def check_engines(doc: Any, method_ids: set[str]) -> list[dict]:
                 raise schema.SchemaError(f"{where}: KV method '{kid}': unknown keys {sorted(extra)}")
             if (k or {}).get("flag") and not k.get("source"):
                 raise schema.SchemaError(f"{where}: KV method '{kid}' has no source")
+    serving = {e["id"] for e in entries if e["methods"] != "*"}
+    for e in entries:
+        sib = e.get("kernel_priors_from")
+        if sib is not None and (sib not in serving or sib == e["id"] or (next(x for x in entries if x["id"] == sib)
+                                                                       .get("kernel_priors_from"))):
+            raise schema.SchemaError(f"engines.yaml: engine '{e['id']}': kernel_priors_from must name another serving "
+                                     f"engine that takes no priors itself ({sorted(serving - {e['id']})}), got '{sib}'")
     for what, ids in (("'default: true'", [e["id"] for e in entries if e.get("default")]),
                       ("methods: '*' (the harness)", [e["id"] for e in entries if e["methods"] == "*"])):
         if len(ids) != 1:

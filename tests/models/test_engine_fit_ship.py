@@ -65,3 +65,25 @@ def test_leave_sources_out_in_folds(cat, rows, monkeypatch):
     by_model = ef.loso_log_residuals(d, by="model")
     models = set(d.model)
     assert len(models) > 1 and np.isfinite(by_model).all()
+
+
+def test_a_sibling_engines_fit_is_the_prior_and_never_sees_the_held_out_source(cat, rows, monkeypatch):
+    monkeypatch.setenv("ADVISOR_FIT_NFEV", "20")
+    assert ef.sibling_of(cat, "sglang") == "vllm" and ef.sibling_of(cat, "vllm") is None
+    sib = ef.design(rows, "vllm", cat)
+    d = ef.design(rows, "sglang", cat)
+    one = d.take(d.source == "accelmark-sglang-a100-sxm4-40gb")  # 16-bit rows on one GPU: a weak pull of its own
+    shared = ef.sibling_prior(sib)
+    own, pulled = ef.fit_params(one), ef.fit_params(one, shared=shared)
+    k = "cublas-16"
+    for p in ("e_mm", "e_pre"):  # parameters these rows barely inform move to the sibling's values
+        assert abs(np.log(pulled["kernels"][k][p] / shared["kernels"][k][p])) < abs(np.log(own["kernels"][k][p]
+                                                                                          / shared["kernels"][k][p]))
+    assert pulled["host_ms"] != pytest.approx(shared["host_ms"])  # fixed costs stay the engine's own
+    # a held-out source leaves the sibling's rows too
+    both = sorted(set(sib.source) & set(d.source))
+    assert both
+    without = ef.sibling_prior(sib, both[:1])
+    alone = ef.fit_params(sib.take(sib.source != both[0]))
+    assert without["kernels"][k]["e_bw"] == pytest.approx(alone["kernels"][k]["e_bw"])
+    assert ef.sibling_prior(None, both[:1]) is None

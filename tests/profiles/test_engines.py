@@ -82,3 +82,24 @@ def test_earlier_builds_are_checked(cat):
         doc["engines"][i] = {**doc["engines"][i], "earlier_builds": [bad]}
         with pytest.raises(SchemaError, match=msg):
             check_engines(doc, set(cat.methods))
+
+
+def test_kernel_priors_come_from_another_serving_engine(cat):
+    assert cat.engines["sglang"].get("kernel_priors_from") == "vllm"
+    doc = {"schema_version": 1, "engines": [dict(e.raw) for e in cat.engines.values()]}
+    i = next(j for j, e in enumerate(doc["engines"]) if e["id"] == "sglang")
+    v = next(j for j, e in enumerate(doc["engines"]) if e["id"] == "vllm")
+    for sib in ("sglang", "transformers", "no-such-engine"):
+        bad = [dict(e) for e in doc["engines"]]
+        bad[i]["kernel_priors_from"] = sib
+        with pytest.raises(SchemaError, match="kernel_priors_from must name another serving engine"):
+            check_engines({**doc, "engines": bad}, set(cat.methods))
+    chained = [dict(e) for e in doc["engines"]]  # the sibling may not take priors itself
+    chained[v] = {**chained[v], "kernel_priors_from": "tensorrt-llm",
+                  "sources": {**chained[v]["sources"], "kernel_priors_from": "s"}}
+    with pytest.raises(SchemaError, match="takes no priors itself"):
+        check_engines({**doc, "engines": chained}, set(cat.methods))
+    uncited = [dict(e) for e in doc["engines"]]
+    uncited[i] = {**uncited[i], "sources": {k: s for k, s in uncited[i]["sources"].items() if k != "kernel_priors_from"}}
+    with pytest.raises(SchemaError, match="need an entry in 'sources'"):
+        check_engines({**doc, "engines": uncited}, set(cat.methods))
