@@ -177,10 +177,10 @@ def engine(monkeypatch):
 
     calls = {}
     monkeypatch.setattr(ER, "load_engine_rows", lambda: ["row"])
-    monkeypatch.setattr(EF, "design", lambda rows, eid, cat: calls.setdefault("design", (rows, eid)) and "D")
+    monkeypatch.setattr(EF, "design", lambda rows, eid, cat: calls.setdefault("design", (rows, eid)) and f"D:{eid}")
 
-    def validate_engine(d, by):
-        calls["by"] = by
+    def validate_engine(d, by, sibling=None):
+        calls["by"], calls["sibling"] = by, sibling
         return {"rows": 50, "sources": 4, "skipped": 1, "pairs": {"pred": [1.0, 2.0]},
                 "published": {"decode": dict(_sc(30), n=30)}, "measured": None}
 
@@ -200,12 +200,19 @@ def test_engine_validation_without_the_peer(engine):
     r = _run("--engine", "vLLM", "--hold-out", "model")
     assert r.exit_code == 0, r.output
     assert calls["design"] == (["row"], "vllm") and calls["by"] == "model" and calls["pred"] == [1.0, 2.0]
+    assert calls["sibling"] is None  # vLLM takes no other engine's kernel priors
     assert "vllm: 50 rows from 4 sources (skipped: 1)" in r.output
     assert "published decode     n=   30  MAPE   10.0%" in r.output
     assert "peers: AIConfigurator: AIConfigurator is not installed" in r.output
     out = _run("--engine", "vllm", "--json").output  # the progress line goes to stderr
     rep = json.loads(out[out.index("{"):])
     assert rep["engine"] == "vllm" and rep["held_out_by"].startswith("source") and "pairs" not in rep
+
+
+def test_sglang_is_validated_with_vllms_rows_as_its_prior(engine):
+    calls, _ = engine
+    assert _run("--engine", "sglang").exit_code == 0
+    assert calls["sibling"] == "D:vllm"  # engines.yaml kernel_priors_from: refitted per held-out source
 
 
 def test_engine_validation_with_the_peer(engine):
