@@ -47,8 +47,9 @@ ARCH_WIDE = {"layer_us": (1.5, 3.0)}
 # efficiencies: each shared kernel's parameters, its per-GPU offsets, and the engine-wide attention and KV-cache
 # efficiencies become prior means with a standard deviation of SHARED_SIGMA in log space (a factor of 1.16), where the
 # sibling's rows outnumber its own (SGLang: 46 decode rows from 10 sources beside vLLM's 155). Its fixed costs (host,
-# serving loop, per request, per chunk) keep the generic priors: those are the engine's own code. 0.15 was chosen
-# from 0.15 / 0.3 / 0.6 on SGLang's leave-one-source-out decode error (13.2 / 15.3 / 15.9%; session note 2026-12-02).
+# serving loop, per request, per chunk) keep the generic priors: those are the engine's own code. 0.15 was chosen on
+# SGLang's leave-one-source-out decode error: 13.2% at 0.15, 15.3% at 0.3 on this data (0.6 and 1.0, tried on the
+# 153 rows before 2026-12-02's collection, did worse than 0.3); a hyperparameter picked on validation rows, so said.
 SHARED_ENGINE_PARAMS = ("e_kv", "e_attn")
 SHARED_SIGMA = 0.15
 B_SM_START = 4.0  # bytes per SM cycle where each kernel's b_sm starts the fit (fit_params)
