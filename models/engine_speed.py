@@ -28,7 +28,7 @@ split runs the GPUs one after the other):
 Prefill of ``T`` tokens runs in chunks of the engine's token budget: each chunk reads the weights once
 and does 2 FLOPs per weight per token at ``e_pre[kernel]`` of the dtype's peak (the lm_head for each sequence's
 last token only: :func:`prompt_flops`), plus causal attention at ``e_attn``, plus a fixed ``pre_fix_ms`` per chunk
-of a 32-layer model, in proportion to the layers (not divided among tensor-parallel GPUs). A request's TTFT is its
+(shared among tensor-parallel GPUs). A request's TTFT is its
 own prefill, one decode step and ``req_ms``: the work outside the GPU's forwards between a request's arrival and
 its first token (HTTP, tokenization, scheduling, detokenization), which only TTFT rows inform (a prior of 10 ms
 where none do: an assumption). Serving throughput with ``B`` concurrent requests of ISL + OSL tokens is
@@ -58,8 +58,6 @@ from .engine_params import (EARLIER_OWN_PARAMS, ENGINE_PARAMS, KERNEL_PARAMS, PA
                             base_kernel, kparams, own_params, prior_params, row_params)
 
 P_SOFT = 3.0
-# pre_fix_ms is the fixed cost of one prefill forward of a model of this many layers (a 7-8B model's 32)
-PRE_FIX_LAYERS = 32.0
 # Tensor dtype each kernel multiplies in (its peak is the compute roof).
 KERNEL_DTYPE = {
     "cublas-16": "16", "trt-16": "16", "marlin-int4": "16", "marlin-fp8-wo": "16", "awq-gemm": "16",
@@ -297,9 +295,10 @@ def prefill_s(a: dict, p: dict, batch, prompt, depth=0.0):
     t_attn = pairs * a["A"] / (adiv * a["peak16"] * p["e_attn"])
     t_scores = pairs * a.get("SB", 0.0) / (adiv * a["bw"] * p["e_kv"])  # no flash attention: the scores' traffic
     t_dq = chunks * a["NW"] * p["c_dq"] / (div * a["fp32"])
-    # each forward's fixed cost: its kernels launched layer by layer (prefill runs without CUDA graphs in vLLM and
-    # SGLang), on every GPU of a tensor-parallel group at once, so it scales with the layers and not with 1/n
-    fix = chunks * p["pre_fix_ms"] * 1e-3 * a["layers"] / PRE_FIX_LAYERS
+    # each forward's fixed cost. Tried 2026-12-02 and not kept: in proportion to the layers and not divided among
+    # tensor-parallel GPUs (kernel launches layer by layer on every GPU): SGLang's held-out prefill 35.0 -> 28.6%, but
+    # llama.cpp's 10.1 -> 13.2% (918 rows), vLLM's 25.2 -> 25.9%, TensorRT-LLM's decode 11.5 -> 11.7% (leave-one-source-out)
+    fix = chunks * p["pre_fix_ms"] * 1e-3 / div
     work = _soft(t_w, t_c, t_dq) + t_attn + t_scores + fix
     return work * stages + allreduce_s(a, tokens, p) + row_sync_s(a, p, chunks)
 
