@@ -188,10 +188,12 @@ def _group(d: Design, by: str) -> np.ndarray:
     return d.model if by == "model" else d.source
 
 
-def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", shared: dict | None = None) -> np.ndarray:
+def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", shared: dict | None = None,
+                       sibling: Design | None = None) -> np.ndarray:
     """log(predicted / reported) of every row from a fit that never saw the row's source (NaN where the
     source is the only one). ``folds``: hold out sources in that many groups instead of one by one. ``shared``:
-    :func:`fit_params`' sibling prior (fitted without the caller's held-out group)."""
+    :func:`fit_params`' sibling prior (fitted without the caller's held-out group); ``sibling``: the sibling's rows,
+    its prior refitted without each fold's groups instead."""
     out = np.full(len(d), np.nan)
     key = _group(d, by)
     srcs = sorted(set(key))
@@ -200,7 +202,7 @@ def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", 
         te = np.isin(key, grp)
         if te.all() or not te.any():
             continue
-        pr = fit_params(d.take(~te), shared=shared)
+        pr = fit_params(d.take(~te), shared=sibling_prior(sibling, grp, by) if sibling is not None else shared)
         out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
     return out
 
@@ -245,25 +247,13 @@ def fit_all(df, cat: Catalog | None = None, engines=None) -> dict:
         sib_d = design(df, sib, cat) if sib else None
         shared = sibling_prior(sib_d)
         params = fit_params(d, shared=shared)
-        res = (_loso_with_sibling(d, sib_d) if len(set(d.source)) > 1 else np.full(len(d), np.nan))
+        res = loso_log_residuals(d, sibling=sib_d) if len(set(d.source)) > 1 else np.full(len(d), np.nan)
         snap = hashlib.sha256(df[df["engine"] == e].to_csv(index=False).encode()).hexdigest()[:12]
         doc["engines"][e] = {"params": params, "kernel_priors_from": sib, "q90": conformal_q(res, _groups(d), d.kind), "domain": domain_of(d),
                              "rows": int(len(d)), "sources": sorted(set(d.source)), "snapshot": snap,
                              "skipped": d.skipped, "gpus": sorted(set(d.gpu)),
                              "measured_gpus": measured_gpus(d)}
     return doc
-
-
-def _loso_with_sibling(d: Design, sib: Design | None) -> np.ndarray:
-    """:func:`loso_log_residuals` one source at a time, the sibling's prior refitted without that source."""
-    if sib is None:
-        return loso_log_residuals(d)
-    out = np.full(len(d), np.nan)
-    for s in sorted(set(d.source)):
-        te = d.source == s
-        pr = fit_params(d.take(~te), shared=sibling_prior(sib, [s]))
-        out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
-    return out
 
 
 def save(doc: dict, path: Path = PARAMS_PATH) -> Path:
