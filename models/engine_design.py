@@ -24,6 +24,9 @@ _RATE = re.compile(r"(?:request[ -]rate|qps)\s*[:=]?\s*\d", re.I)
 # a README convention (measurement/data/published_engine/README.md): the source's prompts repeat, so the engine's
 # prefix cache serves most prefills and its TTFT and throughput are not a prefill's
 PREFIX_CACHED = "prefix cache serves"
+# a latency's tail (README `stat`): p90/p95/p99/max of a TPOT, TTFT or request latency over requests, where the cost
+# model predicts the typical request
+TAIL_STATS = ("p90", "p95", "p99", "max")
 # a README convention: a row whose notes say "static batch" timed one batch whose requests start and end together
 # (gptSessionBenchmark, bench_one_batch): its TPOT is the batch's decode step with no other request's prompt in
 # it, and its first-token latency the prefill of the whole batch
@@ -154,6 +157,9 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         metric = _metric_of(r, eng, text)
         if prec not in cat.methods or kv is None or metric not in es.METRICS:
             skip("method, KV dtype or metric not modelled")
+            continue
+        if str(r.get("stat") or "").lower() in TAIL_STATS and (metric.endswith("_ms") or metric == "request_latency_s"):
+            skip("a tail percentile of latency (the cost model predicts the typical request)")
             continue
         arch = arch_of(gpu.cc)
         if eng.kernel(prec, arch) is None:

@@ -22,7 +22,7 @@ from profiles import Catalog, load
 
 from . import engine_speed as es
 from .engine_design import Design, design, kv_of, precision_of  # noqa: F401 - the fit's inputs, re-exported
-from .engine_intervals import conformal_q
+from .engine_intervals import conformal_q, kernel_gpus, row_kinds
 from .fd_jacobian import grouped_jacobian
 
 PARAMS_PATH = Path(__file__).resolve().parent / "data" / "engine_params.json"
@@ -194,7 +194,16 @@ def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", 
     source is the only one). ``folds``: hold out sources in that many groups instead of one by one. ``shared``:
     :func:`fit_params`' sibling prior (fitted without the caller's held-out group); ``sibling``: the sibling's rows,
     its prior refitted without each fold's groups instead."""
+    return loso(d, folds, by, shared, sibling)[0]
+
+
+def loso(d: Design, folds: int | None = None, by: str = "source", shared: dict | None = None,
+         sibling: Design | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`loso_log_residuals` and each row's kind of evidence against its fold's training rows
+    (:func:`models.engine_intervals.row_kinds`: measured, published, or novel where the fold has no row of the
+    row's kernel on its GPU), for Mondrian intervals."""
     out = np.full(len(d), np.nan)
+    kinds = np.array(d.kind, dtype=object)
     key = _group(d, by)
     srcs = sorted(set(key))
     groups = [srcs[i::folds] for i in range(folds)] if folds and folds < len(srcs) else [[s] for s in srcs]
@@ -202,9 +211,11 @@ def loso_log_residuals(d: Design, folds: int | None = None, by: str = "source", 
         te = np.isin(key, grp)
         if te.all() or not te.any():
             continue
-        pr = fit_params(d.take(~te), shared=sibling_prior(sibling, grp, by) if sibling is not None else shared)
+        tr = d.take(~te)
+        pr = fit_params(tr, shared=sibling_prior(sibling, grp, by) if sibling is not None else shared)
         out[te] = np.log(predict_design(pr, d.take(te))) - np.log(d.y[te])
-    return out
+        kinds[te] = row_kinds(d.kind[te], d.kernel[te], d.gpu[te], kernel_gpus(tr.kernel, tr.gpu))
+    return out, kinds
 
 
 def measured_gpus(d: Design) -> list[str]:
@@ -247,9 +258,10 @@ def fit_all(df, cat: Catalog | None = None, engines=None) -> dict:
         sib_d = design(df, sib, cat) if sib else None
         shared = sibling_prior(sib_d)
         params = fit_params(d, shared=shared)
-        res = loso_log_residuals(d, sibling=sib_d) if len(set(d.source)) > 1 else np.full(len(d), np.nan)
+        res, kinds = loso(d, sibling=sib_d) if len(set(d.source)) > 1 else (np.full(len(d), np.nan), d.kind)
         snap = hashlib.sha256(df[df["engine"] == e].to_csv(index=False).encode()).hexdigest()[:12]
-        doc["engines"][e] = {"params": params, "kernel_priors_from": sib, "q90": conformal_q(res, _groups(d), d.kind), "domain": domain_of(d),
+        doc["engines"][e] = {"params": params, "kernel_priors_from": sib, "q90": conformal_q(res, _groups(d), kinds), "domain": domain_of(d),
+                             "kernel_gpus": kernel_gpus(d.kernel, d.gpu),
                              "rows": int(len(d)), "sources": sorted(set(d.source)), "snapshot": snap,
                              "skipped": d.skipped, "gpus": sorted(set(d.gpu)),
                              "measured_gpus": measured_gpus(d)}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine_fit import (INNER_FOLDS, Design, _group, _groups, domain_of, fit_params, loso_log_residuals,
-                         measured_gpus, predict_design, sibling_prior)
-from .engine_intervals import conformal_q, evidence_kind, q_for, widen_factor
+from .engine_fit import (INNER_FOLDS, Design, _group, _groups, domain_of, fit_params, loso, measured_gpus,
+                         predict_design, sibling_prior)
+from .engine_intervals import conformal_q, evidence_kind, kernel_gpus, q_for, widen_factor
 
 
 def _score(pred, lo, hi, y, groups) -> dict:
@@ -44,14 +44,15 @@ def validate_engine(d: Design, nested: bool = True, by: str = "source", score=No
         shared = sibling_prior(sibling, [s], by)
         pr = fit_params(tr, shared=shared)
         p = predict_design(pr, d.take(te))
-        inner = (loso_log_residuals(tr, INNER_FOLDS, by, shared=shared) if nested
-                 else np.log(predict_design(pr, tr)) - np.log(tr.y))
-        q = conformal_q(inner, _groups(tr), tr.kind)
+        inner, kinds = (loso(tr, INNER_FOLDS, by, shared=shared) if nested
+                        else (np.log(predict_design(pr, tr)) - np.log(tr.y), tr.kind))
+        q = conformal_q(inner, _groups(tr), kinds)
         dom = domain_of(tr)
-        # a row's interval is the one its kind of evidence earns: measured when the training folds hold
-        # measured rows of its GPU (as the product decides for a query), else published
-        mg = set(measured_gpus(tr))
-        qq = np.array([q_for(q, g, evidence_kind(gpu, mg)) * widen_factor(dom, k, a)[0]
+        # a row's interval is the one its kind of evidence earns, as the product decides for a query: measured
+        # when the training folds hold measured rows of its GPU, novel when they hold no row of its kernel on
+        # its GPU, else published
+        mg, seen = set(measured_gpus(tr)), kernel_gpus(tr.kernel, tr.gpu)
+        qq = np.array([q_for(q, g, evidence_kind(gpu, mg, k, seen)) * widen_factor(dom, k, a)[0]
                        for g, k, a, gpu in zip(groups[te], d.kernel[te], d.arch[te], d.gpu[te])])
         pred[te], lo[te], hi[te] = p, p * np.exp(-qq), p * np.exp(qq)
     res = {"rows": int(len(d)), "sources": len(set(d.source)), "held_out_groups": len(sources), "by": by,

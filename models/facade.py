@@ -61,11 +61,13 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
     arch = arch_of(gpu.cc)
     if doc:
         w, why = widen_factor(doc["domain"], q.kernel, arch)
-        kind = evidence_kind(gpu.id, doc.get("measured_gpus", []))
+        kind = evidence_kind(gpu.id, doc.get("measured_gpus", []), q.kernel, doc.get("kernel_gpus"))
         qd, qp = q_for(doc["q90"], "decode", kind) * w, q_for(doc["q90"], "prefill", kind) * w
         notes += [f"{eng.id}: {x}" for x in why]
         if gpu.id not in doc.get("gpus", []):
             notes.append(f"{eng.id}: no published or measured row on {gpu.id}; efficiencies from other GPUs")
+        elif kind == "novel":
+            notes.append(f"{eng.id}: no row of kernel {q.kernel} on {gpu.id}; the interval of such queries held out")
         detail = (f"{eng.id} cost model (models/engine_speed.py; kernel {q.kernel}; fitted on {doc['rows']} "
                   f"rows from {len(doc['sources'])} sources)")
     else:

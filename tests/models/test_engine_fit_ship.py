@@ -38,6 +38,7 @@ def test_fit_all_one_engine_and_round_trip(cat, rows, tmp_path, monkeypatch):
     assert e["snapshot"] == hashlib.sha256(sub.to_csv(index=False).encode()).hexdigest()[:12]
     assert e["gpus"] == sorted(set(d.gpu)) and e["measured_gpus"] == sorted(set(d.gpu[d.kind == "measured"]))
     assert e["domain"] == {k: sorted({a for kk, a in zip(d.kernel, d.arch) if kk == k}) for k in set(d.kernel)}
+    assert e["kernel_gpus"] == {k: sorted({g for kk, g in zip(d.kernel, d.gpu) if kk == k}) for k in set(d.kernel)}
     assert set(e["q90"]) >= {"all", "decode", "prefill", "throughput"} and all(
         v > 0 for v in e["q90"].values() if isinstance(v, float))
     assert set(e["params"]["kernels"]) == set(d.kernel) and all(p in e["params"] for p in es.ENGINE_PARAMS)
@@ -60,6 +61,14 @@ def test_leave_sources_out_in_folds(cat, rows, monkeypatch):
     assert np.isnan(one).all()  # one source: nothing to hold it out against
     res = ef.loso_log_residuals(d, folds=2)
     assert res.shape == (len(d),) and np.isfinite(res).all()
+    same, kinds = ef.loso(d, folds=2)
+    assert np.array_equal(same, res)
+    # a held-out row is novel exactly when the other fold has no row of its kernel on its GPU
+    srcs = sorted(set(d.source))
+    for i in range(len(d)):
+        other = ~np.isin(d.source, srcs[srcs.index(d.source[i]) % 2::2])
+        hit = np.any(other & (d.kernel == d.kernel[i]) & (d.gpu == d.gpu[i]))
+        assert kinds[i] == (d.kind[i] if hit or d.kind[i] == "measured" else "novel")
     pred = ef.predict_design(ef.fit_params(d.take(d.source != d.source[0])), d.take(d.source == d.source[0]))
     assert np.all(pred > 0)
     by_model = ef.loso_log_residuals(d, by="model")

@@ -90,6 +90,25 @@ def test_intervals_follow_the_kind_of_evidence():
     assert ei.q_for(ei.conformal_q(res, groups), "decode", "measured") == q["decode"]  # no kinds: pooled
 
 
+def test_a_kernel_never_seen_on_the_gpu_gets_the_novel_quantile():
+    """Mondrian intervals: a published row whose kernel the training rows never ran on its GPU is 'novel'
+    and gets the novel rows' own (wider) quantile; measured rows stay measured."""
+    seen = ei.kernel_gpus(["marlin", "marlin", "cublas"], ["h100-sxm", "a100-80g-sxm", "h100-sxm"])
+    assert seen == {"marlin": ["a100-80g-sxm", "h100-sxm"], "cublas": ["h100-sxm"]}
+    kinds = ei.row_kinds(["published", "published", "measured"], ["cublas", "marlin", "cublas"],
+                         ["a100-80g-sxm", "h100-sxm", "l4"], seen)
+    assert list(kinds) == ["novel", "published", "measured"]
+    assert ei.evidence_kind("l4", ["l4"], "cublas", seen) == "measured"
+    assert ei.evidence_kind("l4", [], "cublas") == "published"  # no record of pairs: not novel
+    rng = np.random.default_rng(1)
+    res = np.concatenate([rng.normal(0, 0.1, 40), rng.normal(0, 0.6, 40)])
+    q = ei.conformal_q(res, np.array(["decode"] * 80), np.array(["published"] * 40 + ["novel"] * 40))
+    assert ei.q_for(q, "decode", "published") == q["decode"] < ei.q_for(q, "decode", "novel")
+    # novel rows that happen to fit better never narrow a novel query's interval below the published one
+    calm = ei.conformal_q(res[::-1], np.array(["decode"] * 80), np.array(["published"] * 40 + ["novel"] * 40))
+    assert ei.q_for(calm, "decode", "novel") == ei.q_for(calm, "decode", "published") > calm["novel"]["decode"]
+
+
 def test_a_stated_decode_context_replaces_the_one_from_lengths(cat):
     import pandas as pd
 
@@ -199,6 +218,14 @@ def test_repeated_prompts_count_out_prefill_and_throughput_but_keep_decode(cat):
     d = ef.design(df, "tensorrt-llm", cat)
     assert list(d.metric) == ["tpot_ms", "decode_tok_s"]
     assert d.skipped == {"repeated prompts: the prefix cache serves the prefill (not modelled)": 2}
+
+
+def test_a_latencys_tail_percentile_is_counted_out(cat):
+    df = _trt_rows(rows=[{"stat": s, "batch": 1} for s in ("p50", "mean", "", "p90", "P99", "max")]
+                   + [{"stat": "p99", "metric": "request_latency_s", "value": 1.0},
+                      {"stat": "p99", "metric": "output_tok_s", "value": 900.0}])  # a throughput has no tail
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert len(d) == 4 and d.skipped == {"a tail percentile of latency (the cost model predicts the typical request)": 4}
 
 
 def test_a_bursts_latencies_are_counted_out_and_its_throughput_kept(cat):
