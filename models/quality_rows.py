@@ -77,7 +77,7 @@ def row_loss(kind: str, baseline: float, value: float, exact: bool = False) -> t
 # Llama 3 taken as LLAMA3_FACTOR x as sensitive as Llama 2 to these methods (Huang et al. 2024, "How Good Are
 # Low-bit Quantized LLaMA3 Models?", https://arxiv.org/abs/2404.14047): the catalog's precisions marked
 # quality_llama3_sensitive, and round-to-nearest int4, a label of published rows outside the catalog.
-LLAMA3_SENSITIVE = _SENSITIVE | {"rtn-int4"}
+LLAMA3_SENSITIVE = _SENSITIVE | {"rtn-int4", "gptq-int4-noreorder"}
 LLAMA3_FACTOR = 2.0
 EVICTION = set(_EVICT)
 SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data" / "quality" / "small_model_quality.csv"

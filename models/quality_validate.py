@@ -20,7 +20,7 @@ from .quality import (EVICTION, KINDS, PPL, QualityModel, calibrate_widths, held
 
 # Labels of published rows that name no catalog method: their report group (a catalog method's is its
 # quality_family in methods.yaml) and the eviction policies among them (the catalog's: quality_rows.EVICTION).
-PUBLISHED_FAMILY = {"rtn-int4": "4-bit weight", "smoothquant-w8a8": "8-bit weight"}
+PUBLISHED_FAMILY = {"rtn-int4": "4-bit weight", "gptq-int4-noreorder": "4-bit weight", "smoothquant-w8a8": "8-bit weight"}
 PUBLISHED_EVICTION = {"h2o"}
 
 
