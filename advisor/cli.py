@@ -18,7 +18,30 @@ from .options import (EXIT_BAD_INPUT, EXIT_INFEASIBLE, Finite, _emit_json, _err,
 
 HARNESS_NOTE = " (this project's harness)"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's own input errors (a bad option value, a missing or unknown option) as every other bad input is
+    answered: one line on stderr, exit 2, and under --json a JSON error object on stdout (no usage block)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:  # a bare `advisor` (click >= 8.2): its help
+            click.echo(e.format_message(), err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            msg = e.format_message().replace("\n", " ")
+            click.echo(f"error: {msg}", err=True)
+            if "--json" in argv:
+                _emit_json({"error": msg, "exit_code": e.exit_code})
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="llm-deploy-advisor")
 def main():
     """How to run LLM X on GPU Y: precision, sparsity and KV policy, with predicted speed, memory,

@@ -67,7 +67,8 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
         if gpu.id not in doc.get("gpus", []):
             notes.append(f"{eng.id}: no published or measured row on {gpu.id}; efficiencies from other GPUs")
         elif kind == "novel":
-            notes.append(f"{eng.id}: no row of kernel {q.kernel} on {gpu.id}; the interval of such queries held out")
+            notes.append(f"{eng.id}: no published row of kernel {q.kernel} on {gpu.id}: interval as wide as such "
+                         "rows needed when held out")
         detail = (f"{eng.id} cost model (models/engine_speed.py; kernel {q.kernel}; fitted on {doc['rows']} "
                   f"rows from {len(doc['sources'])} sources)")
     else:

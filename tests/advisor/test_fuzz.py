@@ -48,6 +48,10 @@ def _check(args: list[str], invalid: bool):
         assert r.exit_code in (0, 3), f"exit {r.exit_code} on valid input: advisor {shown}\n{r.output[-600:]}"
     if "--json" in args and r.exit_code == 0:
         _strict(r.stdout)
+    if r.exit_code == 2:  # one line names the bad input (click's own option errors too: no usage block)
+        assert "Usage:" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: "), shown
+        if "--json" in args:
+            assert _strict(r.stdout)["exit_code"] == 2, shown
 
 
 def _pick(draw, valid, bad):
@@ -182,6 +186,16 @@ def test_json_errors_are_json_on_stdout():
     assert r.exit_code == 2
     d = _strict(r.stdout)
     assert "rtx4090" in d["error"] and d["exit_code"] == 2
+
+
+def test_a_bad_option_value_is_one_line_and_json_under_json():
+    """click's own parameter errors are answered like every other bad input (no usage block)."""
+    r = CliRunner().invoke(main, ["recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--max-ppl-delta", "-1",
+                                  "--json"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "accepted 0% to 100%" in r.stderr
+    assert "accepted 0% to 100%" in _strict(r.stdout)["error"]
+    r = CliRunner().invoke(main, ["recommend", "--gpux", "l4"])
+    assert r.exit_code == 2 and r.stderr.startswith("error: No such option") and r.stdout == ""
 
 
 def test_regressions_found_by_the_fuzzer():
