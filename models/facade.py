@@ -66,7 +66,7 @@ def _predict_engine(cat, eng, gpu, llm, cand, sc, quality, split) -> Prediction:
         notes += [f"{eng.id}: {x}" for x in why]
         if gpu.id not in doc.get("gpus", []):
             notes.append(f"{eng.id}: no published or measured row on {gpu.id}; efficiencies from other GPUs")
-        elif kind == "novel":
+        elif kind == "novel" and not why:  # (a kernel never run on the architecture says more, above)
             notes.append(f"{eng.id}: no published row of kernel {q.kernel} on {gpu.id}: interval as wide as such "
                          "rows needed when held out")
         detail = (f"{eng.id} cost model (models/engine_speed.py; kernel {q.kernel}; fitted on {doc['rows']} "
