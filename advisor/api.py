@@ -6,7 +6,9 @@
 
 Every figure is ``{value, low, high, unit, source}`` (source: fitted, analytical, published, measured;
 ``detail`` says which cost model); ``quality`` is keyed by quality metric. Unknown ids raise ValueError
-naming close matches. Nothing here keeps state between calls.
+naming close matches. Nothing here keeps state between calls. Where the engine does not run the configuration
+(``supported`` False, ``reason`` says why and which engines do), the speed, memory and energy keys are None and
+``quality`` is still given: it belongs to the model and the method.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY, Ca
 from models.facade import predict as _predict, ttft_ms
 from models.predict import memory_budget
 from models.support import engine_block
+from models.quality_served import served as served_quality
+
+# every answer's figures of speed, memory and energy ({value, low, high, unit, source}; None where unsupported)
+SPEED_KEYS = ("decode_tok_s", "output_tok_s", "prefill_tok_s", "ttft_ms", "tpot_ms", "peak_mem_gb", "power_w",
+              "j_per_token")
 
 def _cat():
     return load()
@@ -103,7 +110,10 @@ def predict(model: str, gpu: str, engine: str | None = None, precision: str = DE
            "num_gpus": num_gpus, "supported": True, "fits": None, "reason": None, "notes": []}
     block = engine_block(cat, eng, g, llm, cand, num_gpus, split)
     if block:
-        out.update(supported=False, fits=False, reason=block)
+        # the same keys as a supported answer: no speed, memory or energy figure (the engine does not run it), and
+        # the quality figures, which belong to the model and the method, not to the engine
+        out.update(supported=False, fits=False, reason=block, **{k: None for k in SPEED_KEYS})
+        out["quality"] = _quality(served_quality(cat).predict_all(llm, cand, context=prompt_len + gen_len), out)
         return out
     sc = Scenario(batch, prompt_len, gen_len, backend, num_gpus)
     sm = None
@@ -133,13 +143,21 @@ def predict(model: str, gpu: str, engine: str | None = None, precision: str = DE
     if not out["fits"]:
         out["reason"] = (f"does not fit: needs {p.memory.per_gpu_gb.value:.1f} GB per GPU > {usable:.3g} GB usable "
                          f"({rule})")
-    from .serialize import quality_dict
-    out["quality"] = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")}
-                      for k, v in quality_dict(p).items()}
-    for k, v in out["quality"].items():
-        if v["value"] is None:
-            out["notes"].append(f"quality {k} unknown: no published, transferred or measured figure")
+    out["quality"] = _quality(p.quality, out)
     return out
+
+
+def _quality(allq: dict, out: dict) -> dict:
+    """The answer's quality block (metric -> {value, low, high, unit, source, kind}) from a quality model's
+    ``predict_all``; a metric no row supports is named in ``out``'s notes."""
+    from types import SimpleNamespace
+
+    from .serialize import quality_dict
+    q = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")}
+         for k, v in quality_dict(SimpleNamespace(quality=allq)).items()}
+    out["notes"] += [f"quality {k} unknown: no published, transferred or measured figure"
+                     for k, v in q.items() if v["value"] is None]
+    return q
 
 
 def _power(p, gpu, n: int) -> dict:

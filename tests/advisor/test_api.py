@@ -40,6 +40,17 @@ def test_t4_runs_awq_and_gptq_on_vllm_but_not_trtllm():
     assert not r["supported"] and "vllm" in r["reason"]
 
 
+def test_an_unsupported_answer_has_every_key_and_its_quality():
+    """The engine does not run it: the same keys as any answer, speed figures None, quality (the model's and the
+    method's, not the engine's) still given."""
+    r = advisor.predict(model="llama3.1-8b", gpu="t4", engine="tensorrt-llm", precision="awq-int4")
+    ok = advisor.predict(model="llama3.1-8b", gpu="t4", engine="vllm", precision="awq-int4")
+    assert not r["supported"] and set(ok) - set(r) <= {"cost_model", "roofline_decode_ms"}
+    assert all(r[k] is None for k in KEYS)
+    assert r["quality"]["ppl_delta"] == ok["quality"]["ppl_delta"] and r["quality"]["ppl_delta"]["value"] > 0
+    json.dumps(r, allow_nan=False)
+
+
 def test_llama_cpp_on_two_gpus_is_a_layer_split():
     r = advisor.predict(model="llama3.1-70b", gpu="a100-80g-sxm", engine="llama.cpp", precision="gguf-q4_k_m",
                         num_gpus=2)
