@@ -11,7 +11,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 PUBLISHED_DIR = DATA_DIR / "published_engine"
 MEASURED_PATHS = (DATA_DIR / "llamacpp" / "rows.csv",)
 REQUIRED = ("engine", "gpu", "model", "precision", "metric", "value", "source_id")
-NUMERIC = ("num_gpus", "batch", "prompt_len", "gen_len", "depth", "value", "prompt_len_est", "decode_ctx")
+NUMERIC = ("num_gpus", "batch", "prompt_len", "gen_len", "depth", "value", "prompt_len_est", "decode_ctx",
+           "running_batch")
 NOT_SPEED = ("gguf_quality.csv",)
 
 

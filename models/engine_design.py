@@ -192,6 +192,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         run = _RUNNING.search(text)
         if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
             b = float(run.group(1))
+        elif _num(r.get("running_batch"), 0) > 0:  # derived from the source where it lets it be (README, notes)
+            b = _num(r.get("running_batch"), 0)
         if metric in ("tpot_ms", "ttft_ms") and not b and _INF_RATE.search(text):
             # a burst: the first requests start together, the rest wait for a slot; its latencies mix that wave with
             # the queue's drain, not the steady state the cost model describes (throughput rows of it are kept)

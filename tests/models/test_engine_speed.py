@@ -220,6 +220,17 @@ def test_repeated_prompts_count_out_prefill_and_throughput_but_keep_decode(cat):
     assert d.skipped == {"repeated prompts: the prefix cache serves the prefill (not modelled)": 2}
 
 
+def test_a_derived_running_batch_replaces_the_requests_sent(cat):
+    """An offline call of 100 requests whose outputs end at EOS runs fewer at a time: the row's running_batch is read
+    (README), and a row without it keeps its batch."""
+    df = _trt_rows(rows=[{"metric": "output_tok_s", "value": 5000.0, "batch": 100, "running_batch": 69.7},
+                         {"metric": "output_tok_s", "value": 5000.0, "batch": 100}])
+    d = ef.design(df, "tensorrt-llm", cat)
+    assert list(d.batch) == [69.7, 100.0]
+    t = ef.predict_design(ef.load_params()["engines"]["tensorrt-llm"]["params"], d)
+    assert t[0] < t[1]  # fewer sequences per step: less throughput
+
+
 def test_a_latencys_tail_percentile_is_counted_out(cat):
     df = _trt_rows(rows=[{"stat": s, "batch": 1} for s in ("p50", "mean", "", "p90", "P99", "max")]
                    + [{"stat": "p99", "metric": "request_latency_s", "value": 1.0},
