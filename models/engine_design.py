@@ -226,6 +226,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             b = min(b, max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
         if es.METRIC_GROUP[metric] == "throughput":
             b = em.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
+            if prompt + gen > 0:  # as for TPOT: no more requests run at once than the KV cache holds
+                b = min(b, max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
         qa = es.arrays(q)
         qa["served"] = 1.0 if _SERVED.search(text) and not _INPROC.search(text) else 0.0  # the row's own client
         ub = _UB.search(str(r.get("notes") or ""))

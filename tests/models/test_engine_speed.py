@@ -231,6 +231,17 @@ def test_a_derived_running_batch_replaces_the_requests_sent(cat):
     assert t[0] < t[1]  # fewer sequences per step: less throughput
 
 
+def test_a_throughput_row_runs_no_more_requests_than_the_kv_cache_holds(cat):
+    """As for TPOT rows: a concurrency beyond the KV cache's capacity in requests is read at that capacity."""
+    from models import engine_memory as em
+    df = _trt_rows(rows=[{"metric": "output_tok_s", "value": 5000.0, "batch": b} for b in (8, 5000)])
+    d = ef.design(df, "tensorrt-llm", cat)
+    eng, gpu, llm = cat.engines["tensorrt-llm"], cat.gpu("h100-sxm"), cat.llm("llama3.1-8b")
+    q = es.query(cat, gpu, llm, Candidate("bf16"), eng)
+    cap = em.kv_capacity_tokens(q, gpu.memory_gb, float(eng.get("memory_fraction", 0.9))) / (2048 + 128)
+    assert d.batch[0] == 8 and 8 < cap < 5000 and d.batch[1] == pytest.approx(cap)
+
+
 def test_a_latencys_tail_percentile_is_counted_out(cat):
     df = _trt_rows(rows=[{"stat": s, "batch": 1} for s in ("p50", "mean", "", "p90", "P99", "max")]
                    + [{"stat": "p99", "metric": "request_latency_s", "value": 1.0},
