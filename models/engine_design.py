@@ -222,12 +222,11 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             # restart together: a TTFT waits behind the prefill of the whole wave, which the mean carries
             skip("mean TTFT of a client whose concurrent requests run in waves (GenAI-Perf/AIPerf; not modelled)")
             continue
+        held = max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / max(prompt + gen, 1.0))
         if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
-            b = min(b, max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
-        if es.METRIC_GROUP[metric] == "throughput":
-            b = em.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None)
-            if prompt + gen > 0:  # as for TPOT: no more requests run at once than the KV cache holds
-                b = min(b, max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / (prompt + gen)))
+            b = min(b, held)
+        if es.METRIC_GROUP[metric] == "throughput":  # likewise: no more requests run at once than the cache holds
+            b = min(em.serving_batch(q, gpu.memory_gb, mem_frac, prompt, gen, b or None), held)
         qa = es.arrays(q)
         qa["served"] = 1.0 if _SERVED.search(text) and not _INPROC.search(text) else 0.0  # the row's own client
         ub = _UB.search(str(r.get("notes") or ""))
