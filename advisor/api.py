@@ -150,11 +150,8 @@ def predict(model: str, gpu: str, engine: str | None = None, precision: str = DE
 def _quality(allq: dict, out: dict) -> dict:
     """The answer's quality block (metric -> {value, low, high, unit, source, kind}) from a quality model's
     ``predict_all``; a metric no row supports is named in ``out``'s notes."""
-    from types import SimpleNamespace
-
-    from .serialize import quality_dict
-    q = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")}
-         for k, v in quality_dict(SimpleNamespace(quality=allq)).items()}
+    from .serialize import quality_block
+    q = {k: {x: v[x] for x in ("value", "low", "high", "unit", "source", "kind")} for k, v in quality_block(allq).items()}
     out["notes"] += [f"quality {k} unknown: no published, transferred or measured figure"
                      for k, v in q.items() if v["value"] is None]
     return q

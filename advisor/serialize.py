@@ -10,12 +10,17 @@ QUALITY_UNITS = {"ppl_delta": ("%", 100.0), "accuracy_drop": ("points", 1.0), "l
 
 
 def quality_dict(p) -> dict:
-    """Every quality quantity of a Prediction: kind -> {value, low, high, unit, source, kind, metric, detail,
-    citations}; ``value`` None (kind ``unknown``) where no row supports it. ``kind``: published (the exact
-    model, method and metric), transferred (same method on other models, a size law or a monotone bound),
+    """Every quality quantity of a Prediction (:func:`quality_block` of its ``quality``)."""
+    return quality_block(p.quality)
+
+
+def quality_block(allq: dict) -> dict:
+    """Every quality quantity of a quality model's ``predict_all``: kind -> {value, low, high, unit, source, kind,
+    metric, detail, citations}; ``value`` None (kind ``unknown``) where no row supports it. ``kind``: published (the
+    exact model, method and metric), transferred (same method on other models, a size law or a monotone bound),
     measured (this project's small-model campaign), reference (16-bit dense: 0 by definition), unknown."""
     out = {}
-    for kind, (est, parts, missing) in p.quality.items():
+    for kind, (est, parts, missing) in allq.items():
         unit, k = QUALITY_UNITS[kind]
         if est is None:
             out[kind] = {"value": None, "low": None, "high": None, "unit": unit, "source": None, "kind": "unknown",

@@ -192,8 +192,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         run = _RUNNING.search(text)
         if run:  # the source states the mean running batch (its `batch` is only the scheduler's cap)
             b = float(run.group(1))
-        elif _num(r.get("running_batch"), 0) > 0:  # derived from the source where it lets it be (README, notes)
-            b = _num(r.get("running_batch"), 0)
+        elif (rb := _num(r.get("running_batch"), 0)) > 0:  # derived from the source where it lets it be (README)
+            b = rb
         if metric in ("tpot_ms", "ttft_ms") and not b and _INF_RATE.search(text):
             # a burst: the first requests start together, the rest wait for a slot; its latencies mix that wave with
             # the queue's drain, not the steady state the cost model describes (throughput rows of it are kept)
@@ -208,7 +208,8 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
         if es.METRIC_GROUP[metric] != "decode" and PREFIX_CACHED in text:  # a cached prompt leaves decode as it is
             skip("repeated prompts: the prefix cache serves the prefill (not modelled)")
             continue
-        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac):
+        kv_tokens = em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac)  # what the KV cache holds at this row's setup
+        if metric == "ttft_ms" and b > 1 and b * (prompt + gen) > kv_tokens:
             # the clients outnumber the requests the KV cache holds: TTFT is mostly waiting in the queue
             skip("TTFT at a concurrency beyond the KV cache (queueing, not modelled)")
             continue
@@ -222,7 +223,7 @@ def design(df, engine: str, cat: Catalog | None = None) -> Design:
             # restart together: a TTFT waits behind the prefill of the whole wave, which the mean carries
             skip("mean TTFT of a client whose concurrent requests run in waves (GenAI-Perf/AIPerf; not modelled)")
             continue
-        held = max(1.0, em.kv_capacity_tokens(q, gpu.memory_gb, mem_frac) / max(prompt + gen, 1.0))
+        held = max(1.0, kv_tokens / max(prompt + gen, 1.0))
         if metric == "tpot_ms" and b > 1 and prompt > 0:  # the running batch is what the KV cache holds
             b = min(b, held)
         if es.METRIC_GROUP[metric] == "throughput":  # likewise: no more requests run at once than the cache holds
