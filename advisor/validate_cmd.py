@@ -202,6 +202,8 @@ def _echo_by_kind(title: str, by_kind: dict) -> None:
     click.echo(title)
     for kind, fams in by_kind.items():
         for f, sc in fams.items():
+            if f.startswith("_"):
+                continue
             click.echo(f"  {kind:14s} {f:24s} n={sc['n']:3d}  MAE {sc['mae_points']:6.2f} points "
                        f"(beyond rounding {sc['mae_beyond_rounding_points']:5.2f})  90% coverage "
                        f"{sc['coverage90'] * 100:5.1f}% (rounding-aware {sc['coverage90_rounding'] * 100:5.1f}%)")

@@ -38,3 +38,30 @@ def test_rounding_aware_coverage_asks_whether_the_intervals_meet():
     assert _meets_rounding(r, 0.0, 0.0044)          # the point lies outside [0, 0.44%], the printed pair does not
     assert not _meets_rounding(r, 0.04, 0.06)
     assert _meets_rounding(r, 0.03, 0.06)
+
+
+def test_the_pooled_4_to_8_bit_group_holds_the_4_and_8_bit_families_and_gguf_types_of_4_to_8_5_bits():
+    from profiles import load
+
+    from models.quality_validate import _four_to_eight_bits
+    cat = load()
+    assert _four_to_eight_bits(("precision", "awq-int4"), cat)
+    assert _four_to_eight_bits(("precision", "fp8"), cat)
+    assert _four_to_eight_bits(("precision", "rtn-int4"), cat)       # a published-only 4-bit label
+    assert _four_to_eight_bits(("precision", "gguf-q8_0"), cat)      # 8.5 bits per weight
+    assert _four_to_eight_bits(("precision", "gguf-q4_k_m"), cat)
+    assert not _four_to_eight_bits(("precision", "gguf-f16"), cat)   # 16 bits
+    assert not _four_to_eight_bits(("precision", "gguf-q2_k"), cat)  # not a catalog type: no bits to read
+    assert not _four_to_eight_bits(("precision", "quip#-int2"), cat)
+    assert not _four_to_eight_bits(("kv", "kivi-2bit"), cat)
+
+
+def test_served_figures_are_scored_on_rows_of_their_own_dataset_only():
+    from profiles import load
+
+    from models.quality_validate import POOLED_4_8, held_out
+    res = held_out(load(), "paper")["as_served"]["ppl_delta"]
+    fams = {k: v for k, v in res.items() if not k.startswith("_")}
+    assert res["_other_dataset_rows"] > 0       # C4 and word-perplexity rows exist, and are not scored
+    assert fams[POOLED_4_8]["n"] == sum(v["n"] for k, v in fams.items() if k in ("4-bit weight", "8-bit weight")) + \
+        fams.get("gguf", {"n": 0})["n"]
