@@ -1,6 +1,9 @@
 """A learned quality model: one regression over published and measured rows together.
 
-log(loss) = method effect + metric-kind effect + size slope + Llama-3 effect + budget / depth terms,
+log(loss) = method effect + metric-kind effect + size slope + pre-training-tokens slope + budget / depth terms
+(the size law of Kumar et al. 2024, "Scaling Laws for Precision", https://arxiv.org/abs/2411.04324: the loss from
+post-training quantization falls with parameters and grows with training tokens; tokens per family in
+profiles/data/quality_published.yaml ``training_tokens``; it replaced a Llama-3 indicator),
 fitted by ridge regression in closed form (numpy; cheap enough to fit when the catalog loads, so it
 never goes stale against the data). Losses below 0.1% are floored there (0.1% reads as "at most
 0.1%"). Rows: every single-component published row, plus the small model trained and measured by
@@ -15,6 +18,7 @@ import numpy as np
 
 from . import conformal
 from .candidate import DROP_LAYERS
+from .quality_rows import training_tokens_t
 
 FLOOR = 1e-3
 SCORE = "score"
@@ -58,8 +62,16 @@ class QualityRegressor:
 def _feats(r) -> dict:
     comp = r.component
     f = {f"m:{comp[0]}:{comp[1]}": 1.0, "metric:score": 1.0 if _kind(r.metric) == SCORE else 0.0,
-         "log_size": math.log(r.size_b) if r.size_b else 0.0,
-         "llama3": 1.0 if r.family == "llama3" else 0.0, "small": 1.0 if r.family == "small" else 0.0}
+         "log_size": math.log(r.size_b) if r.size_b else 0.0, "small": 1.0 if r.family == "small" else 0.0}
+    # the data term of the size law: log pre-training tokens (Kumar et al. 2024: the loss from post-training
+    # quantization grows with the tokens a model was trained on); a family that does not state them gets an
+    # indicator instead, so its rows neither set nor borrow the slope
+    if r.family != "small":
+        d = training_tokens_t(r.family, r.size_b)
+        if d is not None:
+            f["log_train_tokens"] = math.log(d)
+        else:
+            f["train_tokens_unknown"] = 1.0
     if comp[0] == "kv" and r.budget:
         f[f"budget:{comp[1]}"] = math.log2(r.budget / 1024)
     if comp == ("sparsity", DROP_LAYERS) and r.budget:

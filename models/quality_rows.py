@@ -143,6 +143,22 @@ def _size_of(name: str) -> float | None:
     return v / 1000 if m.group(2) == "m" else v
 
 
+def training_tokens_t(family: str, size_b: float | None) -> float | None:
+    """Pre-training tokens (trillions) of a model family at a size (billions), from quality_published.yaml
+    ``training_tokens`` (cited there); None where the family does not state them."""
+    from profiles.catalog import load_training_tokens
+
+    for e in load_training_tokens():
+        if e["family"] != family:
+            continue
+        lo, hi = e.get("min_size_b"), e.get("max_size_b")
+        if size_b is None and (lo is not None or hi is not None):
+            continue
+        if (lo is None or size_b >= lo) and (hi is None or size_b < hi):
+            return float(e["tokens_t"])
+    return None
+
+
 def _base_model(name: str) -> str:
     return re.sub(r"-(instruct|chat|it)$", "", name.lower())
 

@@ -281,6 +281,25 @@ def load_quality(data_dir: Path = DATA_DIR) -> list[dict]:
 
 
 @lru_cache(maxsize=4)
+def load_training_tokens(data_dir: Path = DATA_DIR) -> list[dict]:
+    """quality_published.yaml ``training_tokens``: pre-training tokens (trillions) per model family and size range."""
+    doc = _read(Path(data_dir) / "quality_published.yaml")
+    entries = doc.get("training_tokens") or []
+    if not isinstance(entries, list):
+        raise schema.SchemaError("quality_published.yaml: 'training_tokens' must be a list")
+    known = {f.key for f in schema.TRAINING_TOKENS_FIELDS}
+    for i, e in enumerate(entries):
+        where = f"quality_published.yaml: training_tokens[{i}]"
+        schema.check_entry(e, schema.TRAINING_TOKENS_FIELDS, where)
+        extra = sorted(set(e) - known)
+        if extra:
+            raise schema.SchemaError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(known))}")
+        if e["tokens_t"] <= 0:
+            raise schema.SchemaError(f"{where}: 'tokens_t' is {e['tokens_t']}; must be > 0 (trillions of tokens)")
+    return entries
+
+
+@lru_cache(maxsize=4)
 def load(data_dir: Path = DATA_DIR) -> Catalog:
     """The shipped catalogs (cached)."""
     return Catalog(Path(data_dir))

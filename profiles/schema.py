@@ -142,6 +142,17 @@ QUALITY_FIELDS = (
     Field("verified", (bool,), required=False),
 )
 
+# quality_published.yaml ``training_tokens``: pre-training tokens (trillions) of a model family, for the quality
+# regression's size law; a size range (billions, min inclusive, max exclusive) where a family's sizes differ
+TRAINING_TOKENS_FIELDS = (
+    Field("family", (str,)),
+    Field("min_size_b", NUM, required=False, nullable=True),
+    Field("max_size_b", NUM, required=False, nullable=True),
+    Field("tokens_t", NUM),
+    Field("url", (str,)),
+    Field("source", (str,)),
+)
+
 
 def _covered(key: str, sources: dict) -> bool:
     """A key is cited when ``sources`` has it, or a dotted prefix of it."""

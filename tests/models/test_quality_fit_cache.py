@@ -27,7 +27,8 @@ def test_fit_stored_then_served_from_the_cache(rows, tmp_path, monkeypatch):
     monkeypatch.setattr(QF, "_fit_with_interval", lambda *a: calls.append(1) or real(*a))
     m, q = QF.fit_with_interval(rows)
     assert calls == [1] and len(list(tmp_path.glob("quality-fit-*.json"))) == 1
-    assert 0 < q < 5 and set(m.columns_) >= {"log_size", "llama3", "small", "metric:score"}
+    assert 0 < q < 5 and set(m.columns_) >= {"log_size", "log_train_tokens", "train_tokens_unknown", "small",
+                                          "metric:score"}
     kept = [r for r in rows if r.size_b or r.family == "small"]
     assert m.methods_ == {r.component for r in kept}
     # the interval is the 90% quantile of held-out |log residual|: most held-out rows fall inside it
@@ -49,3 +50,19 @@ def test_drop_layers_and_kv_budget_features(rows):
     assert "drop_frac" not in QF._feats(dataclasses.replace(drop, budget=None))
     kv = QF._feats(dataclasses.replace(r, component=("kv", "snapkv"), budget=256))
     assert kv["budget:snapkv"] == -2.0  # log2(256 / 1024)
+
+
+def test_the_size_law_reads_pre_training_tokens_per_family_and_size(rows):
+    from models.quality_rows import training_tokens_t
+    assert training_tokens_t("llama2", 7.0) == 2.0
+    assert training_tokens_t("llama1", 7.0) == 1.0 and training_tokens_t("llama1", 65.0) == 1.4
+    assert training_tokens_t("llama3", 8.0) == 15.0 and training_tokens_t("llama3", 3.0) == 9.0
+    assert training_tokens_t("qwen3", 8.0) == 36.0
+    assert training_tokens_t("mistral", 7.0) is None          # not stated by its publisher
+    r = next(r for r in rows if r.family == "qwen3" and r.size_b)
+    assert QF._feats(r)["log_train_tokens"] == pytest.approx(math.log(36.0))
+    r = next(r for r in rows if r.family == "mistral")
+    assert "log_train_tokens" not in QF._feats(r) and QF._feats(r)["train_tokens_unknown"] == 1.0
+    # fitted on the shipped rows, more pre-training tokens means a larger loss (Kumar et al. 2024's direction)
+    m, _ = QF.fit_with_interval(rows)
+    assert m.coef_[m.index_["log_train_tokens"]] > 0

@@ -93,3 +93,19 @@ def test_schema_rejects_wrong_type_and_version():
 def test_quality_rows_cite_paper_and_table(cat):
     for r in cat.quality_rows:
         assert r["url"].startswith("http") and r["paper"]
+
+
+def test_training_tokens_entries_are_checked(tmp_path):
+    import shutil
+
+    from profiles import schema
+    from profiles.catalog import DATA_DIR, load_training_tokens
+    shutil.copytree(DATA_DIR, tmp_path / "d")
+    p = tmp_path / "d" / "quality_published.yaml"
+    text = p.read_text()
+    p.write_text(text.replace("- {family: opt, tokens_t: 0.18,", "- {family: opt, tokens_t: 0.18, tokens_b: 180,", 1))
+    with pytest.raises(schema.SchemaError, match=r"training_tokens\[\d+\]: unknown key\(s\) tokens_b"):
+        load_training_tokens(tmp_path / "d")
+    p.write_text(text.replace("- {family: opt, tokens_t: 0.18,", "- {family: opt, tokens_t: -1,", 1))
+    with pytest.raises(schema.SchemaError, match="must be > 0"):
+        load_training_tokens(tmp_path / "d")
