@@ -33,15 +33,15 @@ from profiles import Catalog, LLM
 from . import conformal
 from .candidate import DEFAULT_SPARSITY, Candidate
 from .estimate import Estimate
-from .quality_fit import pool_by_size
-from .quality_rows import (ABS_FLOOR, ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
+from .quality_pool import size_pooled
+from .quality_rows import (ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
     LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row, width_floor,
     _base_model, _component, _family_of, _half_unit, _size_of, metric_kind, row_loss, rows_from_published,
     rows_from_small_model)
 
 
 # the row vocabulary is re-exported: callers import it from here
-__all__ = ["ABS_FLOOR", "ACC", "BASE_KV", "BASE_PRECISIONS", "EVICTION", "KINDS", "LLAMA3_FACTOR", "LLAMA3_SENSITIVE",
+__all__ = ["ACC", "BASE_KV", "BASE_PRECISIONS", "EVICTION", "KINDS", "LLAMA3_FACTOR", "LLAMA3_SENSITIVE",
            "LONG", "METRIC_RANK", "PPL", "REL_WIDTH", "SCORE_METRICS", "SMALL_MODEL_CSV", "ComponentLoss", "Row",
            "QualityModel", "backs_a_bound", "calibrate_widths", "held_out_lookups", "metric_kind", "paper_of", "row_loss", "rows_from_published",
            "rows_from_small_model", "_half_unit", "_base_model", "_component", "_family_of", "_size_of"]
@@ -114,7 +114,7 @@ class QualityModel:
 
     def _envelope(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
         """Monotone by construction. Along model size: the figures of the family's models are pooled into
-        the evidence-weighted non-increasing fit (:func:`pool_by_size`: a larger model of the family never
+        the evidence-weighted non-increasing fit (:func:`models.quality_pool.pool_by_size`: a larger model of the family never
         loses more, and a noisy row of one size does not override better evidence at another). Along
         methods and budgets: the largest loss among this (method, budget) and every one it must not
         beat (a method of the same quality chain with more bits, a milder budget). A component with no
@@ -146,26 +146,8 @@ class QualityModel:
         return out + [(c, None) for c in self._chain_milder(comp)]
 
     def _size_pooled(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
-        """This model's figure after pooling the family's figures of one (component, budget) by size."""
-        own = self._raw(llm, comp, budget, kind)
-        if own is None or self.catalog is None:
-            return own
-        fam = [m for m in self.catalog.llms.values() if m.family == llm.family]
-        figs = [(m, self._raw(m, comp, budget, kind)) for m in fam]
-        figs = [(m, f) for m, f in figs if f is not None]
-        if len(figs) < 2:
-            return own
-        floor = ABS_FLOOR if kind == PPL else 0.2
-        pooled = pool_by_size([m.published_params_b for m, _ in figs], [f.loss for _, f in figs],
-                              [1.0 / max((f.high - f.low) / 2, floor) ** 2 for _, f in figs])
-        v = max(pooled[[m.id for m, _ in figs].index(llm.id)], 0.0)
-        if abs(v - own.loss) <= 1e-12:
-            return own
-        others = sorted({m.id for m, f in figs if m.id != llm.id})
-        note = (f"pooled by size with {', '.join(others)} ({v:.4g}, was {own.loss:.4g}): a larger model of the "
-                "family may not lose more; each figure weighted by its interval")
-        return ComponentLoss(comp, v, min(own.low, v), max(own.high, v), "transfer" if own.rule == "exact"
-                             else own.rule, own.metric, own.cites + (note,))
+        """This model's figure after pooling the family's figures by size (:func:`models.quality_pool.size_pooled`)."""
+        return size_pooled(self, llm, comp, budget, kind)
 
     def _chain_milder(self, comp: tuple) -> list[tuple]:
         """Methods sharing a quality chain with ``comp`` that store more bits (methods.yaml)."""
@@ -240,11 +222,15 @@ class QualityModel:
             half = max(max(abs(loss), floor) * width, (max(losses) - min(losses)) / 2)
             if rule == "exact" and not below_all and calibrated is None:
                 half = 0.0
+            # never a gain: a method or a policy does not improve on the 16-bit dense model. A printed gain reads
+            # as no measurable loss: the figure is 0 and its interval reaches the width around 0 (clipping the
+            # interval after centring it on the gain would claim a loss of exactly 0)
+            loss = max(loss, 0.0)
             low, high = min(loss - half, min(los)), max(loss + half, max(his))
-            # never a gain: a method or a policy does not improve on the 16-bit dense model
-            loss, low, high = max(loss, 0.0), max(low, 0.0), max(high, 0.0)
+            low, high = max(low, 0.0), max(high, 0.0)
+            ev = max(max(0.0, max(his)) - max(0.0, min(los)), max(0.0, max(losses)) - max(0.0, min(losses))) / 2
             return ComponentLoss(comp, loss, min(low, loss), max(high, loss), rule, pool[0].metric,
-                                 tuple(sorted({r.cite for r in pool})))
+                                 tuple(sorted({r.cite for r in pool})), ev)
         return None
 
     def _fitted(self, llm: LLM, comp: tuple, budget: int | None, rows: list[Row],

@@ -121,32 +121,3 @@ def _fit_with_interval(rows, alpha: float, coverage: float):
             res += [abs(math.log(pi) - math.log(max(r.loss, FLOOR))) for pi, r in zip(p, known)]
     q = conformal.quantile(res, coverage) if res else 1.0
     return QualityRegressor(alpha).fit(rows), q
-
-
-def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:
-    """Weighted least-squares fit of ``losses`` that never grows with ``sizes`` (pool-adjacent-violators;
-    models of one size are pooled together): the monotone figures closest to the evidence, each figure
-    weighted by ``weights`` (1 / half-width squared of its interval)."""
-    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    blocks: list[list] = []  # [size, weighted sum, weight, members]
-    for i in order:
-        if blocks and blocks[-1][0] == sizes[i]:
-            b = blocks[-1]
-            b[1] += losses[i] * weights[i]
-            b[2] += weights[i]
-            b[3].append(i)
-        else:
-            blocks.append([sizes[i], losses[i] * weights[i], weights[i], [i]])
-    out: list[list] = []
-    for b in blocks:
-        out.append(list(b))
-        while len(out) > 1 and out[-2][1] / out[-2][2] < out[-1][1] / out[-1][2] - 1e-15:
-            last = out.pop()
-            out[-1][1] += last[1]
-            out[-1][2] += last[2]
-            out[-1][3] += last[3]
-    fitted = [0.0] * len(sizes)
-    for b in out:
-        for i in b[3]:
-            fitted[i] = b[1] / b[2]
-    return fitted

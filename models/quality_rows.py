@@ -84,7 +84,6 @@ SMALL_MODEL_CSV = Path(__file__).resolve().parent.parent / "measurement" / "data
 
 # Half-width of the interval, relative to the loss, by rule; and an absolute floor (fraction).
 REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "measured-small": 2.0}
-ABS_FLOOR = 0.002
 # Below these a loss is within what published tables resolve (rounding, run-to-run noise): interval
 # half-widths are relative to max(|loss|, floor), the same floor where they are calibrated and applied.
 WIDTH_FLOOR = {"ppl_delta": 0.01, "score": 1.0}
@@ -121,6 +120,9 @@ class ComponentLoss:
     rule: str
     metric: str
     cites: tuple
+    # half-width of what the published figures themselves leave (their printed rounding and the spread of the
+    # rows, at >= 0), without the rule's calibrated width; None for a figure no row prints (the regression)
+    evidence_half: float | None = None
 
 
 def _family_of(name: str) -> str:

@@ -15,7 +15,7 @@ from profiles import Catalog, cache
 from .quality import PPL, QualityModel, fixed_component
 from .quality_rows import SMALL_MODEL_CSV, ComponentLoss
 
-_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_served.py", "conformal.py")
+_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_pool.py", "quality_served.py", "conformal.py")
 
 
 def _key(cat: Catalog) -> str:
@@ -56,9 +56,10 @@ class ServedQuality(QualityModel):
         k = f"{llm.id}|{comp[0]}|{comp[1]}|{budget}|{kind}"
         if k in self._table:
             v = self._table[k]
-            return None if v is None else ComponentLoss(comp, v[0], v[1], v[2], v[3], v[4], tuple(v[5]))
+            return None if v is None else ComponentLoss(comp, v[0], v[1], v[2], v[3], v[4], tuple(v[5]),
+                                                        v[6] if len(v) > 6 else None)
         c = self.full().component(llm, comp, budget, kind, context)
-        v = None if c is None else [c.loss, c.low, c.high, c.rule, c.metric, list(c.cites)]
+        v = None if c is None else [c.loss, c.low, c.high, c.rule, c.metric, list(c.cites), c.evidence_half]
         self._table[k] = self._new[k] = v
         return c
 

@@ -120,18 +120,6 @@ def test_rounding_makes_an_interval():
     assert drop == pytest.approx(0.4) and lo == pytest.approx(0.3) and hi == pytest.approx(0.5)
 
 
-def test_size_pooling_follows_the_better_evidence_and_stays_monotone():
-    """A figure of one size with a wide (rounding) interval does not override narrow evidence at another
-    size: the family's figures pool by weight into a fit that never grows with size."""
-    from models.quality_fit import pool_by_size
-    w = [1 / 0.005 ** 2, 1 / 0.035 ** 2]
-    mean = (0.07 * w[0] + 0.14 * w[1]) / sum(w)
-    assert pool_by_size([8, 70], [0.07, 0.14], w) == pytest.approx([mean] * 2) and mean < 0.075
-    assert pool_by_size([1, 8, 70], [0.10, 0.05, 0.02], [1, 1, 1]) == [0.10, 0.05, 0.02]  # already monotone
-    fit = pool_by_size([8, 8, 70], [0.05, 0.07, 0.2], [1, 1, 2])
-    assert fit[0] == fit[1] == fit[2]  # tied sizes pool; then the larger violator pools with them
-
-
 def test_a_method_known_only_from_the_small_model_never_passes_a_bound(cat):
     """bitsandbytes NF4 has no published perplexity row: what bnb-int8 loses bounds it from below only, so
     its perplexity figure stays a small-model one, shown but unable to pass --max-ppl-delta."""
@@ -174,3 +162,24 @@ def test_a_held_out_row_is_answered_on_its_own_dataset_where_rows_of_it_exist():
     assert lookup_of(q, ptb).metric == "wikitext2_ppl"
     # what recommend asks (no dataset named): WikiText-2
     assert q._raw(FakeLLM("llama3-8b", "llama3", 8.0), comp, None, "ppl_delta").loss == pytest.approx(0.06)
+
+
+def _pooled_rows():
+    """Three sizes of one catalog family, one table each, printed to 3 significant figures: the smallest shows a
+    'gain' (13.7 -> 13.5), the others +2.6% and +2.8%."""
+    comp = ("precision", "x-int4")
+    out = []
+    for model, size, base, value in (("qwen3-4b", 4.0, 13.7, 13.5), ("qwen3-8b", 8.2, 9.71, 9.96),
+                                     ("qwen3-14b", 14.8, 8.64, 8.88)):
+        loss, lo, hi = row_loss("ppl_delta", base, value)
+        out.append(Row(model, "qwen3", size, comp, None, "wikitext2_ppl", loss, f"table for {model}", "published",
+                       lo=lo, hi=hi))
+    return comp, out
+
+
+def test_a_printed_gain_reads_as_no_loss_with_an_interval_above_zero(cat):
+    comp, rows = _pooled_rows()
+    q = QualityModel(rows, [], {}, learn=False, catalog=cat, widths={"ppl_delta/exact": 0.5})
+    c = q._raw(cat.llm("qwen3-4b"), comp, None, "ppl_delta")
+    assert c.rule == "exact" and c.loss == 0.0 and c.low == 0.0
+    assert c.high == pytest.approx(0.5 * abs(rows[0].loss))   # the calibrated width around 0, not [0, 0]
