@@ -105,13 +105,12 @@ def register_planning(main: click.Group) -> None:
     def plan(model, qps, prompt_len, gen_len, ttft_p95, tpot_p95, gpus, max_ppl_delta, grid_gco2_per_kwh,
              max_accuracy_drop, engine, pin_precision, pin_sparsity, pin_kv, as_json):
         """Capacity: GPUs, replicas and method per GPU type for a load and latency targets."""
-        from profiles import UnknownProfileError
+        from profiles import UnknownProfileError, harness_engine_id
 
         from .engine import RequestError
         from .plan import HOURS_PER_MONTH, PlanRequest, plan as run, plan_dict
-        from .service import speed_model_or_none
+        from .service import harness_note, speed_model_or_none
         sm, note = speed_model_or_none()
-        click.echo(f"note: {note}", err=True)
         req = PlanRequest(model, qps, prompt_len, gen_len, parse_duration(ttft_p95, "--ttft-p95"),
                           parse_duration(tpot_p95, "--tpot-p95"), _gpu_list(gpus), parse_fraction(max_ppl_delta),
                           grid_gco2_per_kwh, engine=engine, pin_precision=pin_precision, pin_sparsity=pin_sparsity,
@@ -120,6 +119,9 @@ def register_planning(main: click.Group) -> None:
             plans = run(req, speed_model=sm)
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
+        engines = {p.best.engine for p in plans if p.best is not None}
+        if harness_note(note, engines):
+            click.echo(f"note: {note}", err=True)
         if as_json:
             _emit_json({"request": req.__dict__, "plans": plan_dict(plans)})
         else:
@@ -144,8 +146,9 @@ def register_planning(main: click.Group) -> None:
                           f"{o.co2_kg_per_month:,.0f}" if o.co2_kg_per_month is not None else "-",
                           f"{o.ttft_p95_s:.3g}", f"{o.tpot_s * 1e3:.3g}", o.interconnect)
             console().print(t)
-            click.echo(f"latency model: continuous batching, decode step at full concurrency ({sm and 'fitted' or 'analytical'} "
-                       "cost model), whole-prompt "
+            speed = ", ".join(f"{e} cost model" if e != harness_engine_id() else f"{sm and 'fitted' or 'analytical'} "
+                              "harness cost model" for e in sorted(engines)) or "no feasible plan"
+            click.echo(f"latency model: continuous batching, decode step at full concurrency ({speed}), whole-prompt "
                        "prefill between steps, M/M/c wait for a slot (conservative vs a discrete-event simulation); "
                        "$ from each profile's dated cloud price", err=True)
         if not any(p.best for p in plans):
@@ -172,7 +175,7 @@ def register_planning(main: click.Group) -> None:
 
         from .engine import RequestError
         from .plan import compare as run
-        from .service import speed_model_or_none
+        from .service import harness_note, speed_model_or_none
         sm, note = speed_model_or_none()
         try:
             tpot = None if str(max_tpot).strip().lower() == "none" else parse_duration(max_tpot, "--max-tpot")
@@ -186,7 +189,8 @@ def register_planning(main: click.Group) -> None:
                        max_tpot_s=tpot, max_accuracy_drop=parse_points(max_accuracy_drop, "--max-accuracy-drop"))
         except (UnknownProfileError, RequestError) as e:
             _err(str(e))
-        click.echo(f"note: {note}", err=True)
+        if harness_note(note, {r.engine for r in rows}):
+            click.echo(f"note: {note}", err=True)
         if as_json:
             _emit_json([asdict(r) for r in rows])
             return

@@ -18,6 +18,14 @@ def speed_model_or_none():
     return load_default()
 
 
+def harness_note(note: str | None, engines) -> str | None:
+    """The harness cost model's note, only where an answer came from it (the transformers engine); the serving
+    engines' answers come from their own cost models, which the answers name."""
+    from profiles import harness_engine_id
+
+    return note if note and harness_engine_id() in set(engines) else None
+
+
 def deploy_commands(rec: Recommendation) -> dict:
     if rec.best is None:
         return {}

@@ -137,3 +137,17 @@ def test_plan_and_compare_gate_the_accuracy_drop_too():
     assert r.candidate is not None
     with pytest.raises(RequestError):
         plan(PlanRequest("llama3.1-8b", qps=2, gpus=("l4",), max_accuracy_drop=-1))
+
+
+def test_plan_and_compare_name_the_harness_cost_model_only_when_an_answer_used_it():
+    """A vLLM answer comes from the vLLM cost model: no note about the harness's fitted model on stderr (it said so
+    for every engine before); the transformers engine's answers do carry it."""
+    run = CliRunner().invoke
+    for cmd in (["compare", "--model", "llama3.1-8b", "--gpus", "l4"],
+                ["plan", "--model", "llama3.1-8b", "--qps", "2", "--gpus", "l4"]):
+        r = run(main, cmd + ["--json"])
+        assert r.exit_code == 0, r.output
+        assert "speed and memory" not in r.stderr
+        r = run(main, cmd + ["--engine", "transformers", "--json"])
+        assert r.exit_code in (0, 3), r.output
+        assert "speed and memory" in r.stderr
