@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_rows import ComponentLoss, width_floor
+from .quality_rows import REL_WIDTH, ComponentLoss, width_floor
 
 
 def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:
@@ -79,5 +79,15 @@ def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str) -> Component
                      and q._raw(m, comp, budget, kind) is not None})
     note = (f"pooled by size with {', '.join(others)} ({v:.4g}, was {own.loss:.4g}): a larger model of the "
             "family may not lose more; each size's own rows weighted by their printed precision")
-    return ComponentLoss(comp, v, min(own.low, v), max(own.high, v), "transfer" if own.rule == "exact"
-                         else own.rule, own.metric, own.cites + (note,))
+    # the moved figure carries the width earned by answering one size from the family's other sizes (the family
+    # rule's calibrated width; a figure with no rows of its own keeps its rule's), and the interval still holds
+    # what the model's own rows say: the union of the two
+    rule = "transfer" if own.rule == "exact" else own.rule
+    if own_rows or own.loss <= 0:
+        wrule = "family" if own_rows else own.rule
+        width = q.widths.get(f"{kind}/{wrule}", q.widths.get(wrule))
+        half = max(v, floor) * (REL_WIDTH.get(wrule, 1.0) if width is None else width)
+        low, high = max(v - half, 0.0), v + half
+    else:  # a regression's or a transfer's multiplicative interval, moved with its figure
+        low, high = own.low * v / own.loss, own.high * v / own.loss
+    return ComponentLoss(comp, v, min(own.low, low), max(own.high, high), rule, own.metric, own.cites + (note,))

@@ -35,3 +35,15 @@ def test_size_pooling_weighs_figures_by_their_printed_precision_not_by_their_siz
     for m in ("qwen3-4b", "qwen3-8b", "qwen3-14b"):
         c = q.component(cat.llm(m), comp, None, "ppl_delta")
         assert c.loss == pytest.approx(sum(own) / 3)
+
+
+def test_a_pooled_figure_carries_the_family_rules_width_around_it(cat):
+    """The 4B's own row says no loss (a printed gain); pooled with the larger sizes its figure moves up. The
+    interval holds both the own rows' interval and the family rule's calibrated width around the moved figure,
+    so the figure does not sit on the interval's upper edge."""
+    comp, rows = _pooled_rows()
+    q = QualityModel(rows, [], {}, learn=False, catalog=cat, widths={"ppl_delta/exact": 0.5, "ppl_delta/family": 0.8})
+    own = q._raw(cat.llm("qwen3-4b"), comp, None, "ppl_delta")
+    c = q.component(cat.llm("qwen3-4b"), comp, None, "ppl_delta")
+    assert c.loss > own.loss and c.low <= own.low
+    assert c.high == pytest.approx(max(own.high, c.loss + 0.8 * max(c.loss, 0.01)))
