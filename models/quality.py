@@ -20,8 +20,9 @@ Perplexity metrics are preferred (WikiText-2, then C4, then others); task scores
 where a component has no perplexity rows (the KV eviction policies report LongBench).
 Combination rule: component losses add (additive in relative perplexity, a first-order
 approximation); the interval adds the component intervals plus 25% of the sum for interactions.
-Eviction budgets: the published row with the nearest budget at or below the candidate's;
-a candidate budget below every published one widens the interval.
+Eviction: nothing lost while the context fits the budget; past it, the law in context/budget of
+:mod:`models.quality_evict` where the tables state their context, else the published row with the nearest
+budget at or below the candidate's (a budget below every published one widens the interval).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from profiles import Catalog, LLM
 from . import conformal
 from .candidate import DEFAULT_SPARSITY, Candidate
 from .estimate import Estimate
+from .quality_evict import evict_law
 from .quality_pool import size_pooled
 from .quality_rows import (ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
     LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row, width_floor,
@@ -109,8 +111,23 @@ class QualityModel:
 
     def component(self, llm: LLM, comp: tuple, budget: int | None = None, kind: str = PPL,
                   context: int | None = None) -> ComponentLoss | None:
-        """The component's loss of quantity ``kind``, monotone by construction (:meth:`_envelope`)."""
-        return fixed_component(comp, budget, context) or self._envelope(llm, comp, budget, kind)
+        """The component's loss of quantity ``kind``, monotone by construction (:meth:`_envelope`); an eviction
+        policy past its budget follows the law in context/budget where a table states its context
+        (:mod:`models.quality_evict`)."""
+        return (fixed_component(comp, budget, context) or self._evicted(llm, comp, budget, kind, context)
+                or self._envelope(llm, comp, budget, kind))
+
+    def _evicted(self, llm: LLM, comp: tuple, budget: int | None, kind: str, context: int | None,
+                 metric: str | None = None) -> ComponentLoss | None:
+        if comp[0] != "kv" or comp[1] not in EVICTION or not budget or context is None:
+            return None
+
+        def law(m):
+            return evict_law(self.published, self.widths, m, comp, budget, kind, context, metric)
+        if self.catalog is None or llm.id not in self.catalog.llms:  # a published row's model (validation)
+            return law(llm)
+        # pooled along the family's sizes like every other figure: a larger model never loses more
+        return size_pooled(self, llm, comp, budget, kind, raw=law)
 
     def _envelope(self, llm: LLM, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
         """Monotone by construction. Along model size: the figures of the family's models are pooled into
@@ -321,8 +338,10 @@ def _row_llm(r: Row):
 
 
 def lookup_of(q: "QualityModel", r: Row) -> ComponentLoss | None:
-    """What the lookup rules answer for a published row's own model, component, budget and quantity."""
-    return q._lookup(_row_llm(r), r.component, r.budget, r.kind, r.metric)
+    """What the lookup rules answer for a published row's own model, component, budget and quantity (an
+    eviction row that states its context: the law in context/budget at that context)."""
+    law = q._evicted(_row_llm(r), r.component, r.budget, r.kind, r.context, r.metric) if r.context else None
+    return law or q._lookup(_row_llm(r), r.component, r.budget, r.kind, r.metric)
 
 
 def held_out_lookups(published: list[Row], key, make_model, kind: str | None = None, ask=lookup_of):

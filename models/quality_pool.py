@@ -37,12 +37,14 @@ def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) 
     return fitted
 
 
-def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str) -> ComponentLoss | None:
+def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str, raw=None) -> ComponentLoss | None:
     """``llm``'s figure of ``q`` (a :class:`models.quality.QualityModel`) after pooling the family's figures of
     one (component, budget) by size. Only figures of a size's own rows enter the pool (rule exact or variant), each set of rows once (llama3-70b
     and llama3.1-70b answered from the same rows are one point); a model answered from another size's rows
-    (rule family) takes the pooled figure of the nearest such size, as the family rule picks its rows."""
-    own = q._raw(llm, comp, budget, kind)
+    (rule family) takes the pooled figure of the nearest such size, as the family rule picks its rows.
+    ``raw(model)``: a model's figure before pooling (default: the lookup rules, ``q._raw``)."""
+    raw = raw or (lambda m: q._raw(m, comp, budget, kind))
+    own = raw(llm)
     if own is None or q.catalog is None:
         return own
     # a family either has rows of the component (each member's figure is then exact, variant or family) or
@@ -50,7 +52,7 @@ def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str) -> Component
     own_rows = own.rule in ("exact", "variant", "family")
     points: dict = {}  # rows (or model) -> (log sizes of the models they answer, figure)
     for m in q.catalog.llms.values():
-        f = q._raw(m, comp, budget, kind) if m.family == llm.family else None
+        f = raw(m) if m.family == llm.family else None
         if f is not None and (f.rule in ("exact", "variant") if own_rows else True):
             key = (f.cites, f.loss) if own_rows else m.id
             points.setdefault(key, ([], f))[0].append(math.log(m.published_params_b))
@@ -76,7 +78,7 @@ def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str) -> Component
     if abs(v - own.loss) <= 1e-12:
         return own
     others = sorted({m.id for m in q.catalog.llms.values() if m.family == llm.family and m.id != llm.id
-                     and q._raw(m, comp, budget, kind) is not None})
+                     and raw(m) is not None})
     note = (f"pooled by size with {', '.join(others)} ({v:.4g}, was {own.loss:.4g}): a larger model of the "
             "family may not lose more; each size's own rows weighted by their printed precision")
     # the moved figure carries the width earned by answering one size from the family's other sizes (the family

@@ -109,6 +109,7 @@ class Row:
     kind: str = PPL        # ppl_delta | accuracy_drop | longctx_drop
     lo: float | None = None  # loss bounds from the printed precision of the figures
     hi: float | None = None
+    context: int | None = None  # tokens of context the figure was evaluated at (seq_len), where stated
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def rows_from_published(raw: list[dict]) -> list[Row]:
         cite = f"{r['paper']}, {r.get('table') or ''} ({r['url']})"
         loss, lo, hi = row_loss(kind, r["baseline"], r["value"])
         out.append(Row(_base_model(r["model"]), _family_of(r["model"]), _size_of(r["model"]), comp, budget,
-                       metric, loss, cite, "published", f"{r['paper']} {r.get('notes', '')}", kind, lo, hi))
+                       metric, loss, cite, "published", f"{r['paper']} {r.get('notes', '')}", kind, lo, hi,
+                       r.get("seq_len")))
     return out
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from profiles import Catalog, cache
 
 from .quality import PPL, QualityModel, fixed_component
-from .quality_rows import SMALL_MODEL_CSV, ComponentLoss
+from .quality_rows import EVICTION, SMALL_MODEL_CSV, ComponentLoss
 
-_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_pool.py", "quality_served.py", "conformal.py")
+_SOURCES = ("quality.py", "quality_rows.py", "quality_fit.py", "quality_pool.py", "quality_evict.py", "quality_served.py",
+            "conformal.py")
 
 
 def _key(cat: Catalog) -> str:
@@ -53,7 +54,8 @@ class ServedQuality(QualityModel):
         fixed = fixed_component(comp, budget, context)
         if fixed is not None:
             return fixed
-        k = f"{llm.id}|{comp[0]}|{comp[1]}|{budget}|{kind}"
+        # an eviction policy's answer depends on the context too (the law in context/budget)
+        k = f"{llm.id}|{comp[0]}|{comp[1]}|{budget}|{kind}" + (f"|{context}" if comp[1] in EVICTION else "")
         if k in self._table:
             v = self._table[k]
             return None if v is None else ComponentLoss(comp, v[0], v[1], v[2], v[3], v[4], tuple(v[5]),

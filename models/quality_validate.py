@@ -101,7 +101,9 @@ def held_out(cat, by: str = "paper") -> dict:
             c = lookup_of(q, r)
             if c is None:
                 return None
-            return c, (q.component(cat.llm(r.model), r.component, r.budget, kind) if r.model in cat.llms else None)
+            # at the row's own context where it states one (an eviction policy's law in context/budget)
+            return c, (q.component(cat.llm(r.model), r.component, r.budget, kind, r.context) if r.model in cat.llms
+                       else None)
         pairs = list(held_out_lookups(rows, key, make, kind, ask))
         res = [(r, c) for r, (c, _) in pairs]
         out[kind] = _scores(res, kind, cat)

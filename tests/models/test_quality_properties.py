@@ -104,3 +104,46 @@ def test_eviction_within_its_budget_loses_nothing(kind):
     llm = CAT.llm("llama3.1-8b")
     est, parts, _ = Q.predict(llm, Candidate("bf16", kv="snapkv", kv_budget=4096), kind, context=2048)
     assert est is not None and est.value == 0 and parts[-1].rule == "within-budget"
+
+
+def _evicted(model, policy, budget, context, kind):
+    c = Q.component(CAT.llm(model), ("kv", policy), budget, kind, context)
+    return c
+
+
+@settings(max_examples=150, deadline=None)
+@given(model=st.sampled_from(sorted(CAT.llms)), policy=st.sampled_from(["streamingllm", "snapkv", "pyramidkv"]),
+       b1=st.integers(16, 65536), b2=st.integers(16, 65536), c1=st.integers(64, 262144), c2=st.integers(64, 262144),
+       kind=st.sampled_from(KINDS))
+def test_eviction_past_its_budget_is_monotone_in_budget_and_context(model, policy, b1, b2, c1, c2, kind):
+    """The law in context/budget: at one context a larger budget never loses more; at one budget a longer
+    context never loses less; never a gain, and the figure inside its interval."""
+    (blo, bhi), (clo, chi) = sorted((b1, b2)), sorted((c1, c2))
+    for b, c in ((blo, chi), (bhi, chi), (blo, clo)):
+        x = _evicted(model, policy, b, c, kind)
+        if x is not None:
+            assert 0 <= x.low <= x.loss <= x.high, (model, policy, b, c, kind, x)
+    small, big = _evicted(model, policy, blo, chi, kind), _evicted(model, policy, bhi, chi, kind)
+    if small is not None and big is not None:
+        assert small.loss >= big.loss - EPS
+    short, long = _evicted(model, policy, blo, clo, kind), _evicted(model, policy, blo, chi, kind)
+    if short is not None and long is not None:
+        assert long.loss >= short.loss - EPS
+
+
+def test_eviction_past_its_budget_a_larger_model_never_loses_more():
+    n = 0
+    fams = {}
+    for llm in CAT.llms.values():
+        fams.setdefault(llm.family, []).append(llm)
+    for members in fams.values():
+        for small, big in itertools.permutations(members, 2):
+            if small.published_params_b >= big.published_params_b:
+                continue
+            for policy, kind, (b, c) in itertools.product(("streamingllm", "snapkv", "pyramidkv"), KINDS,
+                                                          ((1024, 4096), (2048, 8192), (1024, 131072))):
+                s, g = _evicted(small.id, policy, b, c, kind), _evicted(big.id, policy, b, c, kind)
+                if s is not None and g is not None:
+                    n += 1
+                    assert s.loss >= g.loss - EPS, (policy, kind, b, c, small.id, s.loss, big.id, g.loss)
+    assert n > 50
