@@ -260,8 +260,11 @@ class QualityModel:
         loss = max(float(m.predict([q])[0]), 0.0)
         k = math.exp(self.fitted_q90)
         n_pub = len(rows)
-        # multiplicative, but a loss within the tables' resolution (width_floor) may also be none at all
-        low = max(0.0, min(loss / k, loss - width_floor(PPL)))
+        # multiplicative, but a loss within the tables' resolution (width_floor) may also be none at all, and a
+        # lower end below that resolution is no lower bound: a table could not tell it from no loss (printed
+        # gains and equal figures are common at 8 bits), so it reads 0
+        low = min(loss / k, loss - width_floor(PPL))
+        low = 0.0 if low < width_floor(PPL) else low
         return ComponentLoss(comp, loss, low, loss * k, "fitted", metric,
                              (f"perplexity regression over {len(self.published_ppl)} published + {len(self.measured)} "
                               f"measured perplexity rows ({n_pub} for this method; models/quality_fit.py)",))

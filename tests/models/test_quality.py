@@ -97,7 +97,31 @@ def test_learned_model_uses_published_and_measured_rows(cat):
     # Qwen2.5 has no published AWQ perplexity row: the learned rule answers, with its (wide) interval.
     est, parts, _ = q.predict(cat.llm("qwen2.5-7b"), Candidate("awq-int4"))
     assert parts[0].rule == "fitted" and est.low < est.value < est.high
-    assert est.high / est.low > 2  # an extrapolation says so by its width
+    assert est.high > 2 * est.low  # an extrapolation says so by its width
+
+
+def test_a_fitted_lower_end_below_the_tables_resolution_reads_no_loss(cat):
+    """The regression's interval is multiplicative (x/k to x*k), but a lower end under 1% of perplexity is
+    no lower bound: published tables print equal figures and gains at 8 bits. Above the resolution it stays."""
+    import math
+    q = QualityModel.from_catalog(cat)
+    k = math.exp(q.fitted_q90)
+    seen = set()
+    for mid in ("w8a8", "awq-int4", "gptq-int4", "bnb-int8"):
+        comp = ("precision", mid)
+        rows = [r for r in q.published if r.component == comp and r.kind == "ppl_delta"]
+        for llm in cat.llms.values():
+            c = q._fitted(llm, comp, None, rows)
+            if c is None:
+                continue
+            low = min(c.loss / k, c.loss - 0.01)
+            if low < 0.01:
+                assert c.low == 0.0
+                seen.add("none")
+            else:
+                assert c.low == pytest.approx(low)
+                seen.add("bound")
+    assert "none" in seen
 
 
 def test_quality_regressor_recovers_a_known_structure():
