@@ -38,8 +38,8 @@ from .quality_evict import evict_law
 from .quality_pool import size_pooled
 from .quality_rows import (ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
     LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row, width_floor,
-    _base_model, _component, _family_of, _half_unit, _size_of, metric_kind, row_loss, rows_from_published,
-    rows_from_small_model)
+    _base_model, _component, _family_of, _half_unit, _pick_metric, _size_of, metric_kind, row_loss,
+    rows_from_published, rows_from_small_model)
 
 
 # the row vocabulary is re-exported: callers import it from here
@@ -49,26 +49,12 @@ __all__ = ["ACC", "BASE_KV", "BASE_PRECISIONS", "EVICTION", "KINDS", "LLAMA3_FAC
            "rows_from_small_model", "_half_unit", "_base_model", "_component", "_family_of", "_size_of"]
 
 
-def _metric_key(row: Row) -> int:
-    return METRIC_RANK.get(row.metric, 5 if row.metric.endswith("_ppl") else 9)
-
-
 def _preferred(rows: list[Row], prefers: str | None) -> list[Row]:
     """Rows of the variant the method catalog names (``quality_prefers``), when there are any."""
     if not prefers:
         return rows
     hit = [r for r in rows if prefers.lower() in r.notes.lower()]
     return hit or rows
-
-
-def _pick_metric(rows: list[Row], metric: str | None = None) -> list[Row]:
-    """Rows of ``metric`` where there are any (a perplexity increase is a quantity per dataset: the same
-    4-bit model loses 14% on WikiText-2 and 0% on C4 in one table), else of the preferred metric."""
-    same = [r for r in rows if r.metric == metric] if metric else []
-    if same:
-        return same
-    best = min(_metric_key(r) for r in rows)
-    return [r for r in rows if _metric_key(r) == best]
 
 
 def _pick_budget(rows: list[Row], budget: int | None) -> tuple[list[Row], bool]:

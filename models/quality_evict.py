@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_rows import REL_WIDTH, ComponentLoss, Row, _base_model, width_floor
+from .quality_rows import REL_WIDTH, ComponentLoss, Row, _base_model, _pick_metric, width_floor
 
 MAX_POINTS = 100.0  # a score cannot drop by more than its whole scale
 
@@ -80,7 +80,6 @@ def evict_law(published: list[Row], widths: dict, llm, comp: tuple, budget: int,
     rows = [r for r in published if r.component == comp and r.kind == kind and r.context and r.budget]
     if not rows or context <= budget:
         return None
-    from .quality import _pick_metric
     x = math.log(context / budget)
     for rule, pool in _pools(rows, llm):
         if not pool:
