@@ -143,7 +143,7 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
             if hb:
                 gp.blocked.setdefault("hardware", hb)
                 continue
-            loss, _, missing = quality.predict(llm, cand)
+            loss, _, missing = quality.predict(llm, cand, context=context)
             if not backs_a_bound(loss):
                 loss = None  # only this project's small trained model: no bound passes on it (as in recommend)
             if req.max_quality_loss is not None and (loss is None or loss.value > req.max_quality_loss):
@@ -151,7 +151,7 @@ def plan(req: PlanRequest, cat: Catalog | None = None, speed_model=None) -> list
                     f"loss {loss.value * 100:.2f}% > bound" if loss else "no quality data"))
                 continue
             if req.max_accuracy_drop is not None:
-                acc = quality.predict(llm, cand, "accuracy_drop")[0]
+                acc = quality.predict(llm, cand, "accuracy_drop", context=context)[0]
                 if not backs_a_bound(acc) or acc.value > req.max_accuracy_drop:
                     gp.blocked.setdefault("quality", f"{cand.label}: " + (
                         f"accuracy drop {acc.value:.2f} points > {req.max_accuracy_drop:g}" if backs_a_bound(acc)
