@@ -54,20 +54,23 @@ def test_fewer_bits_never_lose_less_within_a_chain():
     assert n > 50
 
 
-def test_a_larger_model_of_the_family_never_loses_more():
-    n = 0
+def _size_pairs():
+    """(smaller, larger) catalog models of one family."""
     fams = {}
     for llm in CAT.llms.values():
         fams.setdefault(llm.family, []).append(llm)
-    for members in fams.values():
-        for small, big in itertools.permutations(members, 2):
-            if small.published_params_b >= big.published_params_b:
-                continue
-            for m, kind in itertools.product(CAT.methods.values(), KINDS):
-                ls, lb = _loss(small.id, (m.kind, m.id), kind=kind), _loss(big.id, (m.kind, m.id), kind=kind)
-                if ls is not None and lb is not None:
-                    n += 1
-                    assert ls >= lb - EPS, (m.id, kind, small.id, ls, big.id, lb)
+    return [(s, b) for members in fams.values() for s, b in itertools.permutations(members, 2)
+            if s.published_params_b < b.published_params_b]
+
+
+def test_a_larger_model_of_the_family_never_loses_more():
+    n = 0
+    for small, big in _size_pairs():
+        for m, kind in itertools.product(CAT.methods.values(), KINDS):
+            ls, lb = _loss(small.id, (m.kind, m.id), kind=kind), _loss(big.id, (m.kind, m.id), kind=kind)
+            if ls is not None and lb is not None:
+                n += 1
+                assert ls >= lb - EPS, (m.id, kind, small.id, ls, big.id, lb)
     assert n > 100
 
 
@@ -133,17 +136,11 @@ def test_eviction_past_its_budget_is_monotone_in_budget_and_context(model, polic
 
 def test_eviction_past_its_budget_a_larger_model_never_loses_more():
     n = 0
-    fams = {}
-    for llm in CAT.llms.values():
-        fams.setdefault(llm.family, []).append(llm)
-    for members in fams.values():
-        for small, big in itertools.permutations(members, 2):
-            if small.published_params_b >= big.published_params_b:
-                continue
-            for policy, kind, (b, c) in itertools.product(("streamingllm", "snapkv", "pyramidkv"), KINDS,
-                                                          ((1024, 4096), (2048, 8192), (1024, 131072))):
-                s, g = _evicted(small.id, policy, b, c, kind), _evicted(big.id, policy, b, c, kind)
-                if s is not None and g is not None:
-                    n += 1
-                    assert s.loss >= g.loss - EPS, (policy, kind, b, c, small.id, s.loss, big.id, g.loss)
+    for small, big in _size_pairs():
+        for policy, kind, (b, c) in itertools.product(("streamingllm", "snapkv", "pyramidkv"), KINDS,
+                                                      ((1024, 4096), (2048, 8192), (1024, 131072))):
+            s, g = _evicted(small.id, policy, b, c, kind), _evicted(big.id, policy, b, c, kind)
+            if s is not None and g is not None:
+                n += 1
+                assert s.loss >= g.loss - EPS, (policy, kind, b, c, small.id, s.loss, big.id, g.loss)
     assert n > 50
