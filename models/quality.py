@@ -38,8 +38,8 @@ from .quality_evict import evict_law
 from .quality_pool import size_pooled
 from .quality_rows import (ACC, BASE_KV, BASE_PRECISIONS, EVICTION, KINDS, LLAMA3_FACTOR,
     LLAMA3_SENSITIVE, LONG, METRIC_RANK, PPL, REL_WIDTH, SCORE_METRICS, SMALL_MODEL_CSV, ComponentLoss, Row, width_floor,
-    _base_model, _component, _family_of, _half_unit, _pick_metric, _size_of, metric_kind, row_loss,
-    rows_from_published, rows_from_small_model)
+    _base_model, _component, _family_of, _half_unit, _pick_metric, _size_of, metric_kind, nearest_size, row_loss,
+    rows_from_published, rows_from_small_model, rule_pools, rule_width)
 
 
 # the row vocabulary is re-exported: callers import it from here
@@ -186,25 +186,20 @@ class QualityModel:
         rows of it exist (None: the preferred one, WikiText-2 first)."""
         rows = _preferred([r for r in self.published if r.component == comp and r.kind == kind],
                           self.prefers.get(comp[1]))
-        size = llm.published_params_b
-        exact = [r for r in rows if r.model == llm.id or r.model == _base_model(llm.id)]
-        variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
-                   and r not in exact]
-        family = [r for r in rows if r.family == llm.family]
-        if not (exact or variant or family) and kind == PPL and rows:  # a size law needs published rows
-            fitted = self._fitted(llm, comp, budget, rows, metric)
+        pools = rule_pools(rows, llm)
+        if not any(pool for rule, pool in pools if rule != "transfer") and kind == PPL and rows:
+            fitted = self._fitted(llm, comp, budget, rows, metric)  # a size law needs published rows
             if fitted:
                 return fitted
         floor = width_floor(kind)
-        for rule, pool in (("exact", exact), ("variant", variant), ("family", family), ("transfer", rows),
-                           ("measured-small", [r for r in self.measured if r.component == comp and r.kind == kind])):
+        for rule, pool in pools + [("measured-small", [r for r in self.measured
+                                                       if r.component == comp and r.kind == kind])]:
             if not pool:
                 continue
             pool = _pick_metric(pool, metric)
             pool, below_all = _pick_budget(pool, budget)
             if rule == "family":
-                near = min(abs(math.log((r.size_b or size) / size)) for r in pool)
-                pool = [r for r in pool if abs(math.log((r.size_b or size) / size)) == near]
+                pool = nearest_size(pool, llm.published_params_b)
             factor = 1.0
             losses, los, his = [], [], []
             for r in pool:
@@ -218,12 +213,12 @@ class QualityModel:
                 los.append((r.lo if r.lo is not None else r.loss) * f)
                 his.append((r.hi if r.hi is not None else r.loss) * f)
             loss = _median(losses) * factor
-            calibrated = self.widths.get(f"{kind}/{rule}", self.widths.get(rule))
-            width = (calibrated if calibrated is not None else REL_WIDTH[rule]) * (2.0 if below_all else 1.0)
+            width, calibrated = rule_width(self.widths, kind, rule)
+            width *= 2.0 if below_all else 1.0
             # how far this rule's answers fell from held-out papers' figures (calibrate_widths), around the
             # figures as printed (rounding) and the spread of the rows
             half = max(max(abs(loss), floor) * width, (max(losses) - min(losses)) / 2)
-            if rule == "exact" and not below_all and calibrated is None:
+            if rule == "exact" and not below_all and not calibrated:
                 half = 0.0
             # never a gain: a method or a policy does not improve on the 16-bit dense model. A printed gain reads
             # as no measurable loss: the figure is 0 and its interval reaches the width around 0 (clipping the

@@ -20,24 +20,10 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_rows import REL_WIDTH, ComponentLoss, Row, _base_model, _pick_metric, width_floor
+from .quality_pool import pool_by_size
+from .quality_rows import ComponentLoss, Row, _pick_metric, nearest_size, rule_pools, rule_width, width_floor
 
 MAX_POINTS = 100.0  # a score cannot drop by more than its whole scale
-
-
-def _rising(xs: list[float], ys: list[float]) -> list[float]:
-    """Least-squares non-decreasing fit of ``ys`` along sorted ``xs`` (pool-adjacent-violators, equal weights)."""
-    blocks: list[list] = []  # [sum, count]
-    for y in ys:
-        blocks.append([y, 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            s, n = blocks.pop()
-            blocks[-1][0] += s
-            blocks[-1][1] += n
-    out: list[float] = []
-    for s, n in blocks:
-        out += [s / n] * n
-    return out
 
 
 def curve_at(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
@@ -45,7 +31,8 @@ def curve_at(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
     lies past the last published point (extrapolated along the last segment's slope)."""
     pts = sorted([(0.0, 0.0)] + [(px, max(py, 0.0)) for px, py in points if px > 0])
     xs = [p[0] for p in pts]
-    ys = _rising(xs, [p[1] for p in pts])
+    # non-decreasing in x: the size pooling's non-increasing fit along -x, equal weights
+    ys = pool_by_size([-x for x in xs], [p[1] for p in pts], [1.0] * len(pts))
     if x <= xs[-1]:
         for i in range(1, len(xs)):
             if x <= xs[i]:
@@ -59,19 +46,6 @@ def curve_at(points: list[tuple[float, float]], x: float) -> tuple[float, bool]:
     return min(ys[-1] + slope * (x - xs[-1]), MAX_POINTS), True
 
 
-def _pools(rows: list[Row], llm) -> list[tuple[str, list[Row]]]:
-    """The lookup rules' pools (``QualityModel._lookup``): the model's own tables, a same-family model within
-    15% of its size, the family's nearest size, every table."""
-    size = llm.published_params_b
-    exact = [r for r in rows if r.model in (llm.id, _base_model(llm.id))]
-    variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15]
-    family = [r for r in rows if r.family == llm.family and r.size_b]
-    if family:
-        near = min(abs(math.log(r.size_b / size)) for r in family)
-        family = [r for r in family if abs(math.log(r.size_b / size)) == near]
-    return [("exact", exact), ("variant", variant), ("family", family), ("transfer", rows)]
-
-
 def evict_law(published: list[Row], widths: dict, llm, comp: tuple, budget: int, kind: str, context: int,
               metric: str | None = None) -> ComponentLoss | None:
     """``comp``'s loss of quantity ``kind`` for ``llm`` at ``context`` tokens and a ``budget``-token cache, from
@@ -81,10 +55,12 @@ def evict_law(published: list[Row], widths: dict, llm, comp: tuple, budget: int,
     if not rows or context <= budget:
         return None
     x = math.log(context / budget)
-    for rule, pool in _pools(rows, llm):
+    for rule, pool in rule_pools(rows, llm):
         if not pool:
             continue
         pool = _pick_metric(pool, metric)
+        if rule == "family":
+            pool = nearest_size(pool, llm.published_params_b)
         curves: dict = {}
         for r in pool:
             curves.setdefault((r.model, r.cite, r.context), []).append(r)
@@ -92,8 +68,7 @@ def evict_law(published: list[Row], widths: dict, llm, comp: tuple, budget: int,
         losses = [a[0] for a in answers]
         loss = statistics.median(losses)
         beyond = any(a[1] for a in answers)
-        calibrated = widths.get(f"{kind}/{rule}", widths.get(rule))
-        width = (REL_WIDTH[rule] if calibrated is None else calibrated) * (2.0 if beyond else 1.0)
+        width = rule_width(widths, kind, rule)[0] * (2.0 if beyond else 1.0)
         half = max(max(loss, width_floor(kind)) * width, (max(losses) - min(losses)) / 2)
         ctxs = sorted({r.context for r in pool})
         note = (f"law in context/budget: ln({context}/{budget}) = {x:.2f} on the published curve of "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .quality_rows import REL_WIDTH, ComponentLoss, width_floor
+from .quality_rows import ComponentLoss, rule_width, width_floor
 
 
 def pool_by_size(sizes: list[float], losses: list[float], weights: list[float]) -> list[float]:
@@ -87,8 +87,7 @@ def size_pooled(q, llm, comp: tuple, budget: int | None, kind: str, raw=None) ->
     rule = "transfer" if own.rule == "exact" else own.rule
     if own_rows or own.loss <= 0:
         wrule = "family" if own_rows else own.rule
-        width = q.widths.get(f"{kind}/{wrule}", q.widths.get(wrule))
-        half = max(v, floor) * (REL_WIDTH.get(wrule, 1.0) if width is None else width)
+        half = max(v, floor) * rule_width(q.widths, kind, wrule)[0]
         low, high = max(v - half, 0.0), v + half
     else:  # a regression's or a transfer's multiplicative interval, moved with its figure
         low, high = own.low * v / own.loss, own.high * v / own.loss

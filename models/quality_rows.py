@@ -4,6 +4,7 @@ printed precision allows, and the one component a row varies (precision, sparsit
 from __future__ import annotations
 
 import csv
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,14 @@ REL_WIDTH = {"exact": 0.25, "variant": 0.4, "family": 0.6, "transfer": 1.0, "mea
 # Below these a loss is within what published tables resolve (rounding, run-to-run noise): interval
 # half-widths are relative to max(|loss|, floor), the same floor where they are calibrated and applied.
 WIDTH_FLOOR = {"ppl_delta": 0.01, "score": 1.0}
+
+
+def rule_width(widths: dict, kind: str, rule: str) -> tuple[float, bool]:
+    """A lookup rule's relative half-width for quantity ``kind``: the one calibrated on held-out papers
+    (``calibrate_widths``; per kind where it has one), else REL_WIDTH's stated default; and whether it was
+    calibrated."""
+    calibrated = widths.get(f"{kind}/{rule}", widths.get(rule))
+    return (REL_WIDTH.get(rule, 1.0), False) if calibrated is None else (calibrated, True)
 
 
 def width_floor(kind: str) -> float:
@@ -251,3 +260,20 @@ def _pick_metric(rows: list[Row], metric: str | None = None) -> list[Row]:
         return same
     best = min(_metric_key(r) for r in rows)
     return [r for r in rows if _metric_key(r) == best]
+
+
+def rule_pools(rows: list[Row], llm) -> list[tuple[str, list[Row]]]:
+    """The lookup rules' pools, in order: the model's own rows (exact), a same-family model within 15% of its
+    size (variant), the family's rows (family: :func:`nearest_size` picks among them), every row (transfer)."""
+    size = llm.published_params_b
+    exact = [r for r in rows if r.model == llm.id or r.model == _base_model(llm.id)]
+    variant = [r for r in rows if r.family == llm.family and r.size_b and abs(math.log(r.size_b / size)) < 0.15
+               and r not in exact]
+    family = [r for r in rows if r.family == llm.family]
+    return [("exact", exact), ("variant", variant), ("family", family), ("transfer", rows)]
+
+
+def nearest_size(rows: list[Row], size: float) -> list[Row]:
+    """The rows of the size nearest ``size`` on a log scale (a row of no stated size counts as ``size``)."""
+    near = min(abs(math.log((r.size_b or size) / size)) for r in rows)
+    return [r for r in rows if abs(math.log((r.size_b or size) / size)) == near]
