@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from profiles import SchemaError, UnknownProfileError, load
+from profiles import SchemaError, UnknownProfileError
 from profiles.dtypes import BF16, FP8
 
 from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY
@@ -85,7 +85,7 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
               show_rejected, as_json):
     """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
     from .engine import Request, RequestError, recommend as run
-    from .service import deploy_commands, speed_model_or_none
+    from .service import deploy_commands, harness_note, speed_model_or_none
     from .serialize import recommendation_dict
 
     req = Request(gpu=gpu, model=model, max_quality_loss=parse_fraction(max_ppl_delta), context=context,
@@ -100,8 +100,8 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
         rec = run(req, speed_model=sm)
     except (UnknownProfileError, RequestError, SchemaError) as e:
         _err(str(e))
-    uses_harness = any(e.prediction.engine == load().harness_engine for e in rec.evaluated)
-    for n in rec.notes + ([sm_note] if sm_note and uses_harness else []):
+    harness = harness_note(sm_note, {e.prediction.engine for e in rec.evaluated})
+    for n in rec.notes + ([harness] if harness else []):
         click.echo(f"note: {n}", err=True)
     deploy = deploy_commands(rec)
     if as_json:
