@@ -135,6 +135,12 @@ class LinearCorrection:
         self.mean = np.asarray(d["mean"], dtype=float)
         self.scale = np.asarray(d["scale"], dtype=float)
         self.q90 = float(d["q90"])
+        self.q90_by_backend = {k: float(v) for k, v in d.get("q90_by_backend", {}).items()}
+
+    def half_width(self, backend: str) -> float:
+        """The 90% half-width (log) for a query of ``backend``: its own backend's conformal quantile where the fit
+        had enough of its residuals (models/fitted.py conformal_q), else the pooled one."""
+        return self.q90_by_backend.get(backend, self.q90)
 
     def predict(self, x: np.ndarray) -> float:
         return self.shrink * float(self.intercept + ((x - self.mean) / self.scale) @ self.coef)
@@ -195,12 +201,12 @@ class FittedCostModel:
         return out
 
     def estimate(self, target: str, analytical: float, x: np.ndarray, far: list, unit: str,
-                 floor: float = 0.0) -> Estimate | None:
+                 floor: float = 0.0, backend: str = "") -> Estimate | None:
         t = self.targets.get(target)
         if t is None:
             return None
         value = max(analytical * math.exp(t.predict(x)), floor)
-        half = t.q90
+        half = t.half_width(backend)
         for kind, _ in far:
             half *= WIDEN[kind]
         lo, hi = max(value * math.exp(-half), floor), value * math.exp(half)
@@ -214,8 +220,8 @@ class FittedCostModel:
             return None
         x = features(gpu, llm, cand, sc, spd.utilisation)
         far = self.far_reasons(gpu, llm, cand, sc)
-        dec = self.estimate("decode_ms", spd.decode_step_ms.value, x, far, "ms", spd.roofline_decode_ms)
-        pre = self.estimate("prefill_ms", spd.prefill_ms.value, x, far, "ms", spd.roofline_prefill_ms)
+        dec = self.estimate("decode_ms", spd.decode_step_ms.value, x, far, "ms", spd.roofline_decode_ms, sc.backend)
+        pre = self.estimate("prefill_ms", spd.prefill_ms.value, x, far, "ms", spd.roofline_prefill_ms, sc.backend)
         if dec is None:
             return None
         tok = Estimate(sc.batch * 1e3 / dec.value, sc.batch * 1e3 / dec.high, sc.batch * 1e3 / dec.low, "tok/s",
@@ -224,15 +230,15 @@ class FittedCostModel:
                           prefill_ms=pre or spd.prefill_ms,
                           utilisation=min(1.0, spd.roofline_decode_ms / dec.value),
                           notes=spd.notes + [f"fitted: {r}" for _, r in far])
-        m = self.estimate("peak_mem_gb", mem.per_gpu_gb.value, x, far, "GB")
+        m = self.estimate("peak_mem_gb", mem.per_gpu_gb.value, x, far, "GB", backend=sc.backend)
         new_mem = replace(mem, per_gpu_gb=m) if m else mem
-        self._last = (x, far)
+        self._last = (x, far, sc.backend)
         return new_spd, new_mem, "fitted"
 
     def correct_energy(self, analytical_j: float) -> Estimate | None:
         """Fitted J/token for the query of the last :meth:`predict_one` call."""
-        x, far = self._last
-        return self.estimate("j_per_token", analytical_j, x, far, "J/token")
+        x, far, backend = self._last
+        return self.estimate("j_per_token", analytical_j, x, far, "J/token", backend=backend)
 
 
 def load_default(path: Path | None = None):

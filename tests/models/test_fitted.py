@@ -160,3 +160,26 @@ def test_a_correction_that_helps_on_average_but_hurts_half_the_groups_is_damped(
     assert select_shrink(X, y, groups, alpha=1.0, oof=oof) == 0.5
     # the same gain in every group: applied in full
     assert select_shrink(X, y, groups, alpha=1.0, oof=np.where(groups < 2, 0.3, 0.0)) == 1.0
+
+
+def test_each_backend_takes_its_own_interval_quantile_when_it_has_enough_residuals():
+    from models import conformal
+    from models.correction import LinearCorrection
+    from models.fitted import MONDRIAN_MIN, conformal_q, q_of
+    rng = np.random.default_rng(1)
+    n = 60
+    y = np.concatenate([rng.normal(0, 0.03, n), rng.normal(0, 0.3, n)])  # compiled calm, eager host-bound
+    oof = np.zeros(2 * n)
+    backends = np.array(["compiled"] * n + ["eager"] * n)
+    q = conformal_q(np.zeros((2 * n, 1)), y, np.repeat(np.arange(6), 20), 1.0, oof=oof, backends=backends)
+    assert q["all"] == conformal.quantile(np.abs(y))
+    assert q["compiled"] == conformal.quantile(np.abs(y[:n])) < q["all"] < q["eager"] == conformal.quantile(np.abs(y[n:]))
+    assert q_of(q, "eager") == q["eager"] and q_of(q, "regional") == q["all"] and q_of(0.2, "eager") == 0.2
+    # a backend with fewer residuals than MONDRIAN_MIN keeps the pooled quantile
+    few = np.array(["compiled"] * (2 * n - MONDRIAN_MIN + 1) + ["eager"] * (MONDRIAN_MIN - 1))
+    assert "eager" not in conformal_q(np.zeros((2 * n, 1)), y, np.repeat(np.arange(6), 20), 1.0, oof=oof, backends=few)
+    # the product reads the backend's own half-width, and the pooled one for a backend it has none for
+    m = CorrectionRegressor(1.0).fit(rng.normal(size=(20, 2)), rng.normal(size=20))
+    lc = LinearCorrection(m.to_dict(q["all"], 1.0, {"eager": q["eager"], "compiled": q["compiled"]}))
+    assert (lc.half_width("eager"), lc.half_width("compiled"), lc.half_width("")) == (q["eager"], q["compiled"], q["all"])
+    assert LinearCorrection({k: v for k, v in m.to_dict(0.2).items() if k != "q90_by_backend"}).half_width("eager") == 0.2
