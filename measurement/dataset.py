@@ -52,6 +52,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "prefill_j": ("J", "prefill window energy (median)"),
     "sm_clock_mhz": ("MHz", "SM clock sampled at the end of each decode window (median)"),
     "copy_bw_gbps": ("GB/s", "device-to-device copy bandwidth measured at the start of the run (read + write)"),
+    "host_launch_us": ("us", "host time per tiny op issued back to back, measured at the start of the run "
+                              "(roofline.host_launch_us; blank before 2026-12-03)"),
     "matmul_tflops_bf16": ("TFLOP/s", "8192^3 bf16 matmul rate measured at the start of the run"),
     "matmul_tflops_fp8": ("TFLOP/s", "8192^3 fp8 e4m3 torch._scaled_mm rate measured at the start of the run"),
     "matmul_tflops_int8": ("TOP/s", "8192^3 int8 torch._int_mm rate measured at the start of the run"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def _bench(fn, iters: int = 20, warm: int = 3) -> float:
 def measure_peaks() -> dict:
     import torch
 
-    out = {"copy_bw_gbps": None, "matmul_tflops_bf16": None, "matmul_tflops_fp8": None, "matmul_tflops_int8": None}
+    out = {"copy_bw_gbps": None, "matmul_tflops_bf16": None, "matmul_tflops_fp8": None, "matmul_tflops_int8": None,
+           "host_launch_us": None}
     if not torch.cuda.is_available():
         return out
     n = 1 << 30  # 1 GiB of bf16 elements = 2 GiB per buffer
@@ -81,7 +83,34 @@ def measure_peaks() -> dict:
     except Exception:
         pass
     torch.cuda.empty_cache()
+    try:
+        out["host_launch_us"] = host_launch_us("cuda")
+    except Exception:
+        pass
     return out
+
+
+def host_launch_us(device: str = "cuda", n: int = 2000, repeats: int = 3) -> float:
+    """Host microseconds per tiny op issued back to back from Python: ``n`` in-place adds on a one-element tensor
+    between two device synchronizations, median of ``repeats``. The device finishes each add faster than the host
+    issues the next, so this times the host (Python, the dispatcher, the launch). An eager decode step issues a
+    few thousand such ops and a batch-1 prefill several hundred kernels, and those figures move with the machine a
+    device call lands on (measurement/NOTES.md, calls 34-35): each row records it beside the copy bandwidth."""
+    import torch
+
+    x = torch.zeros(1, device=device)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    for _ in range(min(n, 200)):  # warm the op's dispatch path
+        x.add_(1)
+    ts = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x.add_(1)
+        sync()
+        ts.append((time.perf_counter() - t0) / n * 1e6)
+    return statistics.median(ts)
 
 
 def machine_peaks() -> dict:

@@ -147,6 +147,7 @@ def add_roofline(row: dict, ctx: ModelContext, rc: RunConfig, peaks: dict) -> No
     rp, pbound = R.roofline_ms(pc, peaks, dt)
     row.update({
         "copy_bw_gbps": peaks.get("copy_bw_gbps"),
+        "host_launch_us": peaks.get("host_launch_us"),
         "matmul_tflops_bf16": peaks.get("matmul_tflops_bf16"),
         "matmul_tflops_fp8": peaks.get("matmul_tflops_fp8"),
         "matmul_tflops_int8": peaks.get("matmul_tflops_int8"),

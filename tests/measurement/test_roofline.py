@@ -170,3 +170,11 @@ def test_machine_peaks_are_shared_through_a_file(monkeypatch, tmp_path):
     monkeypatch.setattr(R, "_PEAKS", None)
     monkeypatch.setenv("ADVISOR_PEAKS_FILE", str(tmp_path / "no" / "dir" / "p.json"))  # cannot be written
     assert R.machine_peaks() == {"copy_bw_gbps": 4100.0}
+
+
+def test_host_launch_probe_times_the_host_per_op():
+    torch = pytest.importorskip("torch")
+    us = R.host_launch_us("cpu", n=500, repeats=3)
+    # a one-element in-place add dispatched from Python: more than a nanosecond, far less than a millisecond
+    assert 0.001 < us < 1000
+    assert torch.zeros(1).add_(1).item() == 1.0  # the probe leaves torch usable
