@@ -93,6 +93,10 @@ def register_validate(main: click.Group) -> None:
                 click.echo(f"  {t:12s} MAPE {s['mape'] * 100:6.1f}% (analytical: held out {ho:6.1f}%, in-sample "
                            f"{ins:6.1f}%)  median APE {s['median_ape'] * 100:5.1f}%  coverage90 "
                            f"{s['coverage90'] * 100:5.1f}%  n={s['n']}")
+                if s.get("by_backend"):
+                    click.echo("  " + " " * 12 + " by backend: " + ", ".join(
+                        f"{b} MAPE {v['mape'] * 100:.1f}% coverage90 {v['coverage90'] * 100:.1f}% (n={v['n']})"
+                        for b, v in s["by_backend"].items()))
                 if "tok_s_mape" in s:
                     click.echo(f"  {'decode tok/s':12s} MAPE {s['tok_s_mape'] * 100:6.1f}%  median APE "
                                f"{s['tok_s_median_ape'] * 100:5.1f}%")

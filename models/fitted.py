@@ -244,7 +244,9 @@ def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3
     return out
 
 
-def scores(cv: dict) -> dict:
+def scores(cv: dict, backends=None) -> dict:
+    """Per target: MAPE, median APE, 90% coverage and n of the held-out predictions; with ``backends`` (each row's,
+    :func:`backends_of`) also ``by_backend``: the same per backend, each of which takes its own interval quantile."""
     res = {}
     for t, d in cv.items():
         ok = np.isfinite(d["pred"]) & np.isfinite(d["true"]) & (d["true"] > 0)
@@ -254,6 +256,10 @@ def scores(cv: dict) -> dict:
         cover = (d["lo"][ok] <= d["true"][ok]) & (d["true"][ok] <= d["hi"][ok])
         res[t] = {"mape": float(err.mean()), "median_ape": float(np.median(err)), "coverage90": float(cover.mean()),
                   "n": int(ok.sum())}
+        if backends is not None:
+            b = np.asarray(backends)[ok]
+            res[t]["by_backend"] = {str(k): {"mape": float(err[b == k].mean()), "coverage90": float(cover[b == k].mean()),
+                                             "n": int((b == k).sum())} for k in sorted(set(b))}
         if "analytical" in d:  # the analytical model's held-out error on the same rows
             res[t]["analytical_held_out_mape"] = float((np.abs(d["analytical"][ok] - d["true"][ok]) / d["true"][ok]).mean())
         if t == "decode_ms":  # the same predictions as tokens/s (batch / step time): |measured/predicted - 1|

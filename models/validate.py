@@ -10,7 +10,7 @@ import numpy as np
 from profiles import Catalog, UnknownProfileError, load
 
 from .candidate import Candidate, Scenario
-from .fitted import cross_val, design, refit_analytical, scores, usable_rows
+from .fitted import backends_of, cross_val, design, refit_analytical, scores, usable_rows
 from .harness_fit import fit_constants
 from .speed import predict_speed
 
@@ -56,7 +56,7 @@ def held_out(df, cat: Catalog | None = None, alpha: float | None = None) -> dict
             for k, v in ev.items():
                 if v.startswith("prior") and not shipped.get(k, "prior").startswith("prior"):
                     priors[k] = priors.get(k, 0) + 1
-        out[name] = {"scores": scores(cv), "pairs": cv, "analytical": _analytical_scores(A, Y), "priors": priors,
+        out[name] = {"scores": scores(cv, backends_of(meta, len(Y))), "pairs": cv, "analytical": _analytical_scores(A, Y), "priors": priors,
                      "folds": len(evidence)}
     return out
 

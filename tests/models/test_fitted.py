@@ -183,3 +183,15 @@ def test_each_backend_takes_its_own_interval_quantile_when_it_has_enough_residua
     lc = LinearCorrection(m.to_dict(q["all"], 1.0, {"eager": q["eager"], "compiled": q["compiled"]}))
     assert (lc.half_width("eager"), lc.half_width("compiled"), lc.half_width("")) == (q["eager"], q["compiled"], q["all"])
     assert LinearCorrection({k: v for k, v in m.to_dict(0.2).items() if k != "q90_by_backend"}).half_width("eager") == 0.2
+
+
+def test_scores_report_each_backend_beside_the_whole():
+    from models.fitted import scores
+    y = np.array([10.0, 10.0, 10.0, 10.0])
+    cv = {"decode_ms": {"pred": np.array([11.0, 9.0, 10.0, 14.0]), "true": y, "lo": np.array([9.0, 8.0, 9.5, 12.0]),
+                        "hi": np.array([12.0, 9.5, 10.5, 16.0])}}
+    s = scores(cv, ["compiled", "compiled", "eager", "eager"])["decode_ms"]
+    assert s["n"] == 4 and s["coverage90"] == 0.5
+    assert s["by_backend"]["compiled"] == {"mape": pytest.approx(0.1), "coverage90": 0.5, "n": 2}
+    assert s["by_backend"]["eager"] == {"mape": pytest.approx(0.2), "coverage90": 0.5, "n": 2}
+    assert "by_backend" not in scores(cv)["decode_ms"]
