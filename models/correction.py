@@ -232,13 +232,7 @@ class FittedCostModel:
                           notes=spd.notes + [f"fitted: {r}" for _, r in far])
         m = self.estimate("peak_mem_gb", mem.per_gpu_gb.value, x, far, "GB", backend=sc.backend)
         new_mem = replace(mem, per_gpu_gb=m) if m else mem
-        self._last = (x, far, sc.backend)
         return new_spd, new_mem, "fitted"
-
-    def correct_energy(self, analytical_j: float) -> Estimate | None:
-        """Fitted J/token for the query of the last :meth:`predict_one` call."""
-        x, far, backend = self._last
-        return self.estimate("j_per_token", analytical_j, x, far, "J/token", backend=backend)
 
 
 def load_default(path: Path | None = None):
