@@ -190,10 +190,6 @@ def _component(r: dict) -> tuple | None:
     return varied[0] if len(varied) == 1 else None
 
 
-def _loss(baseline: float, value: float, higher_is_better: bool) -> float:
-    return (baseline - value) / baseline if higher_is_better else (value - baseline) / baseline
-
-
 def _drop_fraction(r: dict) -> float | None:
     notes = str(r.get("notes", ""))
     m = re.search(r"(\d+)\s+layers total", notes) or re.search(r"\d+\s*(?:of|/)\s*(\d+)\s+(?:layers|blocks)", notes)
