@@ -14,7 +14,7 @@ from profiles.dtypes import BF16, FP8
 from models.candidate import DEFAULT_KV, DEFAULT_PRECISION, DEFAULT_SPARSITY
 
 from .options import (EXIT_BAD_INPUT, EXIT_INFEASIBLE, Finite, _emit_json, _err,  # noqa: F401 - re-exported
-                      default_engine, engine_list, parse_fraction, parse_points)
+                      backend_ignored, default_engine, engine_list, parse_fraction, parse_points)
 
 HARNESS_NOTE = " (this project's harness)"
 
@@ -84,6 +84,7 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
               pin_sparsity, pin_kv, context, gen_len, batch, objective, min_tokens_per_s, num_gpus, top, backend, engine,
               show_rejected, as_json):
     """Pick precision, sparsity and KV policy for MODEL on GPU under memory, quality and speed bounds."""
+    backend_ignored(engine)
     from .engine import Request, RequestError, recommend as run
     from .service import deploy_commands, harness_note, speed_model_or_none
     from .serialize import recommendation_dict
@@ -135,6 +136,7 @@ def recommend(gpu, model, max_ppl_delta, max_accuracy_drop, max_longctx_drop, al
 def predict_cmd(gpu, model, engine, precision, sparsity, kv, kv_budget, batch, prompt_len, gen_len, num_gpus, split,
                 backend, as_json):
     """Predict one pinned configuration (the same dict as advisor.predict)."""
+    backend_ignored(engine)
     from .api import predict
 
     try:

@@ -24,6 +24,23 @@ def default_engine() -> str:
     return load().default_engine
 
 
+def backend_ignored(engine: str) -> None:
+    """A --backend typed on the command line for a serving engine, which has no such choice: say on stderr that it
+    is ignored (--engine auto searches the harness engine too, where it applies)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.get_parameter_source("backend") != click.core.ParameterSource.COMMANDLINE:
+        return
+    from profiles import UnknownProfileError, load
+    cat = load()
+    try:
+        eid = cat.resolve("engine", engine).id
+    except (UnknownProfileError, KeyError, ValueError):
+        return  # auto, or an unknown id the command itself reports
+    if not cat.engines[eid].runs_everything:
+        harness = next(e.id for e in cat.engines.values() if e.runs_everything)
+        click.echo(f"note: --backend applies to the {harness} engine only; {eid} ignores it", err=True)
+
+
 def _err(msg: str, code: int = EXIT_BAD_INPUT):
     """One line on stderr and the exit code; under --json also a JSON error object on stdout."""
     click.echo(f"error: {msg}", err=True)

@@ -105,6 +105,17 @@ def test_predict_command_json_and_unsupported_exit(run):
     assert r.exit_code == 3 and "vllm" in r.stdout
 
 
+def test_a_backend_typed_for_a_serving_engine_is_said_to_be_ignored(run):
+    args = ("predict", "--gpu", "h200", "--model", "llama3.1-8b", "--json")
+    r = run(*args, "--engine", "vllm", "--backend", "eager")
+    assert r.exit_code == 0 and "--backend applies to the transformers engine only; vllm ignores it" in r.stderr
+    assert json.loads(r.stdout)["supported"]  # stdout stays strict JSON
+    assert "--backend" not in run(*args, "--engine", "vllm").stderr  # the default is not the user's choice
+    assert "ignores it" not in run(*args, "--engine", "transformers", "--backend", "eager").stderr
+    assert "ignores it" not in run("recommend", "--gpu", "l4", "--model", "llama3.1-8b", "--engine", "auto",
+                                   "--backend", "eager", "--json").stderr
+
+
 def test_recommend_engine_auto_names_the_winner(run):
     r = run("recommend", "--gpu", "rtx4090", "--model", "llama3.1-8b", "--engine", "auto", "--max-ppl-delta", "3%",
             "--json")
