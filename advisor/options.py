@@ -36,9 +36,8 @@ def backend_ignored(engine: str) -> None:
         eid = cat.resolve("engine", engine).id
     except (UnknownProfileError, KeyError, ValueError):
         return  # auto, or an unknown id the command itself reports
-    if not cat.engines[eid].runs_everything:
-        harness = next(e.id for e in cat.engines.values() if e.runs_everything)
-        click.echo(f"note: --backend applies to the {harness} engine only; {eid} ignores it", err=True)
+    if eid != cat.harness_engine:
+        click.echo(f"note: --backend applies to the {cat.harness_engine} engine only; {eid} ignores it", err=True)
 
 
 def _err(msg: str, code: int = EXIT_BAD_INPUT):

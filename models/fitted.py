@@ -219,6 +219,7 @@ def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3
     predictions come from harness constants fitted on its training rows (the inner conformal folds reuse the
     outer fold's constants); ``analytical`` holds the held-out analytical predictions."""
     folds = [(tr, te, *(refit(tr) if refit else (X, A))) for tr, te in _groups_cv(groups, min_groups=min_groups)]
+    be = backends_of(meta, len(Y)) if meta is not None else None
     out = {}
     for j, t in enumerate(TARGETS):
         pred, lo, hi, ana = (np.full(len(Y), np.nan) for _ in range(4))
@@ -232,7 +233,6 @@ def cross_val(X, A, Y, groups, alpha: float = DEFAULT_ALPHA, min_groups: int = 3
             m = CorrectionRegressor(alpha).fit(Xf[tr], logy[tr])
             oof = _oof_log_corrections(Xf[tr], logy[tr], groups[tr], alpha, 2)
             s = select_shrink(Xf[tr], logy[tr], groups[tr], alpha, oof=oof)
-            be = backends_of(meta, len(Y)) if meta is not None else None
             q = conformal_q(Xf[tr], logy[tr], groups[tr], alpha, shrink=s, oof=oof,
                             backends=be[tr] if be is not None else None)
             q = np.array([q_of(q, b) for b in be[te]]) if be is not None else q
